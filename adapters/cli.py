@@ -1,0 +1,116 @@
+"""The ``moodmate`` command: chat, run, classify, stats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from bot.errors import ConfigurationError
+from bot.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moodmate", description="A chat companion that reads your mood.")
+    parser.add_argument("--model", help="override MOODMATE_MODEL for this run")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("chat", help="chat in the terminal (reads stdin; piped input works too)")
+    commands.add_parser("run", help="run every chat platform whose token is set")
+    classify = commands.add_parser("classify", help="label messages read one per line", add_help=False)
+    classify.add_argument("rest", nargs=argparse.REMAINDER)
+    commands.add_parser("stats", help="print usage counts (never message text)")
+    return parser
+
+
+def _configure_logging(level: str, verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``moodmate`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "classify":
+            from bot.model.classify_cli import main as classify_main
+
+            rest = list(args.rest)
+            if args.model:
+                rest = ["--model", args.model, *rest]
+            return classify_main(rest)
+        from bot.bootstrap import load_settings
+
+        overrides = {"model": args.model} if args.model else {}
+        settings = load_settings(**overrides)
+        if args.command == "chat":
+            # The terminal is for the conversation: only warnings unless asked for more.
+            _configure_logging("WARNING" if not args.verbose else "DEBUG", args.verbose)
+            return asyncio.run(_chat(settings))
+        _configure_logging(settings.log_level, args.verbose)
+        if args.command == "run":
+            return asyncio.run(_run(settings))
+        if args.command == "stats":
+            return asyncio.run(_stats(settings))
+    except ConfigurationError as error:
+        print(f"moodmate: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+async def _chat(settings: Settings) -> int:
+    from adapters.console import ConsoleAdapter
+    from bot.bootstrap import bootstrap
+
+    print(
+        "Loading the language model (the first start converts it once, which takes a minute or two)...",
+        file=sys.stderr,
+        flush=True,
+    )
+    app = await bootstrap(settings)
+    async with app:
+        await ConsoleAdapter(app.engine).run()
+    return 0
+
+
+async def _run(settings: Settings) -> int:
+    from adapters.runner import build_adapters, configured_platforms, install_signal_handlers, serve
+    from bot.bootstrap import bootstrap
+
+    configured_platforms(settings)  # fail fast, before loading the model
+    app = await bootstrap(settings)
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    await serve(app, build_adapters(app), stop)
+    return 0
+
+
+async def _stats(settings: Settings) -> int:
+    from storage import open_repository
+
+    repository = open_repository(settings.database_url)
+    await repository.initialize()
+    try:
+        stats = await repository.stats()
+    finally:
+        await repository.close()
+    print(f"users\t{stats.users}\nchats\t{stats.chats}\nmessages\t{stats.messages}")
+    print(f"mood entries\t{stats.mood_entries}")
+    if stats.moods_per_day:
+        print("\nday\tlabel\tcount")
+        for day, label, count in stats.moods_per_day:
+            print(f"{day}\t{label}\t{count}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

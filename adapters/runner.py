@@ -1,0 +1,89 @@
+"""Starts the chat platforms whose tokens are set, around one app, until a signal stops them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from adapters.base import PlatformAdapter
+from bot.bootstrap import App
+from bot.errors import ConfigurationError
+from bot.settings import Settings
+from bot.types import IncomingMessage, Platform, Reply
+
+logger = logging.getLogger(__name__)
+
+NO_TOKEN_MESSAGE = (
+    "No chat platform is configured: set TELEGRAM_TOKEN and/or DISCORD_TOKEN (see .env.example), "
+    "or talk to moodmate in the terminal with `moodmate chat`."
+)
+
+
+def configured_platforms(settings: Settings) -> list[Platform]:
+    """The platforms whose tokens are set; raises ConfigurationError when there are none."""
+    platforms = []
+    if settings.telegram_token:
+        platforms.append(Platform.TELEGRAM)
+    if settings.discord_token:
+        platforms.append(Platform.DISCORD)
+    if not platforms:
+        raise ConfigurationError(NO_TOKEN_MESSAGE)
+    return platforms
+
+
+def build_adapters(app: App) -> dict[Platform, PlatformAdapter]:
+    """One adapter per configured platform, each wired to the app's engine."""
+    adapters: dict[Platform, PlatformAdapter] = {}
+    for platform in configured_platforms(app.settings):
+        if platform is Platform.TELEGRAM:
+            from adapters.telegram import TelegramAdapter
+
+            adapters[platform] = TelegramAdapter(app.settings, app.engine)
+        elif platform is Platform.DISCORD:
+            from adapters.discord import DiscordAdapter
+
+            adapters[platform] = DiscordAdapter(app.settings, app.engine)
+    return adapters
+
+
+async def serve(app: App, adapters: dict[Platform, PlatformAdapter], stop: asyncio.Event) -> None:
+    """Start the app and adapters, answer messages left pending by a crash, run until ``stop``."""
+    await app.start()
+    started: list[PlatformAdapter] = []
+    try:
+        for platform, adapter in adapters.items():
+            logger.info("Starting %s", platform.value)
+            await adapter.start()
+            started.append(adapter)
+
+        async def deliver(message: IncomingMessage, reply: Reply) -> None:
+            adapter = adapters.get(message.platform)
+            if adapter is None:
+                raise ConfigurationError(f"{message.platform.value} is not running; cannot deliver")
+            await adapter.deliver(message, reply)
+
+        recovery = asyncio.create_task(app.engine.recover_pending(deliver), name="moodmate-recovery")
+        logger.info("moodmate is running on %s", ", ".join(p.value for p in adapters))
+        await stop.wait()
+        if not recovery.done():
+            recovery.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await recovery
+    finally:
+        logger.info("Shutting down")
+        for adapter in reversed(started):
+            try:
+                await adapter.stop()
+            except Exception:
+                logger.exception("Error while stopping an adapter")
+        await app.stop()
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set ``stop`` for a clean shutdown."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)

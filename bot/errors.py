@@ -1,0 +1,43 @@
+"""The project's own exceptions: SDK, model and storage errors are translated into these."""
+
+from __future__ import annotations
+
+
+class MoodmateError(Exception):
+    """Base class of every error moodmate raises on purpose."""
+
+    user_message = "Sorry, something went wrong on my side. Please try again in a moment."
+
+
+class ConfigurationError(MoodmateError):
+    """A setting is missing or wrong; the message is one sentence meant for the operator."""
+
+
+class ModelError(MoodmateError):
+    """The language model failed to load or to answer."""
+
+    user_message = "Sorry, I couldn't think of an answer just now. Please try again in a moment."
+
+
+class ModelNotFoundError(ModelError, ConfigurationError):
+    """The configured model cannot be found or is corrupt."""
+
+
+class ModelTimeoutError(ModelError):
+    """The model took longer than allowed."""
+
+    user_message = "Sorry, that took me too long. Please try again, maybe with a shorter message."
+
+
+class QueueFullError(MoodmateError):
+    """The inference queue (or this user's share of it) is full."""
+
+    user_message = "I'm a little busy right now. Please wait for my answer before sending more."
+
+
+class StorageError(MoodmateError):
+    """The database failed."""
+
+
+class PlatformError(MoodmateError):
+    """A chat platform refused or failed a request."""

@@ -1,0 +1,328 @@
+"""The inference worker: one thread runs every model call; an asyncio-fed queue feeds it.
+
+Scheduling, so the bot stays fair and responsive:
+
+* Mood reads are cheap; whenever the worker is free it first takes every waiting mood read (up to
+  ``mood_batch_size``) and runs them as one batch, in arrival order.
+* Replies are expensive; they are served by start-time fair queueing: each reply gets a virtual
+  start tag, one past its user's previous reply but never earlier than the reply now running. The
+  smallest tag runs next (ties by arrival). With one user this is plain FIFO; with many, users take
+  turns, and one user's flood delays another user's message by at most one reply.
+
+Model calls never run on the event loop. A failing call fails only its own job; the worker goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.errors import ModelError, ModelTimeoutError, MoodmateError, QueueFullError
+from bot.model.base import ChatTurn, LanguageModel
+from bot.types import Mood
+
+logger = logging.getLogger(__name__)
+
+#: Receives the whole reply text so far; called on the event loop.
+PartialCallback = Callable[[str], None]
+#: Told how many model calls are ahead of a waiting reply.
+QueuedCallback = Callable[[int], Awaitable[None]]
+
+
+class WorkerStoppedError(MoodmateError):
+    """The worker was stopped before the job ran; the message stays pending for recovery."""
+
+
+@dataclass(eq=False)
+class _MoodJob:
+    text: str
+    future: asyncio.Future[Mood]
+
+
+@dataclass(eq=False)
+class _ReplyJob:
+    owner: str
+    system: str
+    history: tuple[ChatTurn, ...]
+    max_new_tokens: int
+    future: asyncio.Future[str]
+    on_partial: PartialCallback | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    start_tag: int = 0
+    sequence: int = 0
+
+    def order(self) -> tuple[int, int]:
+        return (self.start_tag, self.sequence)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """A snapshot of the worker's state, for logs, tests and load tests."""
+
+    mood_waiting: int
+    replies_waiting: int
+    busy: bool
+    calls: int
+    failures: int
+
+
+class InferenceWorker:
+    """Serialises model calls on one worker thread, fed from the event loop."""
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        *,
+        queue_size: int = 200,
+        mood_batch_size: int = 8,
+        timeout: float = 120.0,
+    ) -> None:
+        self.model = model
+        self._queue_size = queue_size
+        self._mood_batch_size = mood_batch_size
+        self._timeout = timeout
+        self._moods: deque[_MoodJob] = deque()
+        self._replies: list[_ReplyJob] = []
+        self._virtual_time = 0
+        self._next_start: dict[str, int] = {}
+        self._sequence = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._busy = False
+        self._closing = False
+        self._calls = 0
+        self._failures = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the worker task and its model thread."""
+        if self._task is not None:
+            return
+        self._closing = False
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="moodmate-model"
+        )
+        self._task = asyncio.create_task(self._run(), name="moodmate-inference-worker")
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Let the call in flight finish (up to ``grace`` seconds); jobs not yet started fail with
+        :class:`WorkerStoppedError` so their messages stay pending for the next start."""
+        self._closing = True
+        for job in list(self._moods):
+            _fail(job.future, WorkerStoppedError("the inference worker stopped"))
+        self._moods.clear()
+        for job in self._replies:
+            _fail(job.future, WorkerStoppedError("the inference worker stopped"))
+        self._replies.clear()
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace)
+            except TimeoutError:
+                logger.warning("Inference call still running after %.0f s at shutdown; abandoning it", grace)
+                self._task.cancel()
+            self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    # --- submitting work -----------------------------------------------------------------------
+
+    def stats(self) -> WorkerStats:
+        return WorkerStats(
+            mood_waiting=len(self._moods),
+            replies_waiting=len(self._replies),
+            busy=self._busy,
+            calls=self._calls,
+            failures=self._failures,
+        )
+
+    def _check_capacity(self) -> None:
+        if self._closing or self._task is None:
+            raise WorkerStoppedError("the inference worker is not running")
+        waiting = len(self._moods) + len(self._replies)
+        if waiting >= self._queue_size:
+            raise QueueFullError("the inference queue is full")
+
+    async def read_mood(self, text: str) -> Mood:
+        """Read the mood of ``text`` alone (history-free); waits its turn in the queue."""
+        self._check_capacity()
+        job = _MoodJob(text=text, future=asyncio.get_running_loop().create_future())
+        self._moods.append(job)
+        self._wakeup.set()
+        return await job.future
+
+    async def write_reply(
+        self,
+        owner: str,
+        system: str,
+        history: Sequence[ChatTurn],
+        *,
+        max_new_tokens: int,
+        on_partial: PartialCallback | None = None,
+        on_queued: QueuedCallback | None = None,
+    ) -> str:
+        """Generate the next assistant turn for ``owner``'s conversation; waits its turn."""
+        self._check_capacity()
+        job = _ReplyJob(
+            owner=owner,
+            system=system,
+            history=tuple(history),
+            max_new_tokens=max_new_tokens,
+            future=asyncio.get_running_loop().create_future(),
+            on_partial=on_partial,
+        )
+        job.start_tag = max(self._next_start.get(owner, 0), self._virtual_time)
+        self._next_start[owner] = job.start_tag + 1
+        self._sequence += 1
+        job.sequence = self._sequence
+        self._replies.append(job)
+        self._wakeup.set()
+        position = self.position(job)
+        if position > 0 and on_queued is not None:
+            try:
+                await on_queued(position)
+            except Exception:
+                logger.exception("Queue-position callback failed")
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.stop.set()
+            self._discard(job)
+            raise
+
+    def position(self, job: _ReplyJob) -> int:
+        """How many model calls will run before ``job``: the call in flight, a pending mood batch,
+        and the replies with smaller start tags."""
+        ahead = (1 if self._busy else 0) + (1 if self._moods else 0)
+        return ahead + sum(1 for other in self._replies if other.order() < job.order())
+
+    def _discard(self, job: _ReplyJob) -> None:
+        if job in self._replies:
+            self._replies.remove(job)
+
+    # --- the worker loop -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._moods and not self._replies:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._moods:
+                batch = [self._moods.popleft() for _ in range(min(self._mood_batch_size, len(self._moods)))]
+                batch = [job for job in batch if not job.future.done()]
+                if batch:
+                    await self._run_mood_batch(batch)
+                continue
+            job = min(self._replies, key=_ReplyJob.order)
+            self._replies.remove(job)
+            self._virtual_time = max(self._virtual_time, job.start_tag)
+            if not job.future.done():
+                await self._run_reply(job)
+
+    async def _call(self, function: Callable[[], Any], on_timeout: Callable[[], None] | None = None) -> Any:
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        self._busy = True
+        self._calls += 1
+        future = loop.run_in_executor(self._executor, function)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout)
+        except TimeoutError:
+            if on_timeout is not None:
+                on_timeout()
+            # The thread cannot be killed; wait for it so calls never overlap.
+            await asyncio.gather(future, return_exceptions=True)
+            raise ModelTimeoutError(f"model call took longer than {self._timeout:.0f} s") from None
+        finally:
+            self._busy = False
+
+    async def _run_mood_batch(self, batch: list[_MoodJob]) -> None:
+        texts = [job.text for job in batch]
+        started = time.perf_counter()
+        try:
+            moods = await self._call(lambda: self.model.classify(texts))
+            if len(moods) != len(batch):
+                raise ModelError(f"classifier returned {len(moods)} moods for {len(batch)} texts")
+        except BaseException as error:  # the worker must survive anything a model call raises
+            self._failures += 1
+            translated = _translate(error)
+            logger.error("Mood batch of %d failed: %s", len(batch), type(error).__name__)
+            for job in batch:
+                _fail(job.future, translated)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return
+        logger.debug("Mood batch of %d took %.0f ms", len(batch), (time.perf_counter() - started) * 1000)
+        for job, mood in zip(batch, moods, strict=True):
+            if not job.future.done():
+                job.future.set_result(mood)
+
+    async def _run_reply(self, job: _ReplyJob) -> None:
+        loop = asyncio.get_running_loop()
+        pieces: list[str] = []
+
+        def on_text(piece: str) -> None:  # runs on the model thread
+            pieces.append(piece)
+            if job.on_partial is not None:
+                text = "".join(pieces)
+                loop.call_soon_threadsafe(_safe_partial, job.on_partial, text)
+
+        def generate() -> str:
+            return self.model.generate(
+                job.system,
+                job.history,
+                max_new_tokens=job.max_new_tokens,
+                on_text=on_text,
+                should_stop=job.stop.is_set,
+            )
+
+        try:
+            text = await self._call(generate, on_timeout=job.stop.set)
+        except BaseException as error:
+            self._failures += 1
+            logger.error("Reply generation failed: %s", type(error).__name__)
+            _fail(job.future, _translate(error))
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return
+        if not job.future.done():
+            job.future.set_result(text)
+
+
+def _safe_partial(callback: PartialCallback, text: str) -> None:
+    try:
+        callback(text)
+    except Exception:
+        logger.exception("Partial-reply callback failed")
+
+
+def _translate(error: BaseException) -> BaseException:
+    if isinstance(error, MoodmateError):
+        return error
+    if isinstance(error, MemoryError):
+        return ModelError("the model ran out of memory")
+    if isinstance(error, asyncio.CancelledError):
+        return WorkerStoppedError("the inference worker stopped")
+    translated = ModelError(f"the model failed: {type(error).__name__}")
+    translated.__cause__ = error
+    return translated
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+        # Mark retrieved: a job whose caller went away must not log "exception never retrieved".
+        future.exception()

@@ -1,0 +1,38 @@
+"""Schema creation and forward-only migrations, run at every start."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import Connection, inspect, select
+
+from storage.tables import SCHEMA_VERSION, Base, SchemaInfo
+
+logger = logging.getLogger(__name__)
+
+#: Steps from version N to N+1, keyed by N. Version 1 is the first schema (created by create_all).
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+def migrate(connection: Connection) -> None:
+    """Create missing tables, then run every migration step between the stored and current version."""
+    had_schema = inspect(connection).has_table(SchemaInfo.__tablename__)
+    Base.metadata.create_all(connection)
+    version = connection.execute(select(SchemaInfo.version).where(SchemaInfo.id == 1)).scalar()
+    if version is None:
+        connection.execute(SchemaInfo.__table__.insert().values(id=1, version=SCHEMA_VERSION))
+        logger.info("Created database schema version %d", SCHEMA_VERSION)
+        return
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"The database schema is version {version}, newer than this moodmate "
+            f"({SCHEMA_VERSION}); upgrade moodmate."
+        )
+    while version < SCHEMA_VERSION:
+        logger.info("Migrating database schema from version %d", version)
+        MIGRATIONS[version](connection)
+        version += 1
+    connection.execute(SchemaInfo.__table__.update().where(SchemaInfo.id == 1).values(version=version))
+    if not had_schema:
+        logger.debug("Schema info table created")

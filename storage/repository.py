@@ -1,0 +1,111 @@
+"""The repository interface: the only way the rest of moodmate reads or writes stored data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from storage.records import (
+    ChatRecord,
+    MessageRecord,
+    MessageStatus,
+    MoodRecord,
+    PendingMessage,
+    Stats,
+    UserRecord,
+)
+
+
+class Repository(Protocol):
+    """Users, chats, messages and mood entries. Every timestamp in and out is aware UTC."""
+
+    async def initialize(self) -> None:
+        """Create or migrate the schema."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ensure_user(self, platform: str, platform_user_id: str, display_name: str) -> UserRecord:
+        """Return the user, creating it (or refreshing its display name) as needed."""
+        ...
+
+    async def get_user(self, platform: str, platform_user_id: str) -> UserRecord | None: ...
+
+    async def ensure_chat(
+        self, platform: str, platform_chat_id: str, is_private: bool, owner_user_id: int | None = None
+    ) -> ChatRecord:
+        """Return the chat, creating it as needed; a private chat is owned by ``owner_user_id``."""
+        ...
+
+    async def add_message(
+        self,
+        user_id: int,
+        chat_id: int,
+        role: str,
+        text: str,
+        *,
+        status: MessageStatus = MessageStatus.PENDING,
+        reply_to_id: int | None = None,
+        created_at: datetime | None = None,
+    ) -> MessageRecord: ...
+
+    async def set_message_status(self, message_id: int, status: MessageStatus) -> None: ...
+
+    async def history(self, user_id: int, chat_id: int, limit: int) -> list[MessageRecord]:
+        """The last ``limit`` turns of this user's conversation in this chat, oldest first.
+
+        Only answered user messages and the assistant's replies to them that are still in the
+        history (not cleared by ``reset_history``) and not purged.
+        """
+        ...
+
+    async def reset_history(self, user_id: int, chat_id: int) -> int:
+        """Take this user's messages in this chat out of the conversation history; keep moods."""
+        ...
+
+    async def add_mood(
+        self,
+        user_id: int,
+        chat_id: int | None,
+        message_id: int | None,
+        label: str,
+        score: float,
+        *,
+        created_at: datetime | None = None,
+    ) -> MoodRecord: ...
+
+    async def moods(
+        self, user_id: int, since: datetime | None = None, until: datetime | None = None
+    ) -> list[MoodRecord]:
+        """This user's mood entries in ``[since, until)``, oldest first."""
+        ...
+
+    async def messages_for_user(self, user_id: int) -> list[MessageRecord]:
+        """Everything this user wrote and was answered, in every chat, oldest first."""
+        ...
+
+    async def forget_user(self, user_id: int) -> dict[str, int]:
+        """Delete every row about this user in every table; returns rows deleted per table."""
+        ...
+
+    async def set_timezone(self, user_id: int, timezone: str) -> None: ...
+
+    async def set_mood_logging(self, user_id: int, enabled: bool) -> None: ...
+
+    async def pending_messages(self) -> list[PendingMessage]:
+        """Incoming messages still pending (left by a crash), oldest first."""
+        ...
+
+    async def purge_message_texts(self, older_than: datetime) -> int:
+        """Blank the text of messages older than ``older_than``; returns how many."""
+        ...
+
+    async def stats(self) -> Stats: ...
+
+    async def count_rows(self, user_id: int) -> dict[str, int]:
+        """Rows that mention this user, per table (used to prove ``forget_user``)."""
+        ...
+
+
+__all__: Sequence[str] = ("Repository",)

@@ -1,0 +1,425 @@
+"""The SQLAlchemy 2.0 implementation of :class:`storage.repository.Repository`.
+
+SQLite by default (WAL mode, foreign keys on, a busy timeout); any async SQLAlchemy URL works.
+This module is the only code that opens sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import delete, event, func, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from bot.errors import StorageError
+from storage.migrations import migrate
+from storage.records import (
+    ChatRecord,
+    MessageRecord,
+    MessageStatus,
+    MoodRecord,
+    PendingMessage,
+    Stats,
+    UserRecord,
+)
+from storage.tables import ChatRow, MessageRow, MoodRow, UserRow, utcnow
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+LOCK_RETRIES = 5
+LOCK_BACKOFF_SECONDS = 0.05
+
+
+def _is_locked(error: OperationalError) -> bool:
+    text = str(error.orig).lower() if error.orig is not None else str(error).lower()
+    return "locked" in text or "busy" in text
+
+
+def _get_or_create(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Run a get-or-create again when a concurrent caller created the same row first."""
+
+    @wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except IntegrityError:
+            return await method(*args, **kwargs)
+
+    return wrapper
+
+
+def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Retry briefly when SQLite says the database is locked; turn other failures into StorageError."""
+
+    @wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(LOCK_RETRIES + 1):
+            try:
+                return await method(*args, **kwargs)
+            except OperationalError as error:
+                if not _is_locked(error) or attempt == LOCK_RETRIES:
+                    raise StorageError(f"database error in {method.__name__}") from error
+                delay = LOCK_BACKOFF_SECONDS * 2**attempt
+                logger.warning("Database locked in %s; retrying in %.2f s", method.__name__, delay)
+                await asyncio.sleep(delay)
+            except SQLAlchemyError as error:
+                raise StorageError(f"database error in {method.__name__}") from error
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """An async engine; for SQLite, WAL journal, foreign keys and a busy timeout on every connection."""
+    is_sqlite = database_url.startswith("sqlite")
+    in_memory = is_sqlite and (
+        ":memory:" in database_url or database_url.rstrip("/").endswith("sqlite+aiosqlite:")
+    )
+    kwargs: dict[str, Any] = {}
+    if in_memory:
+        kwargs["poolclass"] = StaticPool
+        kwargs["connect_args"] = {"check_same_thread": False}
+    engine = create_async_engine(database_url, **kwargs)
+    if is_sqlite:
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+    return engine
+
+
+def _user(row: UserRow) -> UserRecord:
+    return UserRecord(
+        id=row.id,
+        platform=row.platform,
+        platform_user_id=row.platform_user_id,
+        display_name=row.display_name,
+        timezone=row.timezone,
+        mood_logging=row.mood_logging,
+        created_at=row.created_at,
+    )
+
+
+def _chat(row: ChatRow) -> ChatRecord:
+    return ChatRecord(
+        id=row.id, platform=row.platform, platform_chat_id=row.platform_chat_id, is_private=row.is_private
+    )
+
+
+def _message(row: MessageRow) -> MessageRecord:
+    return MessageRecord(
+        id=row.id,
+        user_id=row.user_id,
+        chat_id=row.chat_id,
+        role=row.role,
+        text=row.text,
+        status=row.status,
+        created_at=row.created_at,
+        in_history=row.in_history,
+        reply_to_id=row.reply_to_id,
+    )
+
+
+def _mood(row: MoodRow) -> MoodRecord:
+    return MoodRecord(
+        id=row.id,
+        user_id=row.user_id,
+        chat_id=row.chat_id,
+        message_id=row.message_id,
+        label=row.label,
+        score=row.score,
+        created_at=row.created_at,
+    )
+
+
+class SqlAlchemyRepository:
+    """Stores users, chats, messages and mood entries through SQLAlchemy's async ORM."""
+
+    def __init__(self, database_url: str) -> None:
+        self._engine = create_engine(database_url)
+        self._sessions = async_sessionmaker(self._engine, expire_on_commit=False, class_=AsyncSession)
+
+    @_translated
+    async def initialize(self) -> None:
+        async with self._engine.begin() as connection:
+            await connection.run_sync(migrate)
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    # --- users and chats -----------------------------------------------------------------------
+
+    @_translated
+    @_get_or_create
+    async def ensure_user(self, platform: str, platform_user_id: str, display_name: str) -> UserRecord:
+        async with self._sessions.begin() as session:
+            row = await session.scalar(
+                select(UserRow).where(
+                    UserRow.platform == platform, UserRow.platform_user_id == platform_user_id
+                )
+            )
+            if row is None:
+                row = UserRow(platform=platform, platform_user_id=platform_user_id, display_name=display_name)
+                session.add(row)
+                await session.flush()
+            elif display_name and row.display_name != display_name:
+                row.display_name = display_name
+            return _user(row)
+
+    @_translated
+    async def get_user(self, platform: str, platform_user_id: str) -> UserRecord | None:
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(UserRow).where(
+                    UserRow.platform == platform, UserRow.platform_user_id == platform_user_id
+                )
+            )
+            return None if row is None else _user(row)
+
+    @_translated
+    @_get_or_create
+    async def ensure_chat(
+        self, platform: str, platform_chat_id: str, is_private: bool, owner_user_id: int | None = None
+    ) -> ChatRecord:
+        async with self._sessions.begin() as session:
+            row = await session.scalar(
+                select(ChatRow).where(
+                    ChatRow.platform == platform, ChatRow.platform_chat_id == platform_chat_id
+                )
+            )
+            if row is None:
+                row = ChatRow(
+                    platform=platform,
+                    platform_chat_id=platform_chat_id,
+                    is_private=is_private,
+                    owner_user_id=owner_user_id if is_private else None,
+                )
+                session.add(row)
+                await session.flush()
+            elif is_private and row.owner_user_id is None and owner_user_id is not None:
+                row.owner_user_id = owner_user_id
+            return _chat(row)
+
+    # --- messages ------------------------------------------------------------------------------
+
+    @_translated
+    async def add_message(
+        self,
+        user_id: int,
+        chat_id: int,
+        role: str,
+        text: str,
+        *,
+        status: MessageStatus = MessageStatus.PENDING,
+        reply_to_id: int | None = None,
+        created_at: datetime | None = None,
+    ) -> MessageRecord:
+        async with self._sessions.begin() as session:
+            row = MessageRow(
+                user_id=user_id,
+                chat_id=chat_id,
+                role=role,
+                text=text,
+                status=status.value,
+                reply_to_id=reply_to_id,
+                created_at=created_at or utcnow(),
+            )
+            session.add(row)
+            await session.flush()
+            return _message(row)
+
+    @_translated
+    async def set_message_status(self, message_id: int, status: MessageStatus) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(MessageRow).where(MessageRow.id == message_id).values(status=status.value)
+            )
+
+    @_translated
+    async def history(self, user_id: int, chat_id: int, limit: int) -> list[MessageRecord]:
+        if limit <= 0:
+            return []
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(MessageRow)
+                .where(
+                    MessageRow.user_id == user_id,
+                    MessageRow.chat_id == chat_id,
+                    MessageRow.in_history.is_(True),
+                    MessageRow.text.is_not(None),
+                    or_(
+                        MessageRow.role == "assistant",
+                        MessageRow.status == MessageStatus.ANSWERED.value,
+                    ),
+                )
+                .order_by(MessageRow.id.desc())
+                .limit(limit)
+            )
+            return [_message(row) for row in reversed(rows.all())]
+
+    @_translated
+    async def reset_history(self, user_id: int, chat_id: int) -> int:
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(MessageRow)
+                .where(
+                    MessageRow.user_id == user_id,
+                    MessageRow.chat_id == chat_id,
+                    MessageRow.in_history.is_(True),
+                )
+                .values(in_history=False)
+            )
+            return int(result.rowcount or 0)
+
+    @_translated
+    async def messages_for_user(self, user_id: int) -> list[MessageRecord]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(MessageRow).where(MessageRow.user_id == user_id).order_by(MessageRow.id)
+            )
+            return [_message(row) for row in rows.all()]
+
+    @_translated
+    async def pending_messages(self) -> list[PendingMessage]:
+        async with self._sessions() as session:
+            result = await session.execute(
+                select(MessageRow, UserRow, ChatRow)
+                .join(UserRow, MessageRow.user_id == UserRow.id)
+                .join(ChatRow, MessageRow.chat_id == ChatRow.id)
+                .where(MessageRow.role == "user", MessageRow.status == MessageStatus.PENDING.value)
+                .order_by(MessageRow.id)
+            )
+            return [
+                PendingMessage(message=_message(message), user=_user(user), chat=_chat(chat))
+                for message, user, chat in result.all()
+            ]
+
+    @_translated
+    async def purge_message_texts(self, older_than: datetime) -> int:
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(MessageRow)
+                .where(MessageRow.created_at < older_than, MessageRow.text.is_not(None))
+                .values(text=None)
+            )
+            return int(result.rowcount or 0)
+
+    # --- moods ---------------------------------------------------------------------------------
+
+    @_translated
+    async def add_mood(
+        self,
+        user_id: int,
+        chat_id: int | None,
+        message_id: int | None,
+        label: str,
+        score: float,
+        *,
+        created_at: datetime | None = None,
+    ) -> MoodRecord:
+        async with self._sessions.begin() as session:
+            row = MoodRow(
+                user_id=user_id,
+                chat_id=chat_id,
+                message_id=message_id,
+                label=label,
+                score=float(score),
+                created_at=created_at or utcnow(),
+            )
+            session.add(row)
+            await session.flush()
+            return _mood(row)
+
+    @_translated
+    async def moods(
+        self, user_id: int, since: datetime | None = None, until: datetime | None = None
+    ) -> list[MoodRecord]:
+        query = select(MoodRow).where(MoodRow.user_id == user_id)
+        if since is not None:
+            query = query.where(MoodRow.created_at >= since)
+        if until is not None:
+            query = query.where(MoodRow.created_at < until)
+        async with self._sessions() as session:
+            rows = await session.scalars(query.order_by(MoodRow.created_at, MoodRow.id))
+            return [_mood(row) for row in rows.all()]
+
+    # --- user settings and deletion ------------------------------------------------------------
+
+    @_translated
+    async def set_timezone(self, user_id: int, timezone: str) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(update(UserRow).where(UserRow.id == user_id).values(timezone=timezone))
+
+    @_translated
+    async def set_mood_logging(self, user_id: int, enabled: bool) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(update(UserRow).where(UserRow.id == user_id).values(mood_logging=enabled))
+
+    @_translated
+    async def forget_user(self, user_id: int) -> dict[str, int]:
+        async with self._sessions.begin() as session:
+            deleted: dict[str, int] = {}
+            for name, table, condition in (
+                ("mood_entries", MoodRow, MoodRow.user_id == user_id),
+                ("messages", MessageRow, MessageRow.user_id == user_id),
+                ("chats", ChatRow, ChatRow.owner_user_id == user_id),
+                ("users", UserRow, UserRow.id == user_id),
+            ):
+                result = await session.execute(delete(table).where(condition))
+                deleted[name] = int(result.rowcount or 0)
+            return deleted
+
+    @_translated
+    async def count_rows(self, user_id: int) -> dict[str, int]:
+        async with self._sessions() as session:
+            counts: dict[str, int] = {}
+            for name, table, condition in (
+                ("users", UserRow, UserRow.id == user_id),
+                ("chats", ChatRow, ChatRow.owner_user_id == user_id),
+                ("messages", MessageRow, MessageRow.user_id == user_id),
+                ("mood_entries", MoodRow, MoodRow.user_id == user_id),
+            ):
+                counts[name] = int(
+                    await session.scalar(select(func.count()).select_from(table).where(condition)) or 0
+                )
+            return counts
+
+    # --- operators -----------------------------------------------------------------------------
+
+    @_translated
+    async def stats(self) -> Stats:
+        async with self._sessions() as session:
+            users = await session.scalar(select(func.count()).select_from(UserRow))
+            chats = await session.scalar(select(func.count()).select_from(ChatRow))
+            messages = await session.scalar(select(func.count()).select_from(MessageRow))
+            moods = await session.scalar(select(func.count()).select_from(MoodRow))
+            day = func.date(MoodRow.created_at)
+            per_day = await session.execute(
+                select(day, MoodRow.label, func.count())
+                .group_by(day, MoodRow.label)
+                .order_by(day, MoodRow.label)
+            )
+            return Stats(
+                users=int(users or 0),
+                chats=int(chats or 0),
+                messages=int(messages or 0),
+                mood_entries=int(moods or 0),
+                moods_per_day=tuple((str(d), str(label), int(n)) for d, label, n in per_day.all()),
+            )

@@ -1,0 +1,82 @@
+"""The console adapter and the ``moodmate`` command line."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from adapters.console import ConsoleAdapter
+from adapters.runner import NO_TOKEN_MESSAGE
+from bot.bootstrap import App
+from bot.presentation import mood_badge, mood_tag, split_message
+from bot.types import Mood, MoodLabel
+
+TAG = re.compile(r"^\[(positive|neutral|negative) (0|1)\.\d\d\] \S")
+
+
+async def test_piped_input_answers_each_line_and_exits(app: App, tmp_path: Path) -> None:
+    out = io.StringIO()
+    stdin = io.StringIO("I'm exhausted after work\n\n/mood\n/export\n")
+    await ConsoleAdapter(app.engine, stdin=stdin, stdout=out, user_id="tester", export_dir=tmp_path).run()
+    lines = out.getvalue().splitlines()
+    assert TAG.match(lines[0]), lines[0]
+    assert lines[0].startswith("[negative")
+    assert any("1 message" in line or "1 " in line for line in lines[1:])
+    saved = sorted(p.suffix for p in tmp_path.iterdir())
+    assert ".csv" in saved and ".json" in saved
+
+
+def test_cli_run_without_tokens_says_so_in_one_sentence(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "adapters.cli", "run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"moodmate: {NO_TOKEN_MESSAGE}"
+
+
+def test_cli_bad_setting_is_one_sentence(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MOODMATE_QUEUE_SIZE": "lots"}
+    result = subprocess.run(
+        [sys.executable, "-m", "adapters.cli", "stats"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("moodmate: Invalid settings") and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_mood_formats() -> None:
+    mood = Mood.from_probabilities(
+        {MoodLabel.NEGATIVE: 0.91, MoodLabel.NEUTRAL: 0.05, MoodLabel.POSITIVE: 0.04}
+    )
+    assert mood_tag(mood) == "[negative 0.91]"
+    assert mood_badge(mood) == "😟 negative 0.91"
+
+
+def test_split_message_keeps_text_and_limits() -> None:
+    text = ("A sentence that ends here. " * 40 + "\n\n") * 12 + "y" * 5000
+    parts = split_message(text, 4096)
+    assert "".join(parts) == text
+    assert all(0 < len(p) <= 4096 for p in parts)
+    assert parts[0].endswith("\n\n")  # cut at a paragraph break when one is available
+    assert split_message("short", 10) == ["short"]
+    assert split_message("", 10) == [""]

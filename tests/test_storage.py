@@ -1,0 +1,162 @@
+"""One repository test suite, run against every storage backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from storage import MessageStatus, Repository, open_repository
+
+
+@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
+async def repository(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Repository]:
+    url = {
+        "sqlite-file": f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+        "sqlite-memory": "sqlite+aiosqlite:///:memory:",
+    }[request.param]
+    repo = open_repository(url)
+    await repo.initialize()
+    try:
+        yield repo
+    finally:
+        await repo.close()
+
+
+async def _user_and_chat(repo: Repository, user: str = "1", chat: str = "10", private: bool = True):
+    u = await repo.ensure_user("telegram", user, "Ada")
+    c = await repo.ensure_chat("telegram", chat, private, u.id)
+    return u, c
+
+
+async def test_ensure_user_is_idempotent_and_refreshes_name(repository: Repository) -> None:
+    first = await repository.ensure_user("telegram", "1", "Ada")
+    again = await repository.ensure_user("telegram", "1", "Ada L.")
+    assert first.id == again.id
+    assert again.display_name == "Ada L."
+    assert again.timezone == "UTC" and again.mood_logging is True
+    other_platform = await repository.ensure_user("discord", "1", "Ada")
+    assert other_platform.id != first.id
+
+
+async def test_history_is_per_user_per_chat_oldest_first(repository: Repository) -> None:
+    ada, group = await _user_and_chat(repository, "1", "-100", private=False)
+    bob = await repository.ensure_user("telegram", "2", "Bob")
+    for user, text in ((ada, "ada one"), (bob, "bob one"), (ada, "ada two")):
+        stored = await repository.add_message(user.id, group.id, "user", text)
+        await repository.set_message_status(stored.id, MessageStatus.ANSWERED)
+        await repository.add_message(
+            user.id,
+            group.id,
+            "assistant",
+            f"re: {text}",
+            status=MessageStatus.ANSWERED,
+            reply_to_id=stored.id,
+        )
+    history = await repository.history(ada.id, group.id, 10)
+    assert [row.text for row in history] == ["ada one", "re: ada one", "ada two", "re: ada two"]
+    assert [row.text for row in await repository.history(ada.id, group.id, 2)] == ["ada two", "re: ada two"]
+
+
+async def test_pending_and_failed_messages_stay_out_of_history(repository: Repository) -> None:
+    user, chat = await _user_and_chat(repository)
+    await repository.add_message(user.id, chat.id, "user", "still pending")
+    failed = await repository.add_message(user.id, chat.id, "user", "failed one")
+    await repository.set_message_status(failed.id, MessageStatus.FAILED)
+    assert await repository.history(user.id, chat.id, 10) == []
+    pending = await repository.pending_messages()
+    assert [item.message.text for item in pending] == ["still pending"]
+    assert pending[0].user.platform_user_id == "1" and pending[0].chat.platform_chat_id == "10"
+
+
+async def test_reset_history_keeps_moods(repository: Repository) -> None:
+    user, chat = await _user_and_chat(repository)
+    stored = await repository.add_message(user.id, chat.id, "user", "hello", status=MessageStatus.ANSWERED)
+    await repository.add_mood(user.id, chat.id, stored.id, "positive", 0.9)
+    assert await repository.reset_history(user.id, chat.id) == 1
+    assert await repository.history(user.id, chat.id, 10) == []
+    assert len(await repository.moods(user.id)) == 1
+    assert len(await repository.messages_for_user(user.id)) == 1
+
+
+async def test_moods_window_and_aware_utc(repository: Repository) -> None:
+    user, chat = await _user_and_chat(repository)
+    base = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    for day in range(5):
+        await repository.add_mood(
+            user.id, chat.id, None, "neutral", 0.5, created_at=base + timedelta(days=day)
+        )
+    window = await repository.moods(user.id, since=base + timedelta(days=1), until=base + timedelta(days=3))
+    assert [m.created_at for m in window] == [base + timedelta(days=1), base + timedelta(days=2)]
+    assert all(m.created_at.tzinfo is not None for m in window)
+
+
+async def test_forget_user_deletes_every_row_about_them_only(repository: Repository) -> None:
+    ada, dm = await _user_and_chat(repository, "1", "1")
+    bob, bob_dm = await _user_and_chat(repository, "2", "2")
+    group = await repository.ensure_chat("telegram", "-5", False)
+    for user, chat in ((ada, dm), (ada, group), (bob, bob_dm), (bob, group)):
+        stored = await repository.add_message(user.id, chat.id, "user", "hi")
+        await repository.add_mood(user.id, chat.id, stored.id, "positive", 0.8)
+    deleted = await repository.forget_user(ada.id)
+    assert deleted == {"mood_entries": 2, "messages": 2, "chats": 1, "users": 1}
+    assert await repository.count_rows(ada.id) == {"users": 0, "chats": 0, "messages": 0, "mood_entries": 0}
+    assert await repository.count_rows(bob.id) == {"users": 1, "chats": 1, "messages": 2, "mood_entries": 2}
+    assert await repository.get_user("telegram", "1") is None
+
+
+async def test_purge_blanks_old_texts_and_keeps_moods(repository: Repository) -> None:
+    user, chat = await _user_and_chat(repository)
+    old = datetime.now(UTC) - timedelta(days=40)
+    stored = await repository.add_message(user.id, chat.id, "user", "old secret", created_at=old)
+    await repository.add_message(user.id, chat.id, "user", "new")
+    await repository.add_mood(user.id, chat.id, stored.id, "negative", 0.7, created_at=old)
+    assert await repository.purge_message_texts(datetime.now(UTC) - timedelta(days=30)) == 1
+    texts = [m.text for m in await repository.messages_for_user(user.id)]
+    assert texts == [None, "new"]
+    moods = await repository.moods(user.id)
+    assert [(m.label, m.score) for m in moods] == [("negative", 0.7)]
+
+
+async def test_settings_and_stats(repository: Repository) -> None:
+    user, chat = await _user_and_chat(repository)
+    await repository.set_timezone(user.id, "Asia/Shanghai")
+    await repository.set_mood_logging(user.id, False)
+    refreshed = await repository.get_user("telegram", "1")
+    assert refreshed is not None and refreshed.timezone == "Asia/Shanghai" and not refreshed.mood_logging
+    await repository.add_mood(
+        user.id, chat.id, None, "positive", 0.9, created_at=datetime(2026, 1, 2, tzinfo=UTC)
+    )
+    stats = await repository.stats()
+    assert (stats.users, stats.chats, stats.mood_entries) == (1, 1, 1)
+    assert stats.moods_per_day == (("2026-01-02", "positive", 1),)
+
+
+async def test_text_is_stored_verbatim_through_bound_parameters(repository: Repository) -> None:
+    user, chat = await _user_and_chat(repository)
+    nasty = "'); DROP TABLE messages; -- \u202e 😀 \u200b"
+    await repository.add_message(user.id, chat.id, "user", nasty)
+    assert [m.text for m in await repository.messages_for_user(user.id)] == [nasty]
+
+
+async def test_schema_survives_reopen(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'again.db'}"
+    first = open_repository(url)
+    await first.initialize()
+    await first.ensure_user("console", "me", "me")
+    await first.close()
+    second = open_repository(url)
+    await second.initialize()
+    assert await second.get_user("console", "me") is not None
+    await second.close()
+
+
+async def test_concurrent_get_or_create_returns_one_row(repository: Repository) -> None:
+    import asyncio
+
+    users = await asyncio.gather(*(repository.ensure_user("discord", "7", "Eve") for _ in range(5)))
+    assert len({u.id for u in users}) == 1
+    chats = await asyncio.gather(*(repository.ensure_chat("discord", "9", False) for _ in range(5)))
+    assert len({c.id for c in chats}) == 1
