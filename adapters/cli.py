@@ -27,12 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str, verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(settings: Settings, level: str, verbose: bool) -> None:
+    from bot.logs import configure_logging
+
+    configure_logging("DEBUG" if verbose else level, (settings.telegram_token, settings.discord_token))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(**overrides)
         if args.command == "chat":
             # The terminal is for the conversation: only warnings unless asked for more.
-            _configure_logging("WARNING" if not args.verbose else "DEBUG", args.verbose)
+            _configure_logging(settings, "WARNING", args.verbose)
             return asyncio.run(_chat(settings))
-        _configure_logging(settings.log_level, args.verbose)
+        _configure_logging(settings, settings.log_level, args.verbose)
         if args.command == "run":
             return asyncio.run(_run(settings))
         if args.command == "stats":

@@ -160,3 +160,32 @@ async def test_concurrent_get_or_create_returns_one_row(repository: Repository) 
     assert len({u.id for u in users}) == 1
     chats = await asyncio.gather(*(repository.ensure_chat("discord", "9", False) for _ in range(5)))
     assert len({c.id for c in chats}) == 1
+
+
+async def test_briefly_locked_database_is_waited_for(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+    import threading
+
+    path = tmp_path / "locked.db"
+    repo = open_repository(f"sqlite+aiosqlite:///{path}")
+    await repo.initialize()
+    user, chat = await _user_and_chat(repo)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(5)
+        connection.execute("COMMIT")
+        connection.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    locked.wait(5)
+    asyncio.get_running_loop().call_later(0.3, release.set)
+    stored = await repo.add_message(user.id, chat.id, "user", "written once the lock is gone")
+    holder.join()
+    assert stored.id > 0
+    await repo.close()
