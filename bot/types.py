@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -100,4 +100,3 @@ class Reply:
     attachments: tuple[Attachment, ...] = ()
     actions: tuple[Action, ...] = ()
     private: bool = False
-    meta: dict[str, str] = field(default_factory=dict, compare=False)
