@@ -6,8 +6,8 @@
 
 Prints messages in / answered / refused / failed / lost (lost must be 0), p50/p95 wait and total
 latency, throughput, peak RSS, and the fairness figure: the most reply calls any one other user
-got to run between a user's first message and the start of its own reply (fair queueing promises at
-most 1, plus the call already running when the message arrived).
+started between a user's first message entering the inference queue and the start of its own reply
+(fair queueing promises at most 1; the call already running then is not counted).
 """
 
 from __future__ import annotations
@@ -94,6 +94,14 @@ async def run_load(args: argparse.Namespace, database: Path) -> dict[str, object
     app = await bootstrap(settings, model=None if inner is None else TimedModel(inner, log))
     if inner is None:
         app.worker.model = app.engine.worker.model = TimedModel(app.model, log)  # type: ignore[misc]
+    queued: dict[str, float] = {}
+    read_mood = app.worker.read_mood
+
+    async def timed_read_mood(text: str):  # type: ignore[no-untyped-def]
+        queued.setdefault(text, time.perf_counter())
+        return await read_mood(text)
+
+    app.worker.read_mood = timed_read_mood  # type: ignore[method-assign]
     cold_start = time.perf_counter() - started
     rng = random.Random(args.seed)
     flooders = set(range(max(1, args.users // 10)))  # 10% of users send everything at once
@@ -140,19 +148,23 @@ async def run_load(args: argparse.Namespace, database: Path) -> dict[str, object
     reply_start = {text: at for at, text in log.starts}
     waits = [reply_start[t] - sent[t] for t in sent if t in reply_start]
     totals = [finished[t] - sent[t] for t, o in outcome.items() if o == "answered"]
-    # Fairness: for each user's first message, the most reply calls any ONE other user got to run
-    # between that message's arrival and the start of its own reply (fair queueing promises <= 1,
-    # plus the call already running when it arrived).
+
+    # Fairness: for each user, the most reply calls any ONE other user started between the user's
+    # first message entering the inference queue and the start of the user's first reply (fair
+    # queueing promises <= 1; the call already running then is not counted).
+    def owner_of(text: str) -> str:
+        return text.rsplit("#u", 1)[1].split("m")[0]
+
     fairness = 0
-    for user in range(args.users):
-        first = next((t for t in sent if t.endswith(f"#u{user}m0")), None)
-        if first is None or first not in reply_start:
+    for user in map(str, range(args.users)):
+        entered = min((at for text, at in queued.items() if owner_of(text) == user), default=None)
+        served = min((at for at, text in log.starts if owner_of(text) == user), default=None)
+        if entered is None or served is None:
             continue
         per_owner: dict[str, int] = {}
         for at, text in log.starts:
-            owner = text.rsplit("#u", 1)[1].split("m")[0]
-            if sent[first] < at < reply_start[first] and owner != str(user):
-                per_owner[owner] = per_owner.get(owner, 0) + 1
+            if entered < at < served and owner_of(text) != user:
+                per_owner[owner_of(text)] = per_owner.get(owner_of(text), 0) + 1
         fairness = max(fairness, max(per_owner.values(), default=0))
     counts = {
         kind: sum(1 for o in outcome.values() if o == kind) for kind in ("answered", "refused", "failed")

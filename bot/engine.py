@@ -22,7 +22,7 @@ from bot.model.base import ChatTurn
 from bot.prompts import clean_reply, is_chinese, system_prompt_for
 from bot.settings import Settings
 from bot.text import is_blank, sanitize, truncate
-from bot.types import IncomingMessage, Platform, Reply, ReplyKind
+from bot.types import IncomingMessage, Mood, Platform, Reply, ReplyKind
 from storage import ChatRecord, MessageRecord, MessageStatus, PendingMessage, Repository, UserRecord
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class ReplySink:
     """Progress callbacks an adapter may implement while a message is answered (no-ops here)."""
 
     async def queued(self, position: int) -> None:
-        """The message waits behind ``position`` model calls."""
+        """The message arrived while ``position`` model calls are ahead of it (told once, on arrival)."""
 
     async def partial(self, text: str) -> None:
         """The reply text generated so far (at most about once a second)."""
@@ -136,16 +136,31 @@ class Engine:
         self, user: UserRecord, chat: ChatRecord, stored: MessageRecord, text: str, sink: ReplySink
     ) -> Reply:
         model_text, truncated = truncate(text, self.settings.max_input_chars)
+        # Everything the reply needs from storage is read before the mood read, so that the reply
+        # joins the queue the moment the mood is known (no I/O in between lets others jump ahead).
+        history = await self._history(user, chat, stored, model_text)
+        owner = f"{user.platform}:{user.platform_user_id}"
+        ahead = self.worker.calls_ahead(owner)
+        if ahead:
+            self._spawn(sink.queued(ahead))
+        mood: Mood | None = None
         try:
             mood = await self.worker.read_mood(model_text)
-            if user.mood_logging:
-                await self.repository.add_mood(user.id, chat.id, stored.id, mood.label.value, mood.score)
-            reply_text = await self._write_reply(user, chat, stored, model_text, sink)
+            raw = await self.worker.write_reply(
+                owner,
+                system_prompt_for(model_text),
+                history,
+                max_new_tokens=self.settings.max_reply_tokens,
+                on_partial=self._throttled_partial(sink),
+            )
         except WorkerStoppedError:
             raise  # shutting down: the message stays pending and is answered after the restart
         except Exception:
+            await self._log_mood(user, chat, stored, mood)
             await self._mark(stored.id, MessageStatus.FAILED)
             raise
+        await self._log_mood(user, chat, stored, mood)
+        reply_text = clean_reply(raw, model_text)
         if truncated:
             note = TRUNCATED_NOTE_ZH if is_chinese(text) else TRUNCATED_NOTE_EN
             reply_text = f"{reply_text}\n\n{note.format(chars=len(model_text))}"
@@ -155,20 +170,12 @@ class Engine:
         await self.repository.set_message_status(stored.id, MessageStatus.ANSWERED)
         return Reply(reply_text, kind=ReplyKind.CHAT, mood=mood)
 
-    async def _write_reply(
-        self, user: UserRecord, chat: ChatRecord, stored: MessageRecord, text: str, sink: ReplySink
-    ) -> str:
-        history = await self._history(user, chat, stored, text)
-        on_partial = self._throttled_partial(sink)
-        raw = await self.worker.write_reply(
-            f"{user.platform}:{user.platform_user_id}",
-            system_prompt_for(text),
-            history,
-            max_new_tokens=self.settings.max_reply_tokens,
-            on_partial=on_partial,
-            on_queued=sink.queued,
-        )
-        return clean_reply(raw, text)
+    async def _log_mood(
+        self, user: UserRecord, chat: ChatRecord, stored: MessageRecord, mood: Mood | None
+    ) -> None:
+        """Log the mood read of ``stored`` unless the user turned mood logging off."""
+        if mood is not None and user.mood_logging:
+            await self.repository.add_mood(user.id, chat.id, stored.id, mood.label.value, mood.score)
 
     async def _history(
         self, user: UserRecord, chat: ChatRecord, stored: MessageRecord, text: str

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,6 @@ logger = logging.getLogger(__name__)
 
 #: Receives the whole reply text so far; called on the event loop.
 PartialCallback = Callable[[str], None]
-#: Told how many model calls are ahead of a waiting reply.
-QueuedCallback = Callable[[int], Awaitable[None]]
 
 
 class WorkerStoppedError(MoodmateError):
@@ -169,7 +167,6 @@ class InferenceWorker:
         *,
         max_new_tokens: int,
         on_partial: PartialCallback | None = None,
-        on_queued: QueuedCallback | None = None,
     ) -> str:
         """Generate the next assistant turn for ``owner``'s conversation; waits its turn."""
         self._check_capacity()
@@ -187,12 +184,6 @@ class InferenceWorker:
         job.sequence = self._sequence
         self._replies.append(job)
         self._wakeup.set()
-        position = self.position(job)
-        if position > 0 and on_queued is not None:
-            try:
-                await on_queued(position)
-            except Exception:
-                logger.exception("Queue-position callback failed")
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -200,11 +191,11 @@ class InferenceWorker:
             self._discard(job)
             raise
 
-    def position(self, job: _ReplyJob) -> int:
-        """How many model calls will run before ``job``: the call in flight, a pending mood batch,
-        and the replies with smaller start tags."""
-        ahead = (1 if self._busy else 0) + (1 if self._moods else 0)
-        return ahead + sum(1 for other in self._replies if other.order() < job.order())
+    def calls_ahead(self, owner: str) -> int:
+        """How many model calls would run before a reply ``owner`` asked for now: the call in flight
+        and the waiting replies fair queueing serves first."""
+        tag = max(self._next_start.get(owner, 0), self._virtual_time)
+        return (1 if self._busy else 0) + sum(1 for job in self._replies if job.start_tag <= tag)
 
     def _discard(self, job: _ReplyJob) -> None:
         if job in self._replies:
@@ -225,6 +216,9 @@ class InferenceWorker:
                 batch = [job for job in batch if not job.future.done()]
                 if batch:
                     await self._run_mood_batch(batch)
+                    # Let the callers just woken enqueue their replies before the next pick, so a
+                    # user whose mood was just read is not overtaken by replies already waiting.
+                    await asyncio.sleep(0)
                 continue
             job = min(self._replies, key=_ReplyJob.order)
             self._replies.remove(job)

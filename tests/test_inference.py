@@ -81,27 +81,26 @@ async def test_replies_are_fifo_per_user_and_round_robin_across_users() -> None:
     assert model.order == ["f0", "c0", "f1", "f2", "f3", "f4"]
 
 
-async def test_queue_position_is_reported_to_waiting_callers() -> None:
-    model = FakeModel(reply_delay=0.05)
+async def test_calls_ahead_counts_the_running_call_and_fair_queue_order() -> None:
+    model = FakeModel(reply_delay=0.1)
     worker = await _started(model)
-    positions: list[int] = []
-
-    async def on_queued(position: int) -> None:
-        positions.append(position)
-
     try:
-        first = asyncio.create_task(worker.write_reply("a", "s", _turns("1"), max_new_tokens=8))
-        await asyncio.sleep(0.01)
-        second = asyncio.create_task(
-            worker.write_reply("b", "s", _turns("2"), max_new_tokens=8, on_queued=on_queued)
-        )
-        third = asyncio.create_task(
-            worker.write_reply("c", "s", _turns("3"), max_new_tokens=8, on_queued=on_queued)
-        )
-        await asyncio.gather(first, second, third)
+        assert worker.calls_ahead("c") == 0
+        running = asyncio.create_task(worker.write_reply("a", "s", _turns("1"), max_new_tokens=8))
+        await asyncio.sleep(0.02)
+        assert worker.calls_ahead("c") == 1  # a's reply is running
+        waiting = [
+            asyncio.create_task(worker.write_reply("a", "s", _turns(str(i)), max_new_tokens=8))
+            for i in (2, 3)
+        ]
+        waiting.append(asyncio.create_task(worker.write_reply("b", "s", _turns("4"), max_new_tokens=8)))
+        await asyncio.sleep(0)
+        # A newcomer shares the current round with b; a's next replies belong to later rounds.
+        assert worker.calls_ahead("c") == 2
+        assert worker.calls_ahead("a") == 4
+        await asyncio.gather(running, *waiting)
     finally:
         await worker.stop()
-    assert positions == [1, 2]
 
 
 async def test_worker_survives_a_failing_call() -> None:
