@@ -1,0 +1,70 @@
+"""The discord.py client: intents, safe defaults, and event hooks that hand over to the adapter."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import discord
+
+from adapters.discord.commands import RunCommand, build_command_tree
+from adapters.discord.sending import NO_MENTIONS
+
+
+class ClientHandlers(Protocol):
+    """What the client calls back into (the adapter)."""
+
+    async def on_setup(self, client: MoodmateClient) -> None: ...
+
+    async def on_message(self, message: discord.Message) -> None: ...
+
+    async def on_action(self, interaction: discord.Interaction, command: str) -> None: ...
+
+    async def on_slash_command(self, interaction: discord.Interaction, text: str) -> None: ...
+
+
+def moodmate_intents() -> discord.Intents:
+    """Default intents plus Message Content (privileged: it must be enabled in the developer portal)."""
+    intents = discord.Intents.default()
+    intents.message_content = True
+    return intents
+
+
+class MoodmateClient(discord.Client):
+    """A ``discord.Client`` that never pings anyone by default and keeps no message cache."""
+
+    def __init__(self, handlers: ClientHandlers) -> None:
+        # moodmate never joins voice: skip discord.py's start-up warnings about voice libraries.
+        for flag in ("warn_nacl", "warn_dave"):
+            if getattr(discord.VoiceClient, flag, False):
+                setattr(discord.VoiceClient, flag, False)
+        super().__init__(
+            intents=moodmate_intents(),
+            allowed_mentions=NO_MENTIONS,
+            # Messages not addressed to moodmate must not be kept anywhere, not even in memory.
+            max_messages=None,
+            chunk_guilds_at_startup=False,
+        )
+        self.handlers = handlers
+        run: RunCommand = handlers.on_slash_command
+        self.tree = build_command_tree(self, run)
+        #: Set when the gateway's READY arrives (again after every new session).
+        self.gateway_ready = asyncio.Event()
+
+    async def setup_hook(self) -> None:
+        await self.handlers.on_setup(self)
+
+    async def on_connect(self) -> None:
+        # discord.py dispatches "connect" while parsing READY; "ready" waits for guild streaming.
+        self.gateway_ready.set()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.handlers.on_message(message)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        # Slash commands go through ``self.tree``; buttons carry the command as their custom_id.
+        if interaction.type is not discord.InteractionType.component:
+            return
+        custom_id = (interaction.data or {}).get("custom_id", "")
+        if isinstance(custom_id, str) and custom_id.startswith("/"):
+            await self.handlers.on_action(interaction, custom_id)

@@ -1,0 +1,446 @@
+"""The Telegram adapter: python-telegram-bot (asyncio, long polling) in front of the engine.
+
+Behaviour and decisions:
+
+* **Private chats**: every text message is answered. A chat reply starts with a compact mood line
+  (``🙂 positive 0.90``), then the reply text, split below Telegram's 4096-character limit at
+  paragraph, line, sentence or word boundaries.
+* **Groups and supergroups**: a message is handled only when it mentions the bot (``@botname``),
+  replies to one of the bot's messages, or starts with a command not aimed at another bot
+  (``/mood``, ``/mood@botname``). Everything else is ignored before the engine sees it, so it is
+  neither answered nor stored. The bot's mention is removed from the text. Each person has their
+  own conversation per group (chat id = the group, user id = the sender). Replies quote the message
+  they answer. A reply about the user's own data (``Reply.private``: /mood, /export, /forget, ...)
+  is sent to the user's private chat instead, with a short note in the group; if Telegram refuses
+  (the user never started the bot) the group is told how to open the private chat.
+* **Text is sent as plain text** (no ``parse_mode``): model output is shown exactly as written and
+  can never cause "can't parse entities". Link previews are off.
+* **Commands** are parsed by the core; the menu is registered with setMyCommands at start-up.
+  Actions become inline buttons whose callback data is the action's command; pressing one is
+  handled as that command from the presser, and the buttons are removed from the message.
+* **Non-text messages** (stickers, photos, voice, files, ...) addressed to the bot get a short
+  friendly note that only text is read; nothing is stored. Service messages are ignored.
+* **Edited messages are ignored**: they are not requested from Telegram (``allowed_updates`` is
+  ``message`` and ``callback_query``) and not handled if they arrive anyway. The original message
+  was already answered; re-answering an edit would duplicate history and mood entries.
+* **Allowlists** (TELEGRAM_ALLOWED_USER_IDS / TELEGRAM_ALLOWED_CHAT_IDS) are checked before
+  anything else; strangers get no answer and nothing is stored. Messages from bots are ignored.
+* **While the model works**: "typing…" is renewed every 4 s until the reply is sent (one loop per
+  chat), and a message that waits behind others gets a note with its place in the queue.
+* **Progressive display** is available but off by default (``stream_delay=None``): when on, a
+  reply that takes longer than ``stream_delay`` seconds is shown while it is written, edited at
+  most every 1.5 s, and finally edited into the complete reply. It is off because the sink learns
+  the mood only with the finished reply, so the in-progress message cannot carry the mood line,
+  and every reply would arrive as an edited message.
+* **Flood control**: PTB's ``AIORateLimiter`` keeps per-chat and overall rates, and on a 429
+  waits ``retry_after`` and repeats the request (up to several times), so replies are delayed,
+  not dropped.
+* **Concurrency**: updates are processed concurrently (one user's slow reply does not hold up
+  others); the engine's worker queue serialises the model. On stop, replies in progress get a
+  grace period; whatever is still unanswered stays pending in storage and is answered after restart.
+* **TELEGRAM_API_BASE_URL**: a self-hosted Bot API server's root (``http://127.0.0.1:8081``) or that
+  root plus ``/bot``; see :func:`adapters.telegram.config.api_urls`.
+* httpx logs every request URL, which contains the token, at INFO; its logger is raised to
+  WARNING unless it was configured explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from telegram import BotCommand, Message, Update
+from telegram.constants import ChatType
+from telegram.error import InvalidToken, TelegramError
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from adapters.telegram.addressing import BotIdentity, is_addressed, strip_bot_mention
+from adapters.telegram.config import Allowlist, api_urls
+from adapters.telegram.formatting import reply_texts
+from adapters.telegram.outbox import (
+    TYPING_INTERVAL_SECONDS,
+    Outbox,
+    TelegramForbiddenError,
+    TypingIndicators,
+    keyboard_for,
+)
+from adapters.telegram.sink import EDIT_INTERVAL_SECONDS, StreamingReplySink, TelegramReplySink
+from bot.commands import COMMAND_MENU
+from bot.engine import Engine
+from bot.errors import ConfigurationError, MoodmateError, PlatformError
+from bot.settings import Settings
+from bot.types import IncomingMessage, Platform, Reply
+
+logger = logging.getLogger(__name__)
+
+#: How many times a request hit by a 429 is repeated (each after Telegram's retry_after).
+FLOOD_RETRIES = 6
+POLL_TIMEOUT_SECONDS = 25
+STOP_GRACE_SECONDS = 10.0
+ALLOWED_UPDATES = (Update.MESSAGE, Update.CALLBACK_QUERY)
+
+NON_TEXT_REPLY = "I can only read text messages for now. Tell me in words how you're doing?"
+EMPTY_MENTION_REPLY = "Yes? Write your message after mentioning me, e.g. {mention} how was your day?"
+PRIVATE_SENT_NOTE = "I've sent that to you in a private chat."
+PRIVATE_BLOCKED_NOTE = (
+    "That answer is about your own data, so I only send it privately, but I can't message you yet. "
+    "Open a chat with {mention}, press Start, then ask again."
+)
+
+
+class TelegramAdapter:
+    """Connects the engine to Telegram. ``start()`` returns once polling runs; ``stop()`` ends it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        poll_timeout: int = POLL_TIMEOUT_SECONDS,
+        stream_delay: float | None = None,
+        edit_interval: float = EDIT_INTERVAL_SECONDS,
+        typing_interval: float = TYPING_INTERVAL_SECONDS,
+        stop_grace: float = STOP_GRACE_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._allowlist = Allowlist.from_settings(settings)
+        self._poll_timeout = poll_timeout
+        self._stream_delay = stream_delay
+        self._edit_interval = edit_interval
+        self._typing_interval = typing_interval
+        self._stop_grace = stop_grace
+        self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
+        self._outbox: Outbox | None = None
+        self._typing: TypingIndicators | None = None
+        self._me: BotIdentity | None = None
+        self._handling: set[asyncio.Task[Any]] = set()
+
+    @property
+    def identity(self) -> BotIdentity:
+        """The bot's id and username (known once started)."""
+        if self._me is None:
+            raise PlatformError("the Telegram adapter is not running")
+        return self._me
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Check the token (getMe), register the command menu, start long polling."""
+        if self._application is not None:
+            raise RuntimeError("the Telegram adapter is already running")
+        token = self.settings.telegram_token
+        if not token:
+            raise ConfigurationError("TELEGRAM_TOKEN is not set; get a token from @BotFather.")
+        urls = api_urls(self.settings.telegram_api_base_url)
+        _keep_token_out_of_logs()
+        application = (
+            ApplicationBuilder()
+            .token(token)
+            .base_url(urls.base_url)
+            .base_file_url(urls.base_file_url)
+            .rate_limiter(AIORateLimiter(max_retries=FLOOD_RETRIES))
+            .concurrent_updates(True)
+            .job_queue(None)
+            .build()
+        )
+        application.add_handler(MessageHandler(filters.UpdateType.MESSAGE & filters.TEXT, self._on_text))
+        application.add_handler(
+            MessageHandler(
+                filters.UpdateType.MESSAGE & ~filters.TEXT & ~filters.StatusUpdate.ALL, self._on_other
+            )
+        )
+        application.add_handler(CallbackQueryHandler(self._on_button))
+        application.add_error_handler(self._on_error)
+
+        try:
+            await application.initialize()
+        except InvalidToken:
+            await _quietly(application.bot.shutdown())
+            hint = (
+                " (or TELEGRAM_API_BASE_URL does not point at a Bot API server)"
+                if self.settings.telegram_api_base_url
+                else ""
+            )
+            raise ConfigurationError(
+                f"Telegram rejected TELEGRAM_TOKEN{hint}; copy the token from @BotFather."
+            ) from None
+        except TelegramError as error:
+            await _quietly(application.bot.shutdown())
+            raise PlatformError(f"Could not reach the Telegram Bot API: {error.message}") from error
+
+        me = application.bot.bot
+        self._me = BotIdentity(id=me.id, username=me.username or "")
+        self._outbox = Outbox(application.bot)
+        self._typing = TypingIndicators(self._outbox, self._typing_interval)
+        try:
+            await application.bot.set_my_commands(
+                [BotCommand(name, description) for name, description in COMMAND_MENU]
+            )
+        except TelegramError as error:
+            logger.warning("Could not register the Telegram command menu: %s", error.message)
+        try:
+            await application.start()
+            assert application.updater is not None
+            await application.updater.start_polling(
+                timeout=int(self._poll_timeout),  # the Bot API wants whole seconds
+                allowed_updates=list(ALLOWED_UPDATES),
+                drop_pending_updates=False,
+                error_callback=_log_polling_error,
+            )
+        except TelegramError as error:
+            await _quietly(self._shutdown(application))
+            raise PlatformError(f"Could not start receiving Telegram updates: {error.message}") from error
+        self._application = application
+        logger.info("Telegram: polling as @%s", self._me.username)
+
+    async def stop(self) -> None:
+        """Stop polling, let replies in progress finish (within a grace period), shut down."""
+        application, self._application = self._application, None
+        if application is None:
+            return
+        await self._shutdown(application)
+        logger.info("Telegram: stopped")
+
+    async def _shutdown(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        try:
+            if application.updater is not None and application.updater.running:
+                await application.updater.stop()
+            await self._drain()
+            if application.running:
+                await application.stop()
+            if self._typing is not None:
+                await self._typing.stop()
+        finally:
+            await application.shutdown()
+
+    async def _drain(self) -> None:
+        pending = {task for task in self._handling if task is not asyncio.current_task()}
+        if not pending:
+            return
+        _, still_running = await asyncio.wait(pending, timeout=self._stop_grace)
+        if still_running:
+            logger.info(
+                "Telegram: %d replies still in progress at shutdown; they stay pending for the next start",
+                len(still_running),
+            )
+            for task in still_running:
+                task.cancel()
+            await asyncio.gather(*still_running, return_exceptions=True)
+
+    # ------------------------------------------------------------------ incoming
+
+    async def _on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.message
+        if message is None or message.text is None or not self._accepts(message):
+            return
+        with self._tracked():
+            me = self.identity
+            text = strip_bot_mention(message.text, message.entities, me)
+            private = message.chat.type == ChatType.PRIVATE
+            reply_to = None if private else message.message_id
+            if not text.strip() and not private:
+                await self._send_safely(
+                    message.chat.id, EMPTY_MENTION_REPLY.format(mention=me.mention), reply_to=reply_to
+                )
+                return
+            assert message.from_user is not None
+            incoming = IncomingMessage(
+                platform=Platform.TELEGRAM,
+                chat_id=str(message.chat.id),
+                user_id=str(message.from_user.id),
+                display_name=message.from_user.full_name,
+                text=text,
+                addressed_to_bot=True,
+                chat_is_private=private,
+                message_id=str(message.message_id),
+            )
+            await self._answer(incoming, reply_to=reply_to)
+
+    async def _on_other(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.message
+        if message is None or not self._accepts(message):
+            return
+        with self._tracked():
+            private = message.chat.type == ChatType.PRIVATE
+            await self._send_safely(
+                message.chat.id, NON_TEXT_REPLY, reply_to=None if private else message.message_id
+            )
+
+    async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        if query is None or self._outbox is None:
+            return
+        user = query.from_user
+        message = query.message
+        chat = message.chat if message is not None else None
+        chat_id = chat.id if chat is not None else user.id
+        with self._tracked():
+            if user.is_bot or not self._allowlist.allows(user.id, chat_id):
+                logger.info("Telegram: ignoring a button press from outside the allowlist")
+                await self._outbox.answer_callback(query.id)
+                return
+            await self._outbox.answer_callback(query.id)
+            data = query.data or ""
+            if not data.startswith("/"):
+                return
+            if message is not None:
+                try:
+                    await self._outbox.remove_buttons(chat_id, message.message_id)
+                except PlatformError as error:
+                    logger.info("Could not remove buttons after a press: %s", error)
+            incoming = IncomingMessage(
+                platform=Platform.TELEGRAM,
+                chat_id=str(chat_id),
+                user_id=str(user.id),
+                display_name=user.full_name,
+                text=data,
+                addressed_to_bot=True,
+                chat_is_private=chat is None or chat.type == ChatType.PRIVATE,
+            )
+            await self._answer(incoming, reply_to=None)
+
+    def _accepts(self, message: Message) -> bool:
+        """From a person on the allowlist, and (in groups) addressed to the bot."""
+        user = message.from_user
+        if user is None or user.is_bot or self._me is None or not is_addressed(message, self._me):
+            return False
+        if not self._allowlist.allows(user.id, message.chat.id):
+            logger.info("Telegram: ignoring a message from outside the allowlist")
+            return False
+        return True
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        logger.error("Telegram: unhandled error while processing an update", exc_info=context.error)
+
+    # ------------------------------------------------------------------ answering
+
+    async def _answer(self, incoming: IncomingMessage, *, reply_to: int | None) -> None:
+        assert self._outbox is not None and self._typing is not None
+        chat_id = int(incoming.chat_id)
+        sink: TelegramReplySink
+        if self._stream_delay is None:
+            sink = TelegramReplySink(self._outbox, chat_id, reply_to=reply_to)
+        else:
+            sink = StreamingReplySink(
+                self._outbox,
+                chat_id,
+                reply_to=reply_to,
+                stream_delay=self._stream_delay,
+                edit_interval=self._edit_interval,
+            )
+        try:
+            async with self._typing.showing(chat_id):
+                replies = await self.engine.handle(incoming, sink)
+                await sink.close()
+                stream_message_id = sink.stream_message_id
+                for reply in replies:
+                    await self._send_reply(
+                        incoming, reply, reply_to=reply_to, stream_message_id=stream_message_id
+                    )
+                    stream_message_id = None
+        except PlatformError as error:
+            logger.warning("Telegram: could not deliver a reply: %s", error)
+            if not isinstance(error, TelegramForbiddenError):
+                await self._send_safely(chat_id, MoodmateError.user_message, reply_to=reply_to)
+        except Exception:
+            logger.exception("Telegram: unexpected error while answering a message")
+            await self._send_safely(chat_id, MoodmateError.user_message, reply_to=reply_to)
+        finally:
+            await sink.close()
+
+    async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
+        """Send ``reply`` to where ``message`` came from (used for messages answered after a restart)."""
+        if self._outbox is None:
+            raise PlatformError("the Telegram adapter is not running")
+        reply_to = None
+        if not message.chat_is_private and message.message_id and message.message_id.isdigit():
+            reply_to = int(message.message_id)
+        await self._send_reply(message, reply, reply_to=reply_to, stream_message_id=None)
+
+    async def _send_reply(
+        self, incoming: IncomingMessage, reply: Reply, *, reply_to: int | None, stream_message_id: int | None
+    ) -> None:
+        assert self._outbox is not None
+        chat_id = int(incoming.chat_id)
+        if reply.private and not incoming.chat_is_private:
+            try:
+                await self._post(int(incoming.user_id), reply, reply_to=None, stream_message_id=None)
+            except TelegramForbiddenError:
+                note = PRIVATE_BLOCKED_NOTE.format(mention=self.identity.mention)
+                await self._outbox.text(chat_id, note, reply_to=reply_to)
+                return
+            await self._outbox.text(chat_id, PRIVATE_SENT_NOTE, reply_to=reply_to)
+            return
+        await self._post(chat_id, reply, reply_to=reply_to, stream_message_id=stream_message_id)
+
+    async def _post(
+        self, chat_id: int, reply: Reply, *, reply_to: int | None, stream_message_id: int | None
+    ) -> None:
+        """Send one reply: its text parts (the last one carrying any buttons), then its files."""
+        assert self._outbox is not None
+        texts = reply_texts(reply)
+        markup = keyboard_for(reply.actions)
+        for index, text in enumerate(texts):
+            buttons = markup if index == len(texts) - 1 else None
+            if index == 0 and stream_message_id is not None:
+                try:
+                    await self._outbox.edit(chat_id, stream_message_id, text, markup=buttons)
+                    continue
+                except TelegramForbiddenError:
+                    raise
+                except PlatformError as error:
+                    logger.warning("Could not finish the reply in place (%s); sending it anew", error)
+            await self._outbox.text(chat_id, text, reply_to=reply_to if index == 0 else None, markup=buttons)
+        for attachment in reply.attachments:
+            await self._outbox.attachment(chat_id, attachment)
+
+    async def _send_safely(self, chat_id: int, text: str, *, reply_to: int | None) -> None:
+        """Send a short notice; a failure is logged, never raised."""
+        if self._outbox is None:
+            return
+        try:
+            await self._outbox.text(chat_id, text, reply_to=reply_to)
+        except PlatformError as error:
+            logger.warning("Telegram: could not send a notice: %s", error)
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """Remember the running handler task, so stop() can wait for it or cancel it."""
+        task = asyncio.current_task()
+        if task is None:
+            yield
+            return
+        self._handling.add(task)
+        try:
+            yield
+        finally:
+            self._handling.discard(task)
+
+
+def _log_polling_error(error: TelegramError) -> None:
+    logger.warning("Telegram: polling failed (%s); retrying", error.message)
+
+
+def _keep_token_out_of_logs() -> None:
+    httpx_logger = logging.getLogger("httpx")
+    if httpx_logger.level == logging.NOTSET:
+        httpx_logger.setLevel(logging.WARNING)
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception:
+        logger.debug("Ignored an error while cleaning up", exc_info=True)

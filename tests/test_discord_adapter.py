@@ -1,0 +1,664 @@
+"""The Discord adapter end to end: real discord.py, moodmate's real startup path, a fake Discord."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import discord.gateway
+import discord.http
+import pytest
+
+from adapters.discord import DiscordAdapter
+from bot.bootstrap import App, bootstrap
+from bot.errors import ConfigurationError
+from bot.model.fake import FakeModel
+from bot.presentation import mood_badge
+from bot.types import IncomingMessage, Mood, MoodLabel, Platform, Reply, ReplyKind
+from tests.conftest import make_settings
+from tests.fakes.discord_server import FakeDiscordServer, FakeGuild, FakeUser, RecordedRequest
+
+DEFAULT_BASE = discord.http.Route.BASE
+DEFAULT_GATEWAY = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+
+
+@dataclass
+class World:
+    guild: FakeGuild
+    other_guild: FakeGuild
+    alice: FakeUser
+    bob: FakeUser
+    outsider: FakeUser
+
+    @property
+    def general(self) -> str:
+        return self.guild.channels["general"]
+
+    @property
+    def random(self) -> str:
+        return self.guild.channels["random"]
+
+
+@dataclass
+class Bot:
+    app: App
+    adapter: DiscordAdapter
+    model: FakeModel
+
+
+StartBot = Callable[..., Awaitable[Bot]]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscordServer]:
+    async with FakeDiscordServer() as server:
+        yield server
+
+
+@pytest.fixture
+def world(fake: FakeDiscordServer) -> World:
+    guild = fake.add_guild("Cafe", channels=("general", "random", "lounge"))
+    other = fake.add_guild("Elsewhere", channels=("main",))
+    return World(
+        guild=guild,
+        other_guild=other,
+        alice=fake.add_user("alice", guilds=(guild,), global_name="Alice"),
+        bob=fake.add_user("bob", guilds=(guild,)),
+        outsider=fake.add_user("outsider", guilds=(other,)),
+    )
+
+
+@pytest.fixture
+async def start_bot(fake: FakeDiscordServer, world: World, tmp_path: Path) -> AsyncIterator[StartBot]:
+    running: list[tuple[App, DiscordAdapter]] = []
+
+    async def start(model: FakeModel | None = None, **overrides: Any) -> Bot:
+        values: dict[str, Any] = {
+            "discord_token": fake.token,
+            "discord_api_base_url": fake.api_base_url,
+            "discord_gateway_url": fake.gateway_url,
+        }
+        values.update(overrides)
+        settings = make_settings(tmp_path, **values)
+        model = model or FakeModel()
+        app = await bootstrap(settings, model=model)
+        await app.start()
+        adapter = DiscordAdapter(settings, app.engine)
+        running.append((app, adapter))
+        await adapter.start()
+        return Bot(app, adapter, model)
+
+    yield start
+    for app, adapter in reversed(running):
+        await adapter.stop()
+        await app.stop()
+
+
+def message_posts(fake: FakeDiscordServer, channel_id: str | None = None) -> list[RecordedRequest]:
+    return fake.sent_messages(channel_id)
+
+
+async def replies_in(fake: FakeDiscordServer, channel_id: str, count: int = 1) -> list[RecordedRequest]:
+    return await fake.wait_for(lambda r: r.is_message_post and r.channel_id == channel_id, count=count)
+
+
+async def stored_texts(app: App, user: FakeUser) -> list[str | None]:
+    record = await app.repository.get_user("discord", user.id)
+    if record is None:
+        return []
+    return [row.text for row in await app.repository.messages_for_user(record.id)]
+
+
+# --- conversations -----------------------------------------------------------------------------
+
+
+async def test_dm_gets_a_reply_with_its_mood(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    await fake.send_dm(world.alice, "I had an awful, terrible day")
+
+    [reply] = await replies_in(fake, fake.dm_channel_id(world.alice))
+
+    negative = Mood(MoodLabel.NEGATIVE, 0.91)
+    assert reply.content is not None
+    assert reply.content.splitlines()[0] == mood_badge(negative)
+    assert "I hear you: I had an awful, terrible day" in reply.content
+    user = await bot.app.repository.get_user("discord", world.alice.id)
+    assert user is not None and user.display_name == "Alice"
+    moods = await bot.app.repository.moods(user.id)
+    assert [mood.label for mood in moods] == ["negative"]
+    assert await stored_texts(bot.app, world.alice) == [
+        "I had an awful, terrible day",
+        reply.content.split("\n", 1)[1],
+    ]
+
+
+async def test_typing_indicator_runs_before_the_reply(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot(FakeModel(reply_delay=0.3))
+    channel = fake.dm_channel_id(world.alice)
+    await fake.send_dm(world.alice, "hello there")
+    await replies_in(fake, channel)
+
+    paths = [r.path for r in fake.requests if r.channel_id == channel]
+    assert paths[0] == f"/channels/{channel}/typing"
+    assert paths.index(f"/channels/{channel}/messages") > 0
+
+
+async def test_server_message_without_mention_is_neither_answered_nor_stored(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    await fake.send_message(world.general, world.bob, "just chatting with friends, I love this place")
+    # A barrier: this one is addressed, so once it is answered the first was long since handled.
+    await fake.send_message(world.random, world.alice, f"<@{fake.bot.id}> are you there?")
+    await replies_in(fake, world.random)
+
+    assert message_posts(fake, world.general) == []
+    assert [r for r in fake.requests if r.channel_id == world.general] == []  # not even typing
+    assert await bot.app.repository.get_user("discord", world.bob.id) is None
+    assert all("love this place" not in text for text, *_ in bot.model.generate_inputs)
+    assert "just chatting with friends, I love this place" not in bot.model.classify_inputs
+    stats = await bot.app.repository.stats()
+    assert (stats.users, stats.messages) == (1, 2)
+
+
+async def test_mention_is_answered_as_a_reply_without_the_mention_markup(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    sent = await fake.send_message(world.general, world.alice, f"<@{fake.bot.id}> I feel great today")
+
+    [reply] = await replies_in(fake, world.general)
+
+    assert reply.content is not None and reply.content.startswith("🙂 positive 0.90\n")
+    assert reply.payload["message_reference"]["message_id"] == int(sent["id"])
+    assert reply.payload["allowed_mentions"] == {"parse": [], "replied_user": False}
+    assert bot.model.classify_inputs == ["I feel great today"]
+    assert bot.model.generate_inputs[0][1][-1].content == "I feel great today"
+
+
+async def test_role_mention_and_reply_to_the_bot_count_as_addressed(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    bot_role = next(role for role in world.guild.roles if role.bot_id == fake.bot.id)
+    await fake.send_message(world.general, world.alice, f"<@&{bot_role.id}> hello via the role")
+    [first] = await replies_in(fake, world.general)
+    answer = fake.messages[_sent_id(fake, first)]
+
+    await fake.send_message(world.general, world.alice, "and a reply without a mention", reply_to=answer)
+    await replies_in(fake, world.general, count=2)
+
+    assert bot.model.classify_inputs == ["hello via the role", "and a reply without a mention"]
+
+
+async def test_reply_to_someone_else_is_not_addressed(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    human = await fake.send_message(world.general, world.bob, "bob says hi")
+    await fake.send_message(world.general, world.alice, "alice answers bob", reply_to=human)
+    await fake.send_message(world.random, world.alice, f"<@{fake.bot.id}> barrier")
+    await replies_in(fake, world.random)
+
+    assert message_posts(fake, world.general) == []
+    assert bot.model.classify_inputs == ["barrier"]
+
+
+async def test_free_channels_answer_without_a_mention(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot(discord_free_channel_ids=world.guild.channels["lounge"])
+    await fake.send_message(world.guild.channels["lounge"], world.alice, "anyone around?")
+    [reply] = await replies_in(fake, world.guild.channels["lounge"])
+    assert reply.content is not None and "anyone around?" in reply.content
+
+
+async def test_messages_from_bots_are_ignored(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    other_bot = fake.add_user("helperbot", guilds=(world.guild,), bot=True)
+    await fake.send_message(world.general, other_bot, f"<@{fake.bot.id}> beep boop")
+    await fake.send_message(world.general, fake.bot, f"<@{fake.bot.id}> talking to myself")
+    await fake.send_dm(world.alice, "barrier")
+    await replies_in(fake, fake.dm_channel_id(world.alice))
+
+    assert message_posts(fake, world.general) == []
+    assert bot.model.classify_inputs == ["barrier"]
+
+
+async def test_histories_are_per_user_per_channel(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    mention = f"<@{fake.bot.id}>"
+    await fake.send_message(world.general, world.alice, f"{mention} alice secret one")
+    await replies_in(fake, world.general)
+    await fake.send_message(world.general, world.bob, f"{mention} bob speaking")
+    await replies_in(fake, world.general, count=2)
+    await fake.send_message(world.random, world.alice, f"{mention} alice elsewhere")
+    await replies_in(fake, world.random)
+    await fake.send_message(world.general, world.alice, f"{mention} alice again")
+    await replies_in(fake, world.general, count=3)
+
+    histories = [[turn.content for turn in history] for _, history in bot.model.generate_inputs]
+    assert histories[1][-1] == "bob speaking" and not any("alice" in turn for turn in histories[1])
+    assert histories[2] == ["alice elsewhere"]
+    assert histories[3][0] == "alice secret one" and histories[3][-1] == "alice again"
+    assert not any("bob" in turn or "elsewhere" in turn for turn in histories[3])
+
+
+# --- long replies and mentions -------------------------------------------------------------------
+
+
+def long_reply() -> str:
+    prose = " ".join(f"Sentence number {i} keeps this reply going for a while." for i in range(25))
+    code = "\n".join(f"    total_{i} = compute_value({i}) + offset_{i}  # step {i}" for i in range(55))
+    tail = " ".join(f"After the code, thought {i} follows naturally." for i in range(12))
+    text = f"{prose}\n\n```python\n{code}\n```\n\n{tail}"
+    assert 4900 <= len(text) <= 5200, len(text)
+    return text
+
+
+async def test_a_5000_character_reply_is_split_with_balanced_code_fences(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    original = long_reply()
+    await start_bot(FakeModel(reply_fn=lambda system, history: original))
+    await fake.send_dm(world.alice, "tell me a long story")
+    channel = fake.dm_channel_id(world.alice)
+    await fake.wait_for(lambda r: r.is_message_post and r.channel_id == channel, count=3)
+    await fake.send_dm(world.bob, "barrier")  # all parts of the first reply are sent by then
+    await replies_in(fake, fake.dm_channel_id(world.bob), count=3)
+
+    parts = [r.content or "" for r in message_posts(fake, channel)]
+    assert len(parts) >= 3
+    assert all(len(part) <= 2000 for part in parts)
+    assert all(part.count("```") % 2 == 0 for part in parts)
+    # Remove the markers the adapter added: a closing fence ending a part, reopened by the next one.
+    restored = parts[0]
+    carried = 0
+    for previous, part in itertools.pairwise(parts):
+        reopened = re.match(r"```python\n", part)
+        if reopened and previous.endswith("\n```"):
+            restored = restored[: -len("```")]
+            part = part[reopened.end() :]
+            carried += 1
+        restored += part
+    assert restored == "😐 neutral 0.80\n" + original
+    assert carried >= 1  # a cut did fall inside the code block
+
+
+async def test_model_output_cannot_ping_anyone(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    role = world.guild.roles[1]
+    output = f"@everyone @here <@&{role.id}> <@{world.bob.id}> look at this!"
+    await start_bot(FakeModel(reply_fn=lambda system, history: output))
+    await fake.send_message(world.general, world.alice, f"<@{fake.bot.id}> say something loud")
+    [reply] = await replies_in(fake, world.general)
+
+    assert reply.content is not None and output in reply.content
+    mentions = reply.payload["allowed_mentions"]
+    assert mentions["parse"] == []
+    assert not mentions.get("users") and not mentions.get("roles")
+    assert mentions.get("replied_user") is False
+
+
+# --- slash commands and buttons ---------------------------------------------------------------------
+
+
+def interaction_requests(fake: FakeDiscordServer, interaction: dict[str, Any]) -> list[RecordedRequest]:
+    token = interaction["token"]
+    return [r for r in fake.requests if token in r.path]
+
+
+async def test_slash_commands_are_synced_at_start(fake: FakeDiscordServer, start_bot: StartBot) -> None:
+    await start_bot()
+    [sync] = [r for r in fake.requests if r.method == "PUT"]
+    assert sync.path == f"/applications/{fake.application_id}/commands"
+    names = {command["name"] for command in sync.payload}
+    assert {"mood", "reset", "forget", "export", "help", "timezone", "moodlog"} <= names
+    mood = next(command for command in sync.payload if command["name"] == "mood")
+    assert [choice["value"] for choice in mood["options"][0]["choices"]] == ["7d", "30d", "90d", "all"]
+
+
+async def test_mood_slash_command_is_deferred_then_answered_ephemerally(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    await fake.send_message(world.general, world.alice, f"<@{fake.bot.id}> what a wonderful morning")
+    await replies_in(fake, world.general)
+
+    interaction = await fake.invoke_command("mood", world.alice, world.general, {"period": "30d"})
+    [followup] = await fake.wait_for(lambda r: r.path.startswith(f"/webhooks/{fake.application_id}/"))
+
+    callback, *later = interaction_requests(fake, interaction)
+    assert later == [followup]  # deferred first, then one follow-up
+    assert callback.path == f"/interactions/{interaction['id']}/{interaction['token']}/callback"
+    assert callback.payload == {"type": 5, "data": {"flags": 64}}
+    assert followup.method == "POST" and followup.payload["flags"] & 64
+    assert "last 30 days" in followup.payload["content"]
+    assert "1 positive" in followup.payload["content"]
+    assert followup.payload["allowed_mentions"] == {"parse": []}
+    assert [file.filename for file in followup.files] == ["mood-30d.png"]
+    assert followup.files[0].data.startswith(b"\x89PNG")
+    assert message_posts(fake, world.general)[1:] == []  # nothing public in the channel
+    assert bot.model.classify_inputs == ["what a wonderful morning"]
+
+
+async def test_slash_command_in_a_dm_is_not_ephemeral(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot()
+    interaction = await fake.invoke_command("help", world.alice, fake.dm_channel_id(world.alice))
+    [followup] = await fake.wait_for(lambda r: r.path.startswith(f"/webhooks/{fake.application_id}/"))
+    callback = interaction_requests(fake, interaction)[0]
+    assert callback.payload == {"type": 5}
+    assert not followup.payload.get("flags")
+    assert "/mood" in followup.payload["content"]
+
+
+async def test_export_sends_csv_and_json_files(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot()
+    await fake.send_dm(world.alice, "a good day")
+    await replies_in(fake, fake.dm_channel_id(world.alice))
+    await fake.invoke_command("export", world.alice, fake.dm_channel_id(world.alice))
+    [followup] = await fake.wait_for(lambda r: r.path.startswith(f"/webhooks/{fake.application_id}/"))
+
+    names = [file.filename for file in followup.files]
+    assert [name.rsplit(".", 1)[1] for name in names] == ["csv", "json"]
+    assert followup.files[0].field_name == "files[0]" and followup.files[1].field_name == "files[1]"
+    assert b"a good day" in followup.files[0].data and b"a good day" in followup.files[1].data
+
+
+async def test_forget_deletes_everything_after_the_button_is_pressed(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    await fake.send_dm(world.alice, "remember this, I am happy")
+    await replies_in(fake, fake.dm_channel_id(world.alice))
+    user = await bot.app.repository.get_user("discord", world.alice.id)
+    assert user is not None
+    assert (await bot.app.repository.count_rows(user.id))["messages"] == 2
+
+    await fake.invoke_command("forget", world.alice, world.general)
+    [question] = await fake.wait_for(lambda r: r.path.startswith(f"/webhooks/{fake.application_id}/"))
+    assert question.payload["flags"] & 64
+    buttons = [c for row in question.payload["components"] for c in row["components"]]
+    assert [button["custom_id"] for button in buttons] == ["/forget confirm", "/forget cancel"]
+    assert (await bot.app.repository.count_rows(user.id))["messages"] == 2  # nothing deleted yet
+
+    press = await fake.click_button(question.response, "/forget confirm", world.alice)
+    [edit] = await fake.wait_for(lambda r: r.method == "PATCH" and press["token"] in r.path)
+
+    assert interaction_requests(fake, press)[0].payload == {"type": 6}
+    assert edit.path.endswith("/messages/@original")
+    assert "deleted" in edit.payload["content"]
+    assert edit.payload["components"] == []
+    assert await bot.app.repository.count_rows(user.id) == {
+        "users": 0,
+        "chats": 0,
+        "messages": 0,
+        "mood_entries": 0,
+    }
+    assert await bot.app.repository.get_user("discord", world.alice.id) is None
+
+
+# --- allowlists ---------------------------------------------------------------------------------
+
+
+async def test_guild_allowlist_is_enforced_before_the_engine(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot(discord_allowed_guild_ids=world.other_guild.id)
+    mention = f"<@{fake.bot.id}>"
+    await fake.send_message(world.general, world.alice, f"{mention} hello from the wrong server")
+    interaction = await fake.invoke_command("mood", world.alice, world.general)
+    await fake.wait_for(lambda r: interaction["token"] in r.path)
+    await fake.send_dm(world.alice, "a DM from someone outside the allowed server")
+    await fake.send_dm(world.outsider, "a DM from a member of the allowed server")
+    await replies_in(fake, fake.dm_channel_id(world.outsider))
+    main = world.other_guild.channels["main"]
+    await fake.send_message(main, world.outsider, f"{mention} hello from the right server")
+    await replies_in(fake, main)
+
+    assert message_posts(fake, world.general) == []
+    assert message_posts(fake, fake.dm_channel_id(world.alice)) == []
+    assert await bot.app.repository.get_user("discord", world.alice.id) is None
+    refusal = interaction_requests(fake, interaction)
+    assert [r.payload["type"] for r in refusal] == [4]
+    assert (
+        refusal[0].payload["data"]["flags"] == 64 and "isn't enabled" in refusal[0].payload["data"]["content"]
+    )
+    assert bot.model.classify_inputs == [
+        "a DM from a member of the allowed server",
+        "hello from the right server",
+    ]
+
+
+async def test_channel_allowlist_is_enforced(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot(discord_allowed_channel_ids=world.random)
+    mention = f"<@{fake.bot.id}>"
+    await fake.send_message(world.general, world.alice, f"{mention} not here")
+    await fake.send_dm(world.alice, "nor here")
+    await fake.send_message(world.random, world.alice, f"{mention} but here")
+    await replies_in(fake, world.random)
+
+    assert message_posts(fake, world.general) == message_posts(fake, fake.dm_channel_id(world.alice)) == []
+    assert bot.model.classify_inputs == ["but here"]
+
+
+# --- rate limits, queueing, delivery ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_global", [False, True])
+async def test_a_429_on_send_is_retried_not_dropped(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot, is_global: bool
+) -> None:
+    await start_bot()
+    fake.rate_limit("POST", r"/channels/\d+/messages", times=2, retry_after=0.05, is_global=is_global)
+    await fake.send_dm(world.alice, "please do not drop me")
+    [reply] = await replies_in(fake, fake.dm_channel_id(world.alice))
+
+    posts = [r for r in fake.requests if r.is_message_post]
+    assert [r.status for r in posts] == [429, 429, 200]
+    assert reply.content is not None and "please do not drop me" in reply.content
+
+
+async def test_a_long_rate_limit_beyond_discord_py_retries_is_still_delivered(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot()
+    # discord.py gives up after five tries; the adapter's own retry carries the reply through.
+    fake.rate_limit("POST", r"/channels/\d+/messages", times=6, retry_after=0.01)
+    await fake.send_dm(world.alice, "still here?")
+    await replies_in(fake, fake.dm_channel_id(world.alice))
+    statuses = [r.status for r in fake.requests if r.is_message_post]
+    assert statuses == [429] * 6 + [200]
+
+
+async def test_a_waiting_message_shows_its_queue_position(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot(FakeModel(mood_delay=0.1, reply_delay=0.3))
+    people = (world.alice, world.bob, world.outsider)
+    for person in people:  # three at once on a one-call-at-a-time model: someone has to wait
+        await fake.send_dm(person, f"hello from {person.username}")
+    await fake.wait_for(lambda r: r.is_message_post and "I hear you" in (r.content or ""), count=3)
+
+    notices = [r for r in fake.sent_messages() if "ahead of yours" in (r.content or "")]
+    assert notices
+    for notice in notices:
+        assert re.search(r"answering \d+ messages? ahead of yours", notice.content or "")
+        [deleted] = await fake.wait_for(
+            lambda r, n=notice: r.method == "DELETE" and r.channel_id == n.channel_id
+        )
+        assert deleted.path.endswith(f"/messages/{_sent_id(fake, notice)}")
+        answers = [r for r in fake.sent_messages(notice.channel_id) if "I hear you" in (r.content or "")]
+        assert len(answers) == 1
+        assert fake.requests.index(notice) < fake.requests.index(answers[0]) < fake.requests.index(deleted)
+
+
+async def test_deliver_sends_a_recovered_reply_to_the_original_channel(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    recovered = IncomingMessage(
+        platform=Platform.DISCORD,
+        chat_id=world.general,
+        user_id=world.alice.id,
+        display_name="Alice",
+        text="earlier message",
+        chat_is_private=False,
+    )
+    await bot.adapter.deliver(recovered, Reply("Sorry I missed this @everyone", kind=ReplyKind.NOTICE))
+    [sent] = message_posts(fake, world.general)
+    assert sent.content == "*Alice:*\nSorry I missed this @everyone"
+    assert sent.payload["allowed_mentions"] == {"parse": []}
+
+
+# --- startup ------------------------------------------------------------------------------------
+
+
+async def test_startup_uses_the_configured_endpoints_and_restores_them(
+    fake: FakeDiscordServer, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    assert fake.connection_queries == [{"v": "10", "encoding": "json", "compress": "zlib-stream"}]
+    assert fake.identify_payloads[0]["intents"] & (1 << 15)  # message content
+    assert not fake.identify_payloads[0]["intents"] & (1 << 1)  # no members intent
+    assert [r.path for r in fake.requests[:2]] == ["/users/@me", "/oauth2/applications/@me"]
+    await bot.adapter.stop()
+    assert discord.http.Route.BASE == DEFAULT_BASE
+    assert discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY == DEFAULT_GATEWAY
+
+
+async def test_gateway_is_discovered_from_the_api_when_not_configured(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot(discord_gateway_url=None, discord_api_base_url=fake.api_base_url.removesuffix("/api/v10"))
+    assert any(r.path == "/gateway/bot" for r in fake.requests)
+    await fake.send_dm(world.alice, "hi")
+    await replies_in(fake, fake.dm_channel_id(world.alice))
+
+
+async def test_a_bad_token_is_one_clear_sentence(fake: FakeDiscordServer, start_bot: StartBot) -> None:
+    with pytest.raises(ConfigurationError, match=r"^Discord rejected DISCORD_TOKEN \(401 Unauthorized\); "):
+        await start_bot(discord_token="not-the-token")
+    assert discord.http.Route.BASE == DEFAULT_BASE
+
+
+async def test_a_refused_message_content_intent_is_one_clear_sentence(
+    fake: FakeDiscordServer, start_bot: StartBot
+) -> None:
+    fake.privileged_intents_enabled = False
+    with pytest.raises(ConfigurationError) as caught:
+        await start_bot()
+    assert "Message Content Intent" in str(caught.value) and "developer portal" in str(caught.value)
+    assert str(caught.value).count(". ") == 0  # one sentence
+    assert discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY == DEFAULT_GATEWAY
+
+
+def _sent_id(fake: FakeDiscordServer, request: RecordedRequest) -> str:
+    """The id the fake gave the message created by ``request``."""
+    return str(request.response["id"])
+
+
+async def test_a_dropped_gateway_is_resumed(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot()
+    await fake.close_gateway(4000)
+    await fake.wait_ready()
+    assert len(fake.resume_payloads) == 1 and fake.identify_count == 1
+    await fake.send_dm(world.alice, "still there after the hiccup?")
+    await replies_in(fake, fake.dm_channel_id(world.alice))
+
+
+async def test_a_private_answer_asked_for_in_a_server_goes_to_dms(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot()
+    await fake.send_message(world.general, world.alice, f"<@{fake.bot.id}> /export csv")
+    [note] = await replies_in(fake, world.general)
+    [dm] = await replies_in(fake, fake.dm_channel_id(world.alice))
+
+    assert any(r.method == "POST" and r.path == "/users/@me/channels" for r in fake.requests)
+    assert dm.content is not None and dm.content.startswith("Here is your data")
+    assert [file.filename.rsplit(".", 1)[1] for file in dm.files] == ["csv"]
+    assert note.content is not None and "DM" in note.content and not note.files
+
+
+async def test_text_commands_in_a_dm_get_files(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot()
+    await fake.send_dm(world.alice, "/export json")
+    [reply] = await replies_in(fake, fake.dm_channel_id(world.alice))
+    assert [file.filename.rsplit(".", 1)[1] for file in reply.files] == ["json"]
+    assert reply.payload["attachments"] == [{"id": 0, "filename": reply.files[0].filename}]
+
+
+async def test_a_reply_to_an_older_bot_message_is_recognised_without_referenced_message(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    older = fake.create_message(world.general, fake.bot, "something I said before a restart")
+    await fake.send_message(
+        world.general, world.alice, "replying to that", reply_to=older, include_referenced_message=False
+    )
+    await replies_in(fake, world.general)
+    assert any(
+        r.method == "GET" and r.path == f"/channels/{world.general}/messages/{older['id']}"
+        for r in fake.requests
+    )
+    assert bot.model.classify_inputs == ["replying to that"]
+
+
+async def test_commands_work_when_callbacks_have_no_response_body(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot()
+    fake.callback_bodies = False
+    interaction = await fake.invoke_command("help", world.alice, world.general)
+    [followup] = await fake.wait_for(lambda r: r.path.startswith(f"/webhooks/{fake.application_id}/"))
+    assert interaction_requests(fake, interaction)[0].status == 204
+    assert followup.payload["flags"] & 64 and "/mood" in followup.payload["content"]
+
+
+async def test_a_429_on_a_follow_up_is_retried(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot()
+    fake.rate_limit("POST", r"/webhooks/\d+/[^/]+", times=1, retry_after=0.05)
+    await fake.invoke_command("help", world.alice, world.general)
+    [followup] = await fake.wait_for(lambda r: r.path.startswith(f"/webhooks/{fake.application_id}/"))
+    statuses = [r.status for r in fake.requests if r.path.startswith("/webhooks/")]
+    assert statuses == [429, 200]
+    assert "/mood" in followup.payload["content"]
+
+
+async def test_stop_lets_a_reply_in_progress_finish(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot(FakeModel(reply_delay=0.5))
+    await fake.send_dm(world.alice, "answer me before you go")
+    await fake.wait_for(lambda r: r.path.endswith("/typing"))
+    await bot.adapter.stop()
+
+    [reply] = message_posts(fake, fake.dm_channel_id(world.alice))
+    assert reply.content is not None and "answer me before you go" in reply.content
+    assert not fake.connected
