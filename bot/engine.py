@@ -28,6 +28,7 @@ from storage import ChatRecord, MessageRecord, MessageStatus, PendingMessage, Re
 logger = logging.getLogger(__name__)
 
 PARTIAL_INTERVAL_SECONDS = 1.0
+PROGRESS_DRAIN_SECONDS = 5.0
 HISTORY_ROWS = 40
 
 BLANK_TEXT_REPLY = "I only read text, and that message looked empty. Write me a few words?"
@@ -46,8 +47,42 @@ class ReplySink:
     async def queued(self, position: int) -> None:
         """The message arrived while ``position`` model calls are ahead of it (told once, on arrival)."""
 
+    async def mood(self, mood: Mood) -> None:
+        """The message's mood, known before the reply is written (so a progressive display can show it)."""
+
     async def partial(self, text: str) -> None:
-        """The reply text generated so far (at most about once a second)."""
+        """The reply text generated so far (at most about once a second), always after ``mood``."""
+
+
+class _ProgressRelay:
+    """Runs one message's progress callbacks in order, off the answering path, and can be drained."""
+
+    def __init__(self, sink: ReplySink) -> None:
+        self.sink = sink
+        self.wants_mood = type(sink).mood is not ReplySink.mood
+        self.wants_partial = type(sink).partial is not ReplySink.partial
+        self._last: asyncio.Task[None] | None = None
+
+    def send(self, callback: Awaitable[None]) -> None:
+        previous = self._last
+
+        async def run() -> None:
+            if previous is not None:
+                await previous
+            try:
+                await callback
+            except Exception:
+                logger.exception("A progress callback failed")
+
+        self._last = asyncio.create_task(run())
+
+    async def drain(self, timeout: float = PROGRESS_DRAIN_SECONDS) -> None:
+        """Wait (briefly) for the callbacks sent so far, so the final reply comes after them."""
+        if self._last is not None and not self._last.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._last), timeout)
+            except TimeoutError:
+                logger.warning("Progress callbacks still running after %.0f s", timeout)
 
 
 #: Sends a recovered reply to where the original message came from.
@@ -83,7 +118,6 @@ class Engine:
         self.commands = CommandContext(repository, settings, clock)
         self._pending: Counter[tuple[str, str]] = Counter()
         self._warned: set[tuple[str, str]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, message: IncomingMessage, sink: ReplySink | None = None) -> list[Reply]:
         """The replies to send for ``message``; empty when the message is not for the bot."""
@@ -140,19 +174,23 @@ class Engine:
         # joins the queue the moment the mood is known (no I/O in between lets others jump ahead).
         history = await self._history(user, chat, stored, model_text)
         owner = f"{user.platform}:{user.platform_user_id}"
+        progress = _ProgressRelay(sink)
         ahead = self.worker.calls_ahead(owner)
         if ahead:
-            self._spawn(sink.queued(ahead))
+            progress.send(sink.queued(ahead))
         mood: Mood | None = None
         try:
             mood = await self.worker.read_mood(model_text)
+            if progress.wants_mood:
+                progress.send(sink.mood(mood))
             raw = await self.worker.write_reply(
                 owner,
                 system_prompt_for(model_text),
                 history,
                 max_new_tokens=self.settings.max_reply_tokens,
-                on_partial=self._throttled_partial(sink),
+                on_partial=_throttled(progress),
             )
+            await progress.drain()
         except WorkerStoppedError:
             raise  # shutting down: the message stays pending and is answered after the restart
         except Exception:
@@ -200,32 +238,6 @@ class Engine:
         turns.append(ChatTurn("user", text))
         return turns
 
-    def _throttled_partial(self, sink: ReplySink) -> Callable[[str], None] | None:
-        if type(sink).partial is ReplySink.partial:
-            return None
-        last_sent = 0.0
-
-        def on_partial(text: str) -> None:
-            nonlocal last_sent
-            now = time.monotonic()
-            if now - last_sent < PARTIAL_INTERVAL_SECONDS:
-                return
-            last_sent = now
-            self._spawn(sink.partial(text))
-
-        return on_partial
-
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
-        async def run() -> None:
-            try:
-                await coroutine
-            except Exception:
-                logger.exception("A progress callback failed")
-
-        task = asyncio.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _mark(self, message_id: int, status: MessageStatus) -> None:
         try:
             await self.repository.set_message_status(message_id, status)
@@ -270,6 +282,22 @@ class Engine:
                 failed,
             )
         return RecoveryReport(answered=answered, apologised=apologised, failed=failed)
+
+
+def _throttled(progress: _ProgressRelay) -> Callable[[str], None] | None:
+    """A partial-text callback that forwards at most one update per ``PARTIAL_INTERVAL_SECONDS``."""
+    if not progress.wants_partial:
+        return None
+    last_sent = 0.0
+
+    def on_partial(text: str) -> None:
+        nonlocal last_sent
+        now = time.monotonic()
+        if now - last_sent >= PARTIAL_INTERVAL_SECONDS:
+            last_sent = now
+            progress.send(progress.sink.partial(text))
+
+    return on_partial
 
 
 def _incoming_from(item: PendingMessage) -> IncomingMessage:

@@ -11,7 +11,7 @@ from bot.bootstrap import App, bootstrap
 from bot.engine import ReplySink
 from bot.model.fake import FakeModel
 from bot.settings import Settings
-from bot.types import MOOD_LABELS, MoodLabel, Platform, ReplyKind
+from bot.types import MOOD_LABELS, Mood, MoodLabel, Platform, ReplyKind
 from storage import MessageStatus
 from tests.conftest import make_settings, message
 
@@ -162,12 +162,19 @@ async def test_progress_sink_gets_queue_position_and_partial_text(tmp_path) -> N
         def __init__(self) -> None:
             self.positions: list[int] = []
             self.partials: list[str] = []
+            self.events: list[str] = []
 
         async def queued(self, position: int) -> None:
             self.positions.append(position)
+            self.events.append("queued")
+
+        async def mood(self, mood: Mood) -> None:
+            await asyncio.sleep(0.05)  # a slow platform call must not let partial text overtake it
+            self.events.append(f"mood:{mood.label.value}")
 
         async def partial(self, text: str) -> None:
             self.partials.append(text)
+            self.events.append("partial")
 
     first, second = Sink(), Sink()
     async with app:
@@ -175,10 +182,13 @@ async def test_progress_sink_gets_queue_position_and_partial_text(tmp_path) -> N
         while not model.generate_inputs:  # the first reply is now being written
             await asyncio.sleep(0.005)
         await app.engine.handle(message("b", user="b"), second)
+        second_events_at_return = list(second.events)
         await answering
-        await asyncio.sleep(0)
     assert first.positions == []
     assert second.positions == [1]
+    # Progress arrives in order and is complete by the time handle() returns the final reply.
+    assert second_events_at_return == ["queued", "mood:neutral", "partial"]
+    assert first.events == ["mood:neutral", "partial"]
     for sink in (first, second):
         assert sink.partials and "one two three four".startswith(sink.partials[0])
 
