@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(4000, ge=100, validation_alias=_env("MOODMATE_MAX_INPUT_CHARS"))
     model_timeout: float = Field(120.0, gt=0, validation_alias=_env("MOODMATE_MODEL_TIMEOUT"))
 
+    stream_replies: bool = Field(True, validation_alias=_env("MOODMATE_STREAM_REPLIES"))
+
     # --- queue -------------------------------------------------------------------------------
     queue_size: int = Field(200, ge=1, validation_alias=_env("MOODMATE_QUEUE_SIZE"))
     max_pending_per_user: int = Field(3, ge=1, validation_alias=_env("MOODMATE_MAX_PENDING_PER_USER"))
