@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from bot.bootstrap import App, bootstrap
+from bot.model.base import ChatTurn
 from bot.model.fake import FakeModel
+from bot.prompts import reply_examples_for
 from bot.settings import Settings
 from bot.types import IncomingMessage, Platform
 
@@ -42,6 +44,13 @@ def message(
         addressed_to_bot=addressed,
         chat_is_private=private,
     )
+
+
+def conversation(history: Sequence[ChatTurn]) -> list[ChatTurn]:
+    """The real turns of a reply prompt's history, after the constant example exchanges."""
+    examples = reply_examples_for(history[-1].content)
+    assert tuple(history[: len(examples)]) == examples
+    return list(history[len(examples) :])
 
 
 @pytest.fixture

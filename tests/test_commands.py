@@ -11,7 +11,7 @@ import pytest
 from bot.bootstrap import App
 from bot.commands import parse_command
 from bot.types import Platform, ReplyKind
-from tests.conftest import message
+from tests.conftest import conversation, message
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ async def test_reset_forgets_conversation_but_keeps_moods(app: App, fake_model) 
     await app.engine.handle(message("/reset"))
     await app.engine.handle(message("what did I say?"))
     _system, history = fake_model.generate_inputs[-1]
-    assert [t.content for t in history] == ["what did I say?"]
+    assert [t.content for t in conversation(history)] == ["what did I say?"]
     user = await app.repository.get_user("console", "u1")
     assert user is not None and len(await app.repository.moods(user.id)) == 2
 

@@ -13,7 +13,7 @@ from bot.model.fake import FakeModel
 from bot.settings import Settings
 from bot.types import MOOD_LABELS, Mood, MoodLabel, Platform, ReplyKind
 from storage import MessageStatus
-from tests.conftest import make_settings, message
+from tests.conftest import conversation, make_settings, message
 
 
 async def _user_id(app: App, user: str = "u1", platform: Platform = Platform.CONSOLE) -> int:
@@ -59,8 +59,9 @@ async def test_classifier_sees_only_the_current_message(app: App, fake_model: Fa
     assert fake_model.classify_batches == [[t] for t in turns]
     # ...while the reply prompt did get the history.
     _system, history = fake_model.generate_inputs[-1]
-    assert [t.content for t in history][:1] == ["My dog died last week"]
-    assert history[-1].content == "what time is it"
+    turns = conversation(history)
+    assert turns[0].content == "My dog died last week"
+    assert turns[-1].content == "what time is it"
 
 
 async def test_history_is_per_user_and_per_chat(app: App, fake_model: FakeModel) -> None:
@@ -69,11 +70,12 @@ async def test_history_is_per_user_and_per_chat(app: App, fake_model: FakeModel)
     await app.engine.handle(message("ada in dm", user="ada", chat="dm"))
     await app.engine.handle(message("ada again in group", user="ada", chat="g", private=False))
     _system, history = fake_model.generate_inputs[-1]
-    contents = " ".join(t.content for t in history)
+    turns = conversation(history)
+    contents = " ".join(t.content for t in turns)
     assert "ada secret in group" in contents
     assert "bob secret" not in contents
     assert "ada in dm" not in contents
-    assert [t.role for t in history] == ["user", "assistant", "user"]
+    assert [t.role for t in turns] == ["user", "assistant", "user"]
 
 
 async def test_not_addressed_messages_are_neither_answered_nor_stored(
