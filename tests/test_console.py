@@ -29,39 +29,56 @@ async def test_piped_input_answers_each_line_and_exits(app: App, tmp_path: Path)
     assert ".csv" in saved and ".json" in saved
 
 
-def test_cli_run_without_tokens_says_so_in_one_sentence(tmp_path: Path) -> None:
-    env = {
+def _run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``moodmate ARGS`` in a clean environment (no tokens, a temporary home and database)."""
+    base = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "run"],
+    return subprocess.run(
+        [sys.executable, "-m", "adapters.cli", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env={**base, **env},
         cwd=tmp_path,
         timeout=120,
         check=False,
     )
+
+
+def test_cli_run_without_tokens_says_so_in_one_sentence(tmp_path: Path) -> None:
+    result = _run_cli(tmp_path, "run")
     assert result.returncode == 2
     assert result.stderr.strip() == f"moodmate: {NO_TOKEN_MESSAGE}"
 
 
 def test_cli_bad_setting_is_one_sentence(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MOODMATE_QUEUE_SIZE": "lots"}
-    result = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "stats"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    result = _run_cli(tmp_path, "stats", MOODMATE_QUEUE_SIZE="lots")
     assert result.returncode == 2
     assert result.stderr.startswith("moodmate: Invalid settings") and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_stats_prints_counts_but_never_text(tmp_path: Path) -> None:
+    import asyncio
+
+    from storage import open_repository
+
+    async def seed() -> None:
+        repository = open_repository(f"sqlite+aiosqlite:///{tmp_path}/x.db")
+        await repository.initialize()
+        user = await repository.ensure_user("telegram", "1", "Ada")
+        chat = await repository.ensure_chat("telegram", "1", True, user.id)
+        stored = await repository.add_message(user.id, chat.id, "user", "a very private sentence")
+        await repository.add_mood(user.id, chat.id, stored.id, "negative", 0.8)
+        await repository.close()
+
+    asyncio.run(seed())
+    result = _run_cli(tmp_path, "stats")
+    assert result.returncode == 0, result.stderr
+    assert "users\t1" in result.stdout and "negative\t1" in result.stdout
+    assert "private sentence" not in result.stdout + result.stderr
 
 
 def test_mood_formats() -> None:
