@@ -93,3 +93,23 @@ def test_load_script_loses_nothing_and_is_fair(tmp_path: Path) -> None:
     assert result["lost"] == 0 and result["failed"] == 0
     assert result["answered"] + result["refused"] == 24
     assert result["fairness_max_calls_by_one_other_user_before_first_reply"] <= 1
+
+
+async def test_retention_job_purges_old_texts_but_keeps_moods(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    app = await bootstrap(make_settings(tmp_path, message_retention_days=30), model=FakeModel())
+    user = await app.repository.ensure_user("console", "me", "me")
+    chat = await app.repository.ensure_chat("console", "me", True, user.id)
+    old = datetime.now(UTC) - timedelta(days=31)
+    stored = await app.repository.add_message(user.id, chat.id, "user", "old diary entry", created_at=old)
+    await app.repository.add_mood(user.id, chat.id, stored.id, "negative", 0.9, created_at=old)
+    async with app:  # starting the app runs the retention job once right away
+        for _ in range(100):
+            if (await app.repository.messages_for_user(user.id))[0].text is None:
+                break
+            await asyncio.sleep(0.01)
+        [message] = await app.repository.messages_for_user(user.id)
+        [mood] = await app.repository.moods(user.id)
+    assert message.text is None
+    assert (mood.label, mood.score, mood.created_at) == ("negative", 0.9, old)
