@@ -19,7 +19,7 @@ from bot.commands import CommandContext, parse_command
 from bot.errors import MoodmateError
 from bot.inference import InferenceWorker, WorkerStoppedError
 from bot.model.base import ChatTurn
-from bot.prompts import clean_reply, is_chinese, reply_examples_for, system_prompt_for
+from bot.prompts import clean_partial, clean_reply, is_chinese, reply_examples_for, system_prompt_for
 from bot.settings import Settings
 from bot.text import is_blank, sanitize, truncate
 from bot.types import IncomingMessage, Mood, Platform, Reply, ReplyKind
@@ -293,9 +293,10 @@ def _throttled(progress: _ProgressRelay) -> Callable[[str], None] | None:
     def on_partial(text: str) -> None:
         nonlocal last_sent
         now = time.monotonic()
-        if now - last_sent >= PARTIAL_INTERVAL_SECONDS:
+        shown = clean_partial(text)
+        if shown and now - last_sent >= PARTIAL_INTERVAL_SECONDS:
             last_sent = now
-            progress.send(progress.sink.partial(text))
+            progress.send(progress.sink.partial(shown))
 
     return on_partial
 

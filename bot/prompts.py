@@ -78,18 +78,23 @@ def fallback_reply_for(text: str) -> str:
     return FALLBACK_REPLY_ZH if is_chinese(text) else FALLBACK_REPLY_EN
 
 
-def clean_reply(reply: str, user_text: str) -> str:
-    """Strip role prefixes, invented next turns and classifier talk; never return a bare label.
-
-    Falls back to a short kind sentence in the user's language when nothing usable is left.
-    """
+def clean_partial(reply: str) -> str:
+    """The part of a reply being written that is safe to show: no role prefix, no invented next
+    turn, no classifier talk (may be empty)."""
     text = reply.replace("\r\n", "\n")
     marker = _TURN_MARKER.search(text)
     if marker is not None:
         text = text[: marker.start()]
     text = _ROLE_PREFIX.sub("", text.strip())
-    kept = [line for line in text.split("\n") if not _CLASSIFIER_WORDS.search(line)]
-    text = "\n".join(kept).strip()
+    return "\n".join(line for line in text.split("\n") if not _CLASSIFIER_WORDS.search(line)).strip()
+
+
+def clean_reply(reply: str, user_text: str) -> str:
+    """Strip role prefixes, invented next turns and classifier talk; never return a bare label.
+
+    Falls back to a short kind sentence in the user's language when nothing usable is left.
+    """
+    text = clean_partial(reply)
     if not text or _BARE_LABEL.match(text):
         return fallback_reply_for(user_text)
     return text

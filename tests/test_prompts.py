@@ -12,6 +12,7 @@ from bot.prompts import (
     REPLY_EXAMPLES_ZH,
     SYSTEM_PROMPT_EN,
     SYSTEM_PROMPT_ZH,
+    clean_partial,
     clean_reply,
     is_chinese,
 )
@@ -50,6 +51,12 @@ async def test_chinese_message_gets_chinese_prompt_and_examples(app: App, fake_m
 )
 def test_clean_reply_strips_roles_and_classifier_talk(raw: str, expected: str) -> None:
     assert clean_reply(raw, "hi") == expected
+
+
+def test_partial_text_is_cleaned_like_the_final_reply() -> None:
+    assert clean_partial("Assistant: That sounds") == "That sounds"
+    assert clean_partial("Sure.\nUser: and then") == "Sure."
+    assert clean_partial("Assistant:") == ""
 
 
 @pytest.mark.parametrize("raw", ["negative", " Positive. ", "neutral\n", "", "积极"])
