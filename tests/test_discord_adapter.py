@@ -14,12 +14,13 @@ import discord.http
 import pytest
 
 from adapters.discord import DiscordAdapter
+from adapters.discord.formatting import split_for_discord
 from bot.bootstrap import App, bootstrap
 from bot.errors import ConfigurationError
 from bot.model.fake import FakeModel
 from bot.presentation import mood_badge
 from bot.types import IncomingMessage, Mood, MoodLabel, Platform, Reply, ReplyKind
-from tests.conftest import make_settings
+from tests.conftest import conversation, make_settings
 from tests.fakes.discord_server import FakeDiscordServer, FakeGuild, FakeUser, RecordedRequest
 
 DEFAULT_BASE = discord.http.Route.BASE
@@ -163,7 +164,9 @@ async def test_server_message_without_mention_is_neither_answered_nor_stored(
     assert message_posts(fake, world.general) == []
     assert [r for r in fake.requests if r.channel_id == world.general] == []  # not even typing
     assert await bot.app.repository.get_user("discord", world.bob.id) is None
-    assert all("love this place" not in text for text, *_ in bot.model.generate_inputs)
+    assert all(
+        "love this place" not in turn.content for _, history in bot.model.generate_inputs for turn in history
+    )
     assert "just chatting with friends, I love this place" not in bot.model.classify_inputs
     stats = await bot.app.repository.stats()
     assert (stats.users, stats.messages) == (1, 2)
@@ -249,7 +252,7 @@ async def test_histories_are_per_user_per_channel(
     await fake.send_message(world.general, world.alice, f"{mention} alice again")
     await replies_in(fake, world.general, count=3)
 
-    histories = [[turn.content for turn in history] for _, history in bot.model.generate_inputs]
+    histories = [[turn.content for turn in conversation(history)] for _, history in bot.model.generate_inputs]
     assert histories[1][-1] == "bob speaking" and not any("alice" in turn for turn in histories[1])
     assert histories[2] == ["alice elsewhere"]
     assert histories[3][0] == "alice secret one" and histories[3][-1] == "alice again"
@@ -662,3 +665,160 @@ async def test_stop_lets_a_reply_in_progress_finish(
     [reply] = message_posts(fake, fake.dm_channel_id(world.alice))
     assert reply.content is not None and "answer me before you go" in reply.content
     assert not fake.connected
+
+
+# --- progressive display -------------------------------------------------------------------------
+
+SLOW_WORDS = 26
+SLOW_TOKEN_DELAY = 0.15  # about four seconds of writing, well past the 1.5 s before a reply shows
+
+
+def slow_reply(words: int = SLOW_WORDS, *, lead: str = "Let me think") -> str:
+    return " ".join([lead, *(f"word{i}" for i in range(words))]) + "."
+
+
+def edits_of(fake: FakeDiscordServer, post: RecordedRequest) -> list[RecordedRequest]:
+    return fake.message_edits(post.channel_id, _sent_id(fake, post))
+
+
+async def test_a_slow_reply_is_shown_while_written_then_completed_in_place(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    text = slow_reply()
+    await start_bot(FakeModel(token_delay=SLOW_TOKEN_DELAY, reply_fn=lambda system, history: text))
+    channel = fake.dm_channel_id(world.alice)
+    await fake.send_dm(world.alice, "tell me something")
+    final = "😐 neutral 0.80\n" + text
+    await fake.wait_for(lambda r: r.is_message_edit and r.content == final, timeout=15)
+
+    [post] = message_posts(fake, channel)
+    assert post.content is not None and post.content.startswith("😐 neutral 0.80\nLet me think")
+    assert post.content.endswith(" …") and post.content != final
+    assert post.payload["allowed_mentions"] == {"parse": []}
+    edits = edits_of(fake, post)
+    assert edits[-1].content == final
+    assert all((edit.content or "").endswith(" …") for edit in edits[:-1])
+    assert fake.messages[_sent_id(fake, post)]["content"] == final
+    # Edits are spaced out (the final one excepted: it comes as soon as the reply is ready).
+    times = [r.received_at for r in [post, *edits[:-1]]]
+    assert all(later - earlier >= 1.4 for earlier, later in itertools.pairwise(times))
+    # Posting a message hides "typing…" on Discord, so it is shown again until the reply is complete.
+    order = [r for r in fake.requests if r.channel_id == channel]
+    typing_after_post = [r for r in order[order.index(post) :] if r.path.endswith("/typing")]
+    assert typing_after_post and order.index(typing_after_post[0]) < order.index(edits[-1])
+
+
+async def test_a_fast_reply_is_one_message_without_edits(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    assert bot.app.settings.stream_replies  # on by default
+    await fake.send_dm(world.alice, "quick question")
+    await replies_in(fake, fake.dm_channel_id(world.alice))
+    await bot.adapter.stop()  # everything the adapter was going to do is done
+
+    [post] = message_posts(fake)
+    assert post.content == "😐 neutral 0.80\nI hear you: quick question. Tell me more?"
+    assert [r for r in fake.requests if r.method in ("PATCH", "DELETE")] == []
+
+
+async def test_without_stream_replies_a_slow_reply_is_sent_once_complete(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    text = slow_reply()
+    bot = await start_bot(
+        FakeModel(token_delay=SLOW_TOKEN_DELAY, reply_fn=lambda system, history: text),
+        stream_replies=False,
+    )
+    await fake.send_message(world.general, world.alice, f"<@{fake.bot.id}> take your time")
+    await fake.wait_for(lambda r: r.is_message_post, timeout=15)
+    await bot.adapter.stop()
+
+    [post] = message_posts(fake)
+    assert post.content == "😐 neutral 0.80\n" + text
+    assert [r for r in fake.requests if r.method == "PATCH"] == []
+
+
+async def test_partial_text_cannot_ping_anyone_either(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    role = world.guild.roles[1]
+    text = slow_reply(lead=f"@everyone @here <@&{role.id}> <@{world.bob.id}> listen")
+    bot = await start_bot(FakeModel(token_delay=SLOW_TOKEN_DELAY, reply_fn=lambda system, history: text))
+    sent = await fake.send_message(world.general, world.alice, f"<@{fake.bot.id}> shout it")
+    final = "😐 neutral 0.80\n" + text
+    await fake.wait_for(lambda r: r.is_message_edit and r.content == final, timeout=15)
+    await bot.adapter.stop()
+
+    [post] = message_posts(fake, world.general)
+    assert post.content is not None and post.content.endswith(" …") and "@everyone @here" in post.content
+    assert post.payload["allowed_mentions"] == {"parse": [], "replied_user": False}
+    assert post.payload["message_reference"]["message_id"] == int(sent["id"])
+    edits = edits_of(fake, post)
+    assert len(edits) >= 2  # at least one while writing, then the final text
+    assert all("@everyone @here" in (edit.content or "") for edit in edits)
+    for request in edits:
+        mentions = request.payload["allowed_mentions"]
+        assert mentions["parse"] == [] and not mentions.get("users") and not mentions.get("roles")
+
+
+async def test_when_editing_fails_the_final_reply_is_sent_anew(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    text = slow_reply()
+    bot = await start_bot(FakeModel(token_delay=SLOW_TOKEN_DELAY, reply_fn=lambda system, history: text))
+    fake.fail("PATCH", r"/channels/\d+/messages/\d+", times=100)  # as if a moderator deleted it
+    sent = await fake.send_message(world.general, world.alice, f"<@{fake.bot.id}> are you there")
+    final = "😐 neutral 0.80\n" + text
+    await fake.wait_for(lambda r: r.is_message_post and r.content == final, timeout=15)
+    await bot.adapter.stop()
+
+    in_progress, complete = message_posts(fake, world.general)
+    assert in_progress.content is not None and in_progress.content.endswith(" …")
+    assert [r.status for r in fake.requests if r.method == "PATCH"][-1] == 404
+    assert complete.payload["message_reference"]["message_id"] == int(sent["id"])
+    assert complete.payload["allowed_mentions"] == {"parse": [], "replied_user": False}
+    # The unfinished text does not linger next to the complete one.
+    assert any(r.method == "DELETE" and r.message_id == _sent_id(fake, in_progress) for r in fake.requests)
+    assert _sent_id(fake, in_progress) not in fake.messages
+
+
+async def test_a_long_streamed_reply_ends_exactly_as_it_would_be_sent(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    original = long_reply()
+    await start_bot(FakeModel(token_delay=0.003, reply_fn=lambda system, history: original))
+    channel = fake.dm_channel_id(world.alice)
+    await fake.send_dm(world.alice, "tell me a long story")
+    expected = split_for_discord("😐 neutral 0.80\n" + original)
+    assert len(expected) >= 3
+    await fake.wait_for(lambda r: r.is_message_post and r.content == expected[-1], timeout=20)
+
+    first, *rest = message_posts(fake, channel)
+    edits = edits_of(fake, first)
+    assert first.content is not None and first.content.endswith(" …")
+    assert all(len(r.content or "") <= 2000 for r in [first, *edits])
+    assert edits[-1].content == expected[0]
+    assert [fake.messages[_sent_id(fake, first)]["content"]] + [r.content for r in rest] == expected
+
+
+async def test_the_queue_notice_goes_once_the_waiting_reply_shows(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot(FakeModel(token_delay=0.1, reply_fn=lambda system, history: slow_reply(20)))
+    bot.adapter.stream_delay = bot.adapter.edit_interval = 0.5  # the knobs, turned down for speed
+    await fake.send_dm(world.alice, "first")
+    await fake.wait_for(lambda r: r.is_message_post)  # alice's reply is being written
+    await fake.send_dm(world.bob, "second")
+    bob = fake.dm_channel_id(world.bob)
+    final = "😐 neutral 0.80\n" + slow_reply(20)
+    await fake.wait_for(
+        lambda r: r.is_message_edit and r.content == final and r.channel_id == bob, timeout=15
+    )
+
+    notice, in_progress = message_posts(fake, bob)
+    assert "ahead of yours" in (notice.content or "") and (in_progress.content or "").endswith(" …")
+    [deleted] = [r for r in fake.requests if r.method == "DELETE" and r.channel_id == bob]
+    assert deleted.message_id == _sent_id(fake, notice)
+    [*_, final_edit] = edits_of(fake, in_progress)
+    assert fake.requests.index(in_progress) < fake.requests.index(deleted) < fake.requests.index(final_edit)

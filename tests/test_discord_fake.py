@@ -87,6 +87,42 @@ async def test_messages_are_validated_and_multipart_is_recorded(
     ]
 
 
+async def test_bot_messages_can_be_edited_like_on_discord(
+    fake: FakeDiscordServer, session: aiohttp.ClientSession
+) -> None:
+    channel = next(iter(fake.guilds.values())).channels["general"]
+    async with session.post(
+        f"{fake.api_base_url}/channels/{channel}/messages", json={"content": "draft …"}, headers=auth(fake)
+    ) as response:
+        created = await response.json()
+    url = f"{fake.api_base_url}/channels/{channel}/messages/{created['id']}"
+    body = {"content": "final", "allowed_mentions": {"parse": []}, "components": []}
+    async with session.patch(url, json=body, headers=auth(fake)) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/json"
+        edited = await response.json()
+    assert edited["id"] == created["id"] and edited["channel_id"] == channel
+    assert edited["content"] == "final" and edited["edited_timestamp"] is not None
+    assert edited["author"]["id"] == fake.bot.id and edited["timestamp"] == created["timestamp"]
+    [recorded] = fake.message_edits(channel, created["id"])
+    assert recorded.payload == body and recorded.response == edited
+
+    async with session.patch(url, json={"content": "x" * 2001}, headers=auth(fake)) as response:
+        assert response.status == 400 and (await response.json())["code"] == 50035
+    someone = fake.add_user("someone")
+    theirs = fake.create_message(channel, someone, "not yours")
+    async with session.patch(
+        f"{fake.api_base_url}/channels/{channel}/messages/{theirs['id']}", json=body, headers=auth(fake)
+    ) as response:
+        assert response.status == 403 and (await response.json())["code"] == 50005
+    fake.fail("PATCH", r"/channels/\d+/messages/\d+")
+    async with session.patch(url, json=body, headers=auth(fake)) as response:
+        assert response.status == 404 and (await response.json())["code"] == 10008
+    async with session.patch(url + "0", json=body, headers=auth(fake)) as response:
+        assert response.status == 404  # no such message
+    assert len(fake.message_edits()) == 1  # failed edits are recorded but not counted
+
+
 class GatewayReader:
     """Reads gateway payloads the way a client does, inflating zlib-stream frames."""
 

@@ -9,8 +9,10 @@ import pytest
 from adapters.discord.access import AccessPolicy
 from adapters.discord.endpoints import normalize_api_base, normalize_gateway
 from adapters.discord.formatting import (
+    IN_PROGRESS_MARK,
     MESSAGE_LIMIT,
     fence_state,
+    in_progress_text,
     reply_text,
     split_for_discord,
     split_parts,
@@ -119,6 +121,24 @@ def test_chat_replies_show_their_mood_badge_first() -> None:
     mood = Mood(MoodLabel.NEGATIVE, 0.91)
     assert reply_text(Reply("I'm sorry.", kind=ReplyKind.CHAT, mood=mood)) == "😟 negative 0.91\nI'm sorry."
     assert reply_text(Reply("/help text", kind=ReplyKind.COMMAND)) == "/help text"
+
+
+def test_a_reply_in_progress_shows_badge_text_so_far_and_a_mark() -> None:
+    mood = Mood(MoodLabel.POSITIVE, 0.9)
+    assert in_progress_text(mood, "  \n ") is None
+    assert in_progress_text(mood, "Hello there, @everyone \n") == "🙂 positive 0.90\nHello there, @everyone …"
+
+
+def test_a_long_reply_in_progress_fits_one_message_with_fences_balanced() -> None:
+    mood = Mood(MoodLabel.NEUTRAL, 0.8)
+    code = "\n".join(f"value_{i} = compute({i})" for i in range(400))
+    shown = in_progress_text(mood, f"Here you go:\n\n```python\n{code}")
+    assert shown is not None
+    assert utf16_length(shown) <= MESSAGE_LIMIT and shown.endswith(IN_PROGRESS_MARK)
+    assert shown.startswith("😐 neutral 0.80\nHere you go:")
+    assert fence_state(shown, None) is None
+    final_first = split_for_discord(f"😐 neutral 0.80\nHere you go:\n\n```python\n{code}\n```")[0]
+    assert len(shown) > 1500 and final_first.startswith(shown[: len(shown) // 2])
 
 
 def test_only_the_bots_own_mentions_are_stripped() -> None:

@@ -7,7 +7,20 @@
 * Slash commands run the core commands; they are deferred first (Discord allows three seconds)
   and answered with follow-ups, ephemeral in servers. Reply actions become buttons whose
   ``custom_id`` is the command to run.
-* While the model works: a typing indicator, and the queue position when the message waits.
+* While the model works: a typing indicator (until the final text is delivered), and the queue
+  position when the message waits.
+* Progressive display (``settings.stream_replies``, on by default) for answers to messages, in DMs
+  and in servers: a chat reply that is still being written 1.5 s after its mood is known is posted
+  as it grows (badge line, text so far, " …") and edited at most every 1.5 s; then that message is
+  edited into the final first part and any further parts follow as new messages, so what stays in
+  the channel is exactly what is sent without streaming. Quick replies stay one message with no
+  edits. Partial text goes out with ``allowed_mentions`` none, like everything else. If an edit
+  fails, the final reply is sent as new messages (and the unfinished one deleted when possible).
+  Decided so because Discord cannot stream natively, edits are rate limited per channel (about 5
+  per 5 s, which discord.py waits out) and each edit redraws the message for everyone: one edit
+  per 1.5 s keeps well under the limit while showing life on a CPU model that writes for 10-60 s.
+  Only the first message is shown in progress; a reply longer than one message shows its first
+  part until the rest is ready. Slash commands and buttons are unchanged (deferred, answered once).
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from adapters.discord.endpoints import EndpointOverride
 from adapters.discord.formatting import readable_mentions, reply_text, split_for_discord, strip_bot_mentions
 from adapters.discord.progress import ChannelReplySink, TypingIndicator
 from adapters.discord.sending import NO_MENTIONS, ActionButtons, call_discord, files_for, platform_error
+from adapters.discord.streaming import EDIT_INTERVAL_SECONDS, STREAM_DELAY_SECONDS, StreamingReplySink
 from bot.engine import Engine
 from bot.errors import ConfigurationError, MoodmateError, PlatformError
 from bot.settings import Settings
@@ -73,6 +87,9 @@ class DiscordAdapter:
         self._inflight: set[asyncio.Task[object]] = set()
         self._sent_ids: OrderedDict[int, None] = OrderedDict()
         self._stopping = False
+        #: Progressive display (``settings.stream_replies``): when a reply starts showing, and how often.
+        self.stream_delay = STREAM_DELAY_SECONDS
+        self.edit_interval = EDIT_INTERVAL_SECONDS
 
     @property
     def client(self) -> MoodmateClient:
@@ -315,25 +332,104 @@ class DiscordAdapter:
 
     async def _answer_message(self, message: discord.Message, incoming: IncomingMessage) -> None:
         in_server = not incoming.chat_is_private
-        sink = ChannelReplySink(message, as_reply=in_server)
         reference = message.to_reference(fail_if_not_exists=False) if in_server else None
-        async with TypingIndicator(message.channel):
+        async with TypingIndicator(message.channel) as typing:
+            sink = self._sink_for(message, typing, as_reply=in_server)
             try:
-                replies = await self.engine.handle(incoming, sink)
-            except Exception:
-                logger.exception("The engine failed on a Discord message")
-                replies = [Reply(MoodmateError.user_message, kind=ReplyKind.ERROR)]
-            try:
-                for reply in replies:
-                    if reply.private and in_server:
-                        await self._send_privately(message, reply, reference)
-                    else:
-                        await self._send_to_channel(message.channel, reply, reference=reference)
-            except PlatformError:
-                logger.exception("Could not send a reply on Discord")
-                await self._apologise_in_channel(message.channel, reference)
+                try:
+                    replies = await self.engine.handle(incoming, sink)
+                except Exception:
+                    logger.exception("The engine failed on a Discord message")
+                    replies = [Reply(MoodmateError.user_message, kind=ReplyKind.ERROR)]
+                in_progress = await sink.finish()
+                await self._deliver_replies(message, replies, reference, in_progress, in_server=in_server)
             finally:
                 await sink.clear()
+
+    def _sink_for(
+        self, message: discord.Message, typing: TypingIndicator, *, as_reply: bool
+    ) -> ChannelReplySink:
+        if not self.settings.stream_replies:
+            return ChannelReplySink(message, as_reply=as_reply)
+        return StreamingReplySink(
+            message,
+            as_reply=as_reply,
+            typing=typing,
+            on_posted=self._remember_sent,
+            delay=self.stream_delay,
+            edit_interval=self.edit_interval,
+        )
+
+    async def _deliver_replies(
+        self,
+        message: discord.Message,
+        replies: Sequence[Reply],
+        reference: discord.MessageReference | None,
+        in_progress: discord.Message | None,
+        *,
+        in_server: bool,
+    ) -> None:
+        """Send ``replies``; the first one that goes to the channel replaces ``in_progress``."""
+        try:
+            for reply in replies:
+                if reply.private and in_server:
+                    await self._delete_quietly(in_progress)
+                    in_progress = None
+                    await self._send_privately(message, reply, reference)
+                elif in_progress is not None:
+                    shown, in_progress = in_progress, None
+                    await self._replace_in_progress(shown, message.channel, reply, reference)
+                else:
+                    await self._send_to_channel(message.channel, reply, reference=reference)
+        except PlatformError:
+            logger.exception("Could not send a reply on Discord")
+            await self._apologise_in_channel(message.channel, reference)
+        finally:
+            await self._delete_quietly(in_progress)
+
+    async def _replace_in_progress(
+        self,
+        shown: discord.Message,
+        channel: discord.abc.Messageable,
+        reply: Reply,
+        reference: discord.MessageReference | None,
+    ) -> None:
+        """Edit the in-progress message into ``reply``'s first part and send the rest after it.
+
+        What stays in the channel is exactly what :meth:`_send_to_channel` would have sent. When
+        the edit fails, the reply is sent anew instead (and the unfinished text removed if possible).
+        """
+        texts = split_for_discord(reply_text(reply)) if reply.text else []
+        if not texts:
+            await self._delete_quietly(shown)
+            await self._send_to_channel(channel, reply, reference=reference)
+            return
+        only_part = len(texts) == 1
+
+        async def edit() -> None:
+            kwargs: dict[str, object] = {"content": texts[0], "allowed_mentions": NO_MENTIONS}
+            if only_part and reply.actions:
+                kwargs["view"] = ActionButtons(reply.actions)
+            if only_part and reply.attachments:
+                kwargs["attachments"] = files_for(reply.attachments)
+            await shown.edit(**kwargs)  # type: ignore[arg-type]
+
+        try:
+            await call_discord("edit a message", edit)
+        except PlatformError as error:
+            logger.warning("Could not finish a reply shown in progress (%s); sending it anew", error)
+            await self._delete_quietly(shown)
+            await self._send_to_channel(channel, reply, reference=reference)
+            return
+        await self._send_texts(channel, texts[1:], reply, first_is_reply_start=False)
+
+    async def _delete_quietly(self, sent: discord.Message | None) -> None:
+        if sent is None:
+            return
+        try:
+            await call_discord("delete a message", sent.delete, attempts=2)
+        except PlatformError as error:
+            logger.debug("Could not delete an unfinished reply (%s)", error)
 
     async def _send_privately(
         self, message: discord.Message, reply: Reply, reference: discord.MessageReference | None
@@ -367,13 +463,32 @@ class DiscordAdapter:
     ) -> None:
         """Send one reply as one or more messages; files and buttons go with the last one."""
         texts = split_for_discord(heading + reply_text(reply)) if (reply.text or heading) else []
+        await self._send_texts(channel, texts, reply, reference=reference)
+
+    async def _send_texts(
+        self,
+        channel: discord.abc.Messageable,
+        texts: Sequence[str],
+        reply: Reply,
+        *,
+        reference: discord.MessageReference | None = None,
+        first_is_reply_start: bool = True,
+    ) -> None:
+        """Send ``texts`` in order (at least one message when the reply has files or buttons).
+
+        ``reference`` goes on the reply's first message; ``reply``'s files and buttons on the last.
+        """
+        if not texts and not first_is_reply_start:
+            return
         count = max(1, len(texts))
         for index in range(count):
             content = texts[index] if texts else None
             last = index == count - 1
 
             async def send(
-                content: str | None = content, last: bool = last, first: bool = index == 0
+                content: str | None = content,
+                last: bool = last,
+                first: bool = index == 0 and first_is_reply_start,
             ) -> None:
                 kwargs: dict[str, object] = {"allowed_mentions": NO_MENTIONS}
                 if first and reference is not None:

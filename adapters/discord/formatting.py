@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot.presentation import mood_badge, split_message
-from bot.types import Reply, ReplyKind
+from bot.types import Mood, Reply, ReplyKind
 
 if TYPE_CHECKING:
     import discord
 
 #: Discord's limit for a message's content.
 MESSAGE_LIMIT = 2000
+#: Ends the text of a reply that is still being written.
+IN_PROGRESS_MARK = " …"
 
 FENCE = "```"
 _FENCE_LANGUAGE = re.compile(r"[A-Za-z0-9_+#.\-]*(?=\n)")
@@ -143,6 +145,19 @@ def reply_text(reply: Reply) -> str:
     if reply.kind is ReplyKind.CHAT and reply.mood is not None:
         return f"{mood_badge(reply.mood)}\n{text}"
     return text
+
+
+def in_progress_text(mood: Mood, text_so_far: str, limit: int = MESSAGE_LIMIT) -> str | None:
+    """The message showing a chat reply while it is written, or None while there is nothing to show.
+
+    Badge line and text as :func:`reply_text` lays them out, cut to the first message (fences
+    balanced, as in the final split) and ending with :data:`IN_PROGRESS_MARK`.
+    """
+    text = text_so_far.strip()
+    if not text:
+        return None
+    first = split_parts(f"{mood_badge(mood)}\n{text}", limit - utf16_length(IN_PROGRESS_MARK))[0]
+    return first.text.rstrip() + IN_PROGRESS_MARK
 
 
 # --- incoming ---------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""What people see while moodmate thinks: a typing indicator and, when waiting, the queue position."""
+"""What people see while moodmate thinks: a typing indicator and, when waiting, the queue position.
+
+The reply shown while it is written is in :mod:`adapters.discord.streaming`.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ class TypingIndicator:
     def __init__(self, channel: discord.abc.Messageable) -> None:
         self._channel = channel
         self._task: asyncio.Task[None] | None = None
+        self._again = asyncio.Event()
 
     async def __aenter__(self) -> TypingIndicator:
         self._task = asyncio.create_task(self._keep_typing(), name="discord-typing")
@@ -42,13 +46,19 @@ class TypingIndicator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def refresh(self) -> None:
+        """Show "typing…" again now: Discord hides it when moodmate posts a message."""
+        self._again.set()
+
     async def _keep_typing(self) -> None:
         while True:
+            self._again.clear()
             try:
                 await self._channel.typing()
-            except (discord.DiscordException, OSError) as error:
+            except Exception as error:  # cosmetic: never let it end the reply it decorates
                 logger.debug("Typing indicator failed: %s", type(error).__name__)
-            await asyncio.sleep(TYPING_REFRESH_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._again.wait(), TYPING_REFRESH_SECONDS)
 
 
 class ChannelReplySink(ReplySink):
@@ -77,6 +87,10 @@ class ChannelReplySink(ReplySink):
                 await self._notice.edit(content=text, allowed_mentions=NO_MENTIONS)
         except (discord.DiscordException, OSError) as error:
             logger.warning("Could not show the queue position on Discord (%s)", type(error).__name__)
+
+    async def finish(self) -> discord.Message | None:
+        """No more progress to show; the message showing the reply in progress, if one was posted."""
+        return None
 
     async def clear(self) -> None:
         """Delete the queue notice, if one was posted."""

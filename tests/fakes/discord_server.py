@@ -8,6 +8,9 @@ REST lives under ``/api/v10`` (``api_base_url``); the gateway is a websocket at 
 (``gateway_url``) that honours ``encoding=json`` and ``compress=zlib-stream`` (one zlib context
 per connection, every payload flushed with ``Z_SYNC_FLUSH``, as Discord does). Every REST call is
 recorded as a :class:`RecordedRequest`; tests wait for the ones they expect with :meth:`wait_for`.
+Bot messages can be edited (``PATCH /channels/{id}/messages/{id}``: JSON or multipart body, the full
+message object back) and deleted; :meth:`sent_messages` and :meth:`message_edits` list the successful
+posts and edits. :meth:`rate_limit` and :meth:`fail` make chosen calls answer 429 or another error.
 
 Usage::
 
@@ -235,10 +238,22 @@ class RecordedRequest:
     headers: dict[str, str]
     status: int = 0
     response: Any = None  # the JSON the fake answered, if any
+    received_at: float = 0.0  # time.monotonic() when the request arrived
 
     @property
     def is_message_post(self) -> bool:
         return self.method == "POST" and re.fullmatch(r"/channels/\d+/messages", self.path) is not None
+
+    @property
+    def is_message_edit(self) -> bool:
+        """An edit of a channel message (``PATCH /channels/{channel_id}/messages/{message_id}``)."""
+        return self.method == "PATCH" and re.fullmatch(r"/channels/\d+/messages/\d+", self.path) is not None
+
+    @property
+    def message_id(self) -> str | None:
+        """The message a ``/channels/{channel_id}/messages/{message_id}`` request is about."""
+        match = re.fullmatch(r"/channels/\d+/messages/(\d+)", self.path)
+        return match.group(1) if match else None
 
     @property
     def channel_id(self) -> str | None:
@@ -256,6 +271,16 @@ class RecordedFile:
     filename: str
     content_type: str
     data: bytes
+
+
+@dataclass
+class _FailureRule:
+    method: str
+    pattern: re.Pattern[str]
+    remaining: int
+    status: int
+    code: int
+    message: str
 
 
 @dataclass
@@ -336,6 +361,7 @@ class FakeDiscordServer:
         self.heartbeats = 0
         self.connection_queries: list[dict[str, str]] = []
         self._rate_limits: list[_RateLimitRule] = []
+        self._failures: list[_FailureRule] = []
         self._connection: _GatewayConnection | None = None
         self._ready = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -472,6 +498,28 @@ class FakeDiscordServer:
             body["code"] = 0
         return json_response(body, 429, headers)
 
+    def fail(
+        self,
+        method: str,
+        path_pattern: str,
+        *,
+        status: int = 404,
+        code: int = 10008,
+        message: str = "Unknown Message",
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` matching calls with a Discord error (default: Unknown Message)."""
+        self._failures.append(
+            _FailureRule(method.upper(), re.compile(path_pattern), times, status, code, message)
+        )
+
+    def _take_failure(self, method: str, path: str) -> web.Response | None:
+        for rule in self._failures:
+            if rule.remaining > 0 and rule.method == method and rule.pattern.fullmatch(path):
+                rule.remaining -= 1
+                return error_response(rule.status, rule.code, rule.message)
+        return None
+
     # -- waiting -------------------------------------------------------------------------------
 
     async def _record(self, request: RecordedRequest) -> None:
@@ -501,6 +549,19 @@ class FakeDiscordServer:
             r
             for r in self.requests
             if r.is_message_post and r.status < 400 and (channel_id is None or r.channel_id == channel_id)
+        ]
+
+    def message_edits(
+        self, channel_id: str | None = None, message_id: str | None = None
+    ) -> list[RecordedRequest]:
+        """The successful ``PATCH /channels/{channel_id}/messages/{message_id}`` calls, in order."""
+        return [
+            r
+            for r in self.requests
+            if r.is_message_edit
+            and r.status < 400
+            and (channel_id is None or r.channel_id == channel_id)
+            and (message_id is None or r.message_id == message_id)
         ]
 
     # -- gateway ------------------------------------------------------------------------------
@@ -859,10 +920,14 @@ class FakeDiscordServer:
             payload=payload,
             files=files,
             headers=dict(request.headers),
+            received_at=time.monotonic(),
         )
         rule = self._take_rate_limit(method, path)
+        failure = self._take_failure(method, path) if rule is None else None
         if rule is not None:
             response = self._rate_limit_response(rule)
+        elif failure is not None:
+            response = failure
         else:
             response = await self._route(method, path, recorded, request)
             if response.status < 300 and "X-RateLimit-Limit" not in response.headers:
@@ -1117,9 +1182,18 @@ class FakeDiscordServer:
             invalid = self._validate_message(recorded.payload, recorded.files, editing=True)
             if invalid is not None:
                 return invalid
-            message.update(
-                {k: v for k, v in (recorded.payload or {}).items() if k in ("content", "components")}
-            )
+            payload = recorded.payload if isinstance(recorded.payload, dict) else {}
+            message.update({k: v for k, v in payload.items() if k in ("content", "components")})
+            if "attachments" in payload:
+                # The listed existing attachments are kept; new ones come as files[n] parts.
+                kept = {str(item.get("id")) for item in payload["attachments"] or []}
+                message["attachments"] = [
+                    item for item in message["attachments"] if item["id"] in kept
+                ] + self._attachments(channel_id, recorded.files)
+            elif recorded.files:
+                message["attachments"] = message["attachments"] + self._attachments(
+                    channel_id, recorded.files
+                )
             message["edited_timestamp"] = iso_now()
             return json_response(message)
         return error_response(405, 0, "405: Method Not Allowed")
