@@ -4,7 +4,9 @@ wiring and ``serve``) drives python-telegram-bot, which talks HTTP to a fake Bot
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,6 +25,7 @@ from bot.errors import ConfigurationError, MoodmateError
 from bot.model.base import ChatTurn
 from bot.model.fake import FakeModel
 from bot.moodlog import read_csv_export
+from bot.prompts import reply_examples_for
 from bot.settings import Settings
 from bot.types import Platform
 from tests.conftest import make_settings
@@ -177,6 +180,7 @@ async def test_private_message_gets_one_reply_with_mood(launch: Launch, server: 
     [reply] = await bot.replies(42)
     await server.quiet()
     assert len(bot.sent(42)) == 1
+    assert not server.calls_to("editMessageText")  # a fast reply is one message, never edited
     first, _, body = reply.params["text"].partition("\n")
     assert first == "🙂 positive 0.90"
     assert body == "echo: I love this great day"
@@ -243,6 +247,42 @@ async def test_flood_control_429_delays_the_reply_instead_of_dropping_it(
     assert attempts[1].at - attempts[0].at >= 1.0
     assert attempts[0].params["text"] == attempts[1].params["text"]
     assert strip_badge(attempts[1].params["text"]) == "echo: are you there?"
+
+
+async def test_a_reply_lost_to_a_network_failure_is_sent_again(launch: Launch, server: FakeTelegramServer):
+    bot = await launch(FakeModel(reply_fn=echo))  # the default backoff: the first retry after 1 s
+    server.drop_next("sendMessage")
+    alice, chat = alice_in_private(server)
+    server.send_text(chat, alice, "are you there?")
+    await bot.replies(42, timeout=10)
+    await server.quiet()
+    attempts = server.calls_to("sendMessage")
+    assert [call.status for call in attempts] == [0, 200]
+    assert attempts[1].at - attempts[0].at >= 0.9
+    assert attempts[0].params["text"] == attempts[1].params["text"]
+    assert strip_badge(attempts[1].params["text"]) == "echo: are you there?"
+
+
+async def test_network_retries_give_up_and_log_without_text_or_token(
+    launch: Launch, server: FakeTelegramServer, caplog: pytest.LogCaptureFixture
+):
+    bot = await launch(FakeModel(reply_fn=echo), adapter_options={"network_backoff": 0.05})
+    server.drop_next("sendMessage", 8)  # the reply and the apology after it both fail 4 times
+    alice, chat = alice_in_private(server)
+    with caplog.at_level(logging.INFO):  # texts and tokens must never be logged at INFO or above
+        server.send_text(chat, alice, "a secret worry")
+        await server.wait_for("sendMessage", 8, ok_only=False, timeout=10)
+        await server.quiet()
+    assert len(server.calls_to("sendMessage")) == 8 and not bot.sent(42)
+    attempts = server.calls_to("sendMessage")
+    delays = [after.at - before.at for before, after in itertools.pairwise(attempts[:4])]
+    assert delays[0] >= 0.04 and delays[1] >= 0.09 and delays[2] >= 0.19  # doubling backoff
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("gave up after 4 tries" in r.getMessage() for r in warnings)
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        assert "secret worry" not in text and server.token not in text
+        assert server.token.split(":", 1)[1] not in text
 
 
 async def test_non_text_messages_get_a_friendly_note_and_nothing_is_stored(
@@ -397,21 +437,142 @@ async def test_typing_stays_alive_and_a_queued_message_learns_its_place(
     assert len(server.calls_to("sendChatAction")) == count
 
 
-async def test_slow_reply_is_shown_while_written_and_finished_in_place(
+def slow_words(count: int, token_delay: float) -> FakeModel:
+    """A model that writes ``count`` words, one every ``token_delay`` seconds."""
+    words = " ".join(f"word{i}" for i in range(count))
+    return FakeModel(reply_fn=lambda system, history: words, token_delay=token_delay)
+
+
+def words_of(model: FakeModel) -> str:
+    assert model.reply_fn is not None
+    return model.reply_fn("", [])
+
+
+NEUTRAL_BADGE = "😐 neutral 0.80"  # FakeModel's mood for texts without mood words
+
+
+async def test_slow_reply_is_streamed_by_default_and_finished_in_place(
     launch: Launch, server: FakeTelegramServer
 ):
-    words = " ".join(f"word{i}" for i in range(40))
-    model = FakeModel(reply_fn=lambda system, history: words, token_delay=0.06)
-    bot = await launch(model, adapter_options={"stream_delay": 0.3, "edit_interval": 0.3})
+    model = slow_words(30, token_delay=0.1)  # ~3 s: longer than the default 2 s stream delay
+    bot = await launch(model)
     alice, chat = alice_in_private(server)
     server.send_text(chat, alice, "take your time")
-    await server.wait_for("editMessageText", timeout=10, where=lambda c: "word39" in c.params["text"])
+    await server.wait_for("editMessageText", timeout=10, where=lambda c: "word29" in c.params["text"])
     await server.quiet()
     [preview] = bot.sent(42)
+    assert preview.params["text"].startswith(NEUTRAL_BADGE + "\nword0")
     assert preview.params["text"].endswith(" …")
     final = server.message(42, preview.result["message_id"])
     assert final is not None
-    assert strip_badge(final["text"]) == words
+    assert final["text"] == f"{NEUTRAL_BADGE}\n{words_of(model)}"
+
+
+async def test_slow_reply_edits_are_paced_and_never_repeat_the_text(
+    launch: Launch, server: FakeTelegramServer
+):
+    model = slow_words(45, token_delay=0.08)  # ~3.6 s; the engine passes text on once a second
+    bot = await launch(
+        model, adapter_options={"stream_delay": 0.3, "edit_interval": 1.5, "typing_interval": 0.2}
+    )
+    alice, chat = alice_in_private(server)
+    server.send_text(chat, alice, "take your time")
+    await server.wait_for("editMessageText", timeout=10, where=lambda c: "word44" in c.params["text"])
+    await server.quiet()
+    [preview] = bot.sent(42)
+    edits = bot.sent(42, "editMessageText")
+    assert len(edits) >= 2  # at least one while writing, and the finished reply
+    assert all(call.ok for call in server.calls_to("editMessageText", ok_only=False))  # none refused
+    shown = [preview, *edits]
+    texts = [call.params["text"] for call in shown]
+    assert all(text.startswith(NEUTRAL_BADGE + "\n") for text in texts)
+    assert all(text.endswith(" …") for text in texts[:-1])
+    assert all(before != after for before, after in itertools.pairwise(texts))
+    in_progress = shown[:-1]  # the finished reply is put in place as soon as it is ready
+    assert all(after.at - before.at >= 1.4 for before, after in itertools.pairwise(in_progress))
+    assert texts[-1] == f"{NEUTRAL_BADGE}\n{words_of(model)}"
+    # "typing…" stayed on until the finished text was in place.
+    last_typing = bot.sent(42, "sendChatAction")[-1]
+    assert preview.at < last_typing.at and edits[-2].at < last_typing.at
+
+
+async def test_streamed_reply_longer_than_one_message_continues_in_new_messages(
+    launch: Launch, server: FakeTelegramServer
+):
+    sentence = "This sentence is part of a very long answer. "
+    long_text = (sentence * 200).strip()  # ~9,000 characters: three messages
+    model = FakeModel(reply_fn=lambda system, history: long_text, token_delay=0.002)
+    bot = await launch(model, adapter_options={"stream_delay": 0.3})
+    alice, chat = alice_in_private(server)
+    server.send_text(chat, alice, "tell me everything")
+    await bot.replies(42, 3, timeout=10)
+    await server.quiet()
+    sent = bot.sent(42)
+    assert len(sent) == 3 and sent[0].params["text"].endswith(" …")
+    first = server.message(42, sent[0].result["message_id"])
+    assert first is not None
+    texts = [first["text"]] + [call.params["text"] for call in sent[1:]]
+    assert all(len(text) <= 4096 for text in texts)
+    assert strip_badge(texts[0]) + "".join(texts[1:]) == long_text
+
+
+async def test_with_stream_replies_off_a_slow_reply_arrives_once(launch: Launch, server: FakeTelegramServer):
+    model = slow_words(20, token_delay=0.1)
+    bot = await launch(model, adapter_options={"stream_delay": 0.3}, stream_replies=False)
+    alice, chat = alice_in_private(server)
+    server.send_text(chat, alice, "take your time")
+    [reply] = await bot.replies(42, timeout=10)
+    await server.quiet()
+    assert len(bot.sent(42)) == 1 and not server.calls_to("editMessageText")
+    assert reply.params["text"] == f"{NEUTRAL_BADGE}\n{words_of(model)}"
+
+
+async def test_when_the_final_edit_fails_the_reply_is_sent_anew(launch: Launch, server: FakeTelegramServer):
+    model = slow_words(25, token_delay=0.1)
+    bot = await launch(model, adapter_options={"stream_delay": 0.3})
+    server.fail_next("editMessageText", 100, description="Bad Request: message to edit not found")
+    alice, chat = alice_in_private(server)
+    server.send_text(chat, alice, "take your time")
+    [preview, reply] = await bot.replies(42, 2, timeout=10)
+    await server.quiet()
+    assert preview.params["text"].endswith(" …")
+    assert reply.params["text"] == f"{NEUTRAL_BADGE}\n{words_of(model)}"
+    assert server.calls_to("editMessageText") and not bot.sent(42, "editMessageText")
+    # The unfinished preview is removed, so only the complete reply stays in the chat.
+    assert [m["text"] for m in server.sent_messages(42)] == [reply.params["text"]]
+
+
+async def test_a_final_edit_whose_answer_is_lost_is_retried_harmlessly(
+    launch: Launch, server: FakeTelegramServer
+):
+    model = slow_words(25, token_delay=0.1)
+    options = {"stream_delay": 0.3, "edit_interval": 30.0, "network_backoff": 0.1}
+    bot = await launch(model, adapter_options=options)
+    server.drop_next("editMessageText", after_processing=True)  # done, but the answer never arrives
+    alice, chat = alice_in_private(server)
+    server.send_text(chat, alice, "take your time")
+    await server.wait_for("editMessageText", timeout=10, ok_only=False, where=lambda c: c.status == 400)
+    await server.quiet()
+    [preview] = bot.sent(42)
+    edits = server.calls_to("editMessageText")
+    assert [call.status for call in edits] == [0, 400]  # the repeat found the text already in place
+    assert "not modified" in (edits[1].error or "")
+    assert [m["text"] for m in server.sent_messages(42)] == [f"{NEUTRAL_BADGE}\n{words_of(model)}"]
+    assert preview.result["message_id"] == server.sent_messages(42)[0]["message_id"]
+
+
+async def test_in_groups_a_streamed_reply_is_edited_less_often(launch: Launch, server: FakeTelegramServer):
+    model = slow_words(40, token_delay=0.08)
+    options = {"stream_delay": 0.3, "edit_interval": 0.3, "group_edit_interval": 30.0}
+    bot = await launch(model, adapter_options=options)
+    alice = server.user(42, "Alice", "alice")
+    group = server.group_chat(GROUP_ID)
+    message = server.send_text(group, alice, f"@{BOT_USERNAME} take your time")
+    await server.wait_for("editMessageText", timeout=10, where=lambda c: "word39" in c.params["text"])
+    await server.quiet()
+    [preview] = bot.sent(GROUP_ID)
+    assert preview.params["reply_parameters"]["message_id"] == message["message_id"]
+    assert len(bot.sent(GROUP_ID, "editMessageText")) == 1  # only the finished reply
 
 
 # ---------------------------------------------------------------------- groups
@@ -482,8 +643,9 @@ async def test_two_people_in_one_group_have_separate_histories(launch: Launch, s
     for count, (person, text) in enumerate(conversation, start=1):
         server.send_text(group, person, f"@{BOT_USERNAME} {text}")
         await bot.replies(GROUP_ID, count)
-    alice_history = [turn.content for turn in model.generate_inputs[2][1]]
-    bob_history = [turn.content for turn in model.generate_inputs[3][1]]
+    examples = len(reply_examples_for("I adopted a cat"))  # constant turns before the conversation
+    alice_history = [turn.content for turn in model.generate_inputs[2][1][examples:]]
+    bob_history = [turn.content for turn in model.generate_inputs[3][1][examples:]]
     assert alice_history == ["I adopted a cat", "echo: I adopted a cat", "she sleeps all day"]
     assert bob_history == ["my train was late again", "echo: my train was late again", "and it rained"]
     for telegram_id, mine in ((42, "I adopted a cat"), (43, "my train was late again")):

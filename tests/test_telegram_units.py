@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from telegram import Message
+from telegram import Bot, Message
 
 from adapters.telegram.addressing import BotIdentity, is_addressed, strip_bot_mention
 from adapters.telegram.config import Allowlist, api_urls
@@ -22,7 +22,9 @@ from adapters.telegram.formatting import (
     split_for_telegram,
     utf16_len,
 )
-from bot.errors import ConfigurationError
+from adapters.telegram.outbox import Outbox, TelegramNetworkError
+from adapters.telegram.sink import StreamingReplySink
+from bot.errors import ConfigurationError, PlatformError
 from bot.types import Mood, MoodLabel, Reply, ReplyKind
 from tests.fakes.telegram_server import DEFAULT_TOKEN, FakeTelegramServer, detect_entities
 
@@ -339,3 +341,128 @@ async def test_fake_uploads_edits_and_callback_queries(fake: FakeTelegramServer,
     assert status == 200 and "reply_markup" not in body["result"]
     with pytest.raises(LookupError):
         fake.press_button(sent["result"], alice, data="yes")
+
+
+# ---------------------------------------------------------------------- retries after network errors
+
+
+@pytest.fixture
+async def outbox(fake: FakeTelegramServer) -> AsyncIterator[Outbox]:
+    fake.register_chat(fake.private_chat(fake.user(42)))
+    async with Bot(DEFAULT_TOKEN, base_url=fake.base_url) as bot:
+        yield Outbox(bot, attempts=3, backoff=0.05)
+
+
+async def test_outbox_retries_network_errors_with_backoff(fake: FakeTelegramServer, outbox: Outbox):
+    fake.drop_next("sendMessage", 2)
+    sent = await outbox.text(42, "hello")
+    calls = fake.calls_to("sendMessage")
+    assert [call.status for call in calls] == [0, 0, 200] and sent.text == "hello"
+    assert calls[1].at - calls[0].at >= 0.045 and calls[2].at - calls[1].at >= 0.095
+
+    fake.drop_next("sendMessage", 3)
+    with pytest.raises(TelegramNetworkError) as raised:
+        await outbox.text(42, "hello again")
+    assert len(fake.calls_to("sendMessage")) == 6
+    assert "hello" not in str(raised.value) and DEFAULT_TOKEN not in str(raised.value)
+
+
+async def test_outbox_does_not_retry_refusals_or_best_effort_requests(
+    fake: FakeTelegramServer, outbox: Outbox
+):
+    fake.fail_next("sendMessage", description="Bad Request: chat not found")  # a BadRequest is final
+    with pytest.raises(PlatformError) as raised:
+        await outbox.text(42, "hi")
+    assert not isinstance(raised.value, TelegramNetworkError)
+    assert len(fake.calls_to("sendMessage")) == 1
+
+    fake.drop_next("sendChatAction")
+    with pytest.raises(TelegramNetworkError):
+        await outbox.typing(42)
+    fake.drop_next("sendMessage")
+    with pytest.raises(TelegramNetworkError):
+        await outbox.text(42, "preview …", retry=False)
+    assert len(fake.calls_to("sendChatAction")) == 1 and len(fake.calls_to("sendMessage")) == 2
+
+
+async def test_outbox_edit_retried_after_a_lost_answer_counts_as_done(
+    fake: FakeTelegramServer, outbox: Outbox
+):
+    sent = await outbox.text(42, "draft …")
+    fake.drop_next("editMessageText", after_processing=True)
+    await outbox.edit(42, sent.message_id, "final")
+    assert [call.status for call in fake.calls_to("editMessageText")] == [0, 400]
+    stored = fake.message(42, sent.message_id)
+    assert stored is not None and stored["text"] == "final"
+
+
+# ---------------------------------------------------------------------- the progressive display
+
+
+class RecordingOutbox:
+    """Stands in for :class:`Outbox`: records texts and edits, and can be told to fail."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.fail = False
+
+    async def text(self, chat_id: int, text: str, **options: Any) -> Any:
+        assert options.get("retry") is False  # previews are best effort
+        self._record("send", text)
+        return type("Sent", (), {"message_id": 7})()
+
+    async def edit(self, chat_id: int, message_id: int, text: str, **options: Any) -> None:
+        assert message_id == 7 and options.get("retry") is False
+        self._record("edit", text)
+
+    def _record(self, kind: str, text: str) -> None:
+        self.requests.append((kind, text))
+        if self.fail:
+            raise PlatformError("refused")
+
+
+def streaming_sink(
+    outbox: RecordingOutbox, *, delay: float = 0.1, interval: float = 0.1
+) -> StreamingReplySink:
+    return StreamingReplySink(outbox, 42, stream_delay=delay, edit_interval=interval)  # type: ignore[arg-type]
+
+
+async def test_preview_waits_for_the_delay_then_shows_the_mood_and_the_text_so_far():
+    outbox = RecordingOutbox()
+    sink = streaming_sink(outbox)
+    await sink.mood(HAPPY)
+    await sink.partial("Hello")
+    assert outbox.requests == []  # a reply that is quick never shows a preview
+    await asyncio.sleep(0.12)
+    await sink.partial("Hello there")
+    assert outbox.requests == [("send", "🙂 positive 0.90\nHello there …")]
+    assert sink.in_progress is not None and sink.in_progress.text == outbox.requests[0][1]
+
+
+async def test_preview_edits_are_paced_and_never_repeat_the_shown_text():
+    outbox = RecordingOutbox()
+    sink = streaming_sink(outbox, delay=0.0, interval=0.1)
+    await sink.mood(HAPPY)
+    await sink.partial("One")
+    await sink.partial("One two")  # too soon after the first
+    await asyncio.sleep(0.12)
+    await sink.partial("One ")  # shows the same as now ("One …"): no edit
+    await sink.partial("One two three")
+    assert [kind for kind, _ in outbox.requests] == ["send", "edit"]
+    assert outbox.requests[1][1] == "🙂 positive 0.90\nOne two three …"
+    await sink.close()
+    await asyncio.sleep(0.12)
+    await sink.partial("One two three four")  # after close, nothing more is shown
+    assert len(outbox.requests) == 2
+
+
+async def test_preview_gives_up_after_a_failed_request():
+    outbox = RecordingOutbox()
+    sink = streaming_sink(outbox, delay=0.0, interval=0.0)
+    await sink.mood(HAPPY)
+    outbox.fail = True
+    await sink.partial("One")
+    outbox.fail = False
+    await sink.partial("One two")
+    assert outbox.requests == [("send", "🙂 positive 0.90\nOne …")]
+    assert sink.in_progress is None  # the finished reply will be sent as a new message

@@ -25,16 +25,29 @@ Behaviour and decisions:
   was already answered; re-answering an edit would duplicate history and mood entries.
 * **Allowlists** (TELEGRAM_ALLOWED_USER_IDS / TELEGRAM_ALLOWED_CHAT_IDS) are checked before
   anything else; strangers get no answer and nothing is stored. Messages from bots are ignored.
-* **While the model works**: "typing…" is renewed every 4 s until the reply is sent (one loop per
-  chat), and a message that waits behind others gets a note with its place in the queue.
-* **Progressive display** is available but off by default (``stream_delay=None``): when on, a
-  reply that takes longer than ``stream_delay`` seconds is shown while it is written, edited at
-  most every 1.5 s, and finally edited into the complete reply. It is off because the sink learns
-  the mood only with the finished reply, so the in-progress message cannot carry the mood line,
-  and every reply would arrive as an edited message.
+* **While the model works**: "typing…" is renewed every 4 s until the final text is delivered
+  (one loop per chat), and a message that waits behind others gets a note with its place in the
+  queue.
+* **Progressive display is on by default** (``MOODMATE_STREAM_REPLIES``, default true): a reply
+  still being written 2 s after its mood was read is shown while it is written: the mood line and
+  the text so far, ending with " …", edited at most every 1.5 s (4 s in groups, where Telegram
+  allows about 20 messages a minute, "typing…" included) and never to identical text (Telegram
+  refuses that with 400 "message is not modified"). The finished reply then replaces it in place;
+  a reply longer than one message continues in new messages. What stays in the chat is exactly
+  what the non-streaming path sends (mood line + reply parts). Fast replies arrive as one message,
+  never edited. Previews are best effort (not retried; after one failure no more are shown); if
+  the final edit fails, the reply is sent as new messages and the preview is deleted: never
+  silence. With streaming off, every reply is sent once, when finished.
 * **Flood control**: PTB's ``AIORateLimiter`` keeps per-chat and overall rates, and on a 429
   waits ``retry_after`` and repeats the request (up to several times), so replies are delayed,
   not dropped.
+* **Network errors are retried** (:mod:`adapters.telegram.outbox`): PTB's ``NetworkError``
+  (connection failures, timeouts, 5xx; not ``BadRequest``, which PTB derives from it), up to 4
+  tries with backoff 1 s, 2 s, 4 s (capped at 8 s), for sends, edits, files and button answers.
+  ``TimedOut`` is retried on sends too: a send whose answer was lost may have been delivered, so a
+  rare duplicate is accepted over a lost reply (which would be silence). Retried edits are safe
+  ("not modified" counts as done). "typing…" is not retried (its loop renews it anyway). Retries
+  are logged at WARNING with the errors' class names only, never message text or token.
 * **Concurrency**: updates are processed concurrently (one user's slow reply does not hold up
   others); the engine's worker queue serialises the model. On stop, replies in progress get a
   grace period; whatever is still unanswered stays pending in storage and is answered after restart.
@@ -52,7 +65,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from telegram import BotCommand, Message, Update
+from telegram import BotCommand, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ChatType
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
@@ -69,13 +82,21 @@ from adapters.telegram.addressing import BotIdentity, is_addressed, strip_bot_me
 from adapters.telegram.config import Allowlist, api_urls
 from adapters.telegram.formatting import reply_texts
 from adapters.telegram.outbox import (
+    BACKOFF_FIRST_SECONDS,
     TYPING_INTERVAL_SECONDS,
     Outbox,
     TelegramForbiddenError,
     TypingIndicators,
     keyboard_for,
 )
-from adapters.telegram.sink import EDIT_INTERVAL_SECONDS, StreamingReplySink, TelegramReplySink
+from adapters.telegram.sink import (
+    EDIT_INTERVAL_SECONDS,
+    GROUP_EDIT_INTERVAL_SECONDS,
+    STREAM_DELAY_SECONDS,
+    InProgress,
+    StreamingReplySink,
+    TelegramReplySink,
+)
 from bot.commands import COMMAND_MENU
 from bot.engine import Engine
 from bot.errors import ConfigurationError, MoodmateError, PlatformError
@@ -100,7 +121,11 @@ PRIVATE_BLOCKED_NOTE = (
 
 
 class TelegramAdapter:
-    """Connects the engine to Telegram. ``start()`` returns once polling runs; ``stop()`` ends it."""
+    """Connects the engine to Telegram. ``start()`` returns once polling runs; ``stop()`` ends it.
+
+    Progressive display follows ``settings.stream_replies``; ``stream_delay=None`` also turns it
+    off. The other options exist so tests can run the adapter quickly.
+    """
 
     def __init__(
         self,
@@ -108,18 +133,22 @@ class TelegramAdapter:
         engine: Engine,
         *,
         poll_timeout: int = POLL_TIMEOUT_SECONDS,
-        stream_delay: float | None = None,
+        stream_delay: float | None = STREAM_DELAY_SECONDS,
         edit_interval: float = EDIT_INTERVAL_SECONDS,
+        group_edit_interval: float = GROUP_EDIT_INTERVAL_SECONDS,
         typing_interval: float = TYPING_INTERVAL_SECONDS,
+        network_backoff: float = BACKOFF_FIRST_SECONDS,
         stop_grace: float = STOP_GRACE_SECONDS,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self._allowlist = Allowlist.from_settings(settings)
         self._poll_timeout = poll_timeout
-        self._stream_delay = stream_delay
+        self._stream_delay = stream_delay if settings.stream_replies else None
         self._edit_interval = edit_interval
+        self._group_edit_interval = max(edit_interval, group_edit_interval)
         self._typing_interval = typing_interval
+        self._network_backoff = network_backoff
         self._stop_grace = stop_grace
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._outbox: Outbox | None = None
@@ -182,7 +211,7 @@ class TelegramAdapter:
 
         me = application.bot.bot
         self._me = BotIdentity(id=me.id, username=me.username or "")
-        self._outbox = Outbox(application.bot)
+        self._outbox = Outbox(application.bot, backoff=self._network_backoff)
         self._typing = TypingIndicators(self._outbox, self._typing_interval)
         try:
             await application.bot.set_my_commands(
@@ -338,18 +367,18 @@ class TelegramAdapter:
                 chat_id,
                 reply_to=reply_to,
                 stream_delay=self._stream_delay,
-                edit_interval=self._edit_interval,
+                edit_interval=self._edit_interval if incoming.chat_is_private else self._group_edit_interval,
             )
         try:
-            async with self._typing.showing(chat_id):
+            async with self._typing.showing(chat_id):  # "typing…" lasts until the final text is sent
                 replies = await self.engine.handle(incoming, sink)
                 await sink.close()
-                stream_message_id = sink.stream_message_id
+                in_progress = sink.in_progress
                 for reply in replies:
-                    await self._send_reply(
-                        incoming, reply, reply_to=reply_to, stream_message_id=stream_message_id
-                    )
-                    stream_message_id = None
+                    if await self._send_reply(incoming, reply, reply_to=reply_to, in_progress=in_progress):
+                        in_progress = None
+                if in_progress is not None:  # shown while written, but no reply took its place
+                    await self._outbox.delete(chat_id, in_progress.message_id)
         except PlatformError as error:
             logger.warning("Telegram: could not deliver a reply: %s", error)
             if not isinstance(error, TelegramForbiddenError):
@@ -367,44 +396,72 @@ class TelegramAdapter:
         reply_to = None
         if not message.chat_is_private and message.message_id and message.message_id.isdigit():
             reply_to = int(message.message_id)
-        await self._send_reply(message, reply, reply_to=reply_to, stream_message_id=None)
+        await self._send_reply(message, reply, reply_to=reply_to, in_progress=None)
 
     async def _send_reply(
-        self, incoming: IncomingMessage, reply: Reply, *, reply_to: int | None, stream_message_id: int | None
-    ) -> None:
+        self,
+        incoming: IncomingMessage,
+        reply: Reply,
+        *,
+        reply_to: int | None,
+        in_progress: InProgress | None,
+    ) -> bool:
+        """Send ``reply``; True if it took the place of ``in_progress`` (edited or replaced it)."""
         assert self._outbox is not None
         chat_id = int(incoming.chat_id)
         if reply.private and not incoming.chat_is_private:
             try:
-                await self._post(int(incoming.user_id), reply, reply_to=None, stream_message_id=None)
+                await self._post(int(incoming.user_id), reply, reply_to=None, in_progress=None)
             except TelegramForbiddenError:
                 note = PRIVATE_BLOCKED_NOTE.format(mention=self.identity.mention)
                 await self._outbox.text(chat_id, note, reply_to=reply_to)
-                return
+                return False
             await self._outbox.text(chat_id, PRIVATE_SENT_NOTE, reply_to=reply_to)
-            return
-        await self._post(chat_id, reply, reply_to=reply_to, stream_message_id=stream_message_id)
+            return False
+        await self._post(chat_id, reply, reply_to=reply_to, in_progress=in_progress)
+        return in_progress is not None
 
     async def _post(
-        self, chat_id: int, reply: Reply, *, reply_to: int | None, stream_message_id: int | None
+        self, chat_id: int, reply: Reply, *, reply_to: int | None, in_progress: InProgress | None
     ) -> None:
-        """Send one reply: its text parts (the last one carrying any buttons), then its files."""
+        """Send one reply: its text parts (the last one carrying any buttons), then its files.
+
+        With ``in_progress`` (the reply shown while it was written), that message is edited into
+        the first part; if the edit fails, the reply is sent anew and the preview deleted.
+        """
         assert self._outbox is not None
         texts = reply_texts(reply)
         markup = keyboard_for(reply.actions)
-        for index, text in enumerate(texts):
+        first_new = 0
+        if in_progress is not None and texts:
+            buttons = markup if len(texts) == 1 else None
+            if await self._finish_in_place(chat_id, in_progress, texts[0], buttons):
+                first_new = 1
+        for index in range(first_new, len(texts)):
             buttons = markup if index == len(texts) - 1 else None
-            if index == 0 and stream_message_id is not None:
-                try:
-                    await self._outbox.edit(chat_id, stream_message_id, text, markup=buttons)
-                    continue
-                except TelegramForbiddenError:
-                    raise
-                except PlatformError as error:
-                    logger.warning("Could not finish the reply in place (%s); sending it anew", error)
-            await self._outbox.text(chat_id, text, reply_to=reply_to if index == 0 else None, markup=buttons)
+            await self._outbox.text(
+                chat_id, texts[index], reply_to=reply_to if index == 0 else None, markup=buttons
+            )
+        if in_progress is not None and first_new == 0:
+            await self._outbox.delete(chat_id, in_progress.message_id)  # the reply was sent anew
         for attachment in reply.attachments:
             await self._outbox.attachment(chat_id, attachment)
+
+    async def _finish_in_place(
+        self, chat_id: int, in_progress: InProgress, text: str, markup: InlineKeyboardMarkup | None
+    ) -> bool:
+        """Edit the in-progress message to ``text``; False if Telegram would not have it."""
+        assert self._outbox is not None
+        if text == in_progress.text and markup is None:
+            return True  # it already shows exactly this
+        try:
+            await self._outbox.edit(chat_id, in_progress.message_id, text, markup=markup)
+        except TelegramForbiddenError:
+            raise
+        except PlatformError as error:
+            logger.warning("Telegram: could not finish a reply in place (%s); sending it anew", error)
+            return False
+        return True
 
     async def _send_safely(self, chat_id: int, text: str, *, reply_to: int | None) -> None:
         """Send a short notice; a failure is logged, never raised."""

@@ -3,6 +3,15 @@
 Flood control lives in the bot's rate limiter (PTB's ``AIORateLimiter``): it keeps per-chat and
 overall rates below Telegram's limits, and on a 429 it pauses all requests for ``retry_after``
 seconds and repeats the request, so a 429 delays a reply instead of dropping it.
+
+Network failures (PTB's ``NetworkError``: connection refused or reset, timeouts, 5xx answers; but
+not ``BadRequest``, which PTB also derives from it) are retried here with exponential backoff,
+``NETWORK_ATTEMPTS`` tries in all. That includes ``TimedOut`` on sends: a request that timed out
+while Telegram was answering may have been delivered, so a retry can (rarely) show a message twice;
+a duplicate is visible and harmless, a lost reply is silence. Retried edits are safe: a repeat that
+finds the text already in place is answered "message is not modified", which counts as success.
+Best-effort requests (the typing indicator, previews of a reply in progress) are not retried:
+the next one follows within seconds anyway.
 """
 
 from __future__ import annotations
@@ -10,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from telegram import (
@@ -23,7 +32,7 @@ from telegram import (
     ReplyParameters,
 )
 from telegram.constants import ChatAction
-from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from adapters.telegram.formatting import TEXT_LIMIT, caption_for, split_for_telegram
 from bot.errors import PlatformError
@@ -37,11 +46,20 @@ T = TypeVar("T")
 TYPING_INTERVAL_SECONDS = 4.0
 #: Telegram's limit for callback data.
 CALLBACK_DATA_LIMIT = 64
+#: Tries in all for a request that fails with a network error, and the backoff between them
+#: (1 s, 2 s, 4 s, ... capped).
+NETWORK_ATTEMPTS = 4
+BACKOFF_FIRST_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 8.0
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 
 class TelegramForbiddenError(PlatformError):
     """Telegram refused with 403: the user blocked the bot, never started it, or the bot left the chat."""
+
+
+class TelegramNetworkError(PlatformError):
+    """The request failed on the way (connection, timeout, 5xx); trying again may succeed."""
 
 
 async def translate(request: Awaitable[T], what: str) -> T:
@@ -52,8 +70,20 @@ async def translate(request: Awaitable[T], what: str) -> T:
         raise TelegramForbiddenError(f"Telegram refused to {what}: {error.message}") from error
     except RetryAfter as error:
         raise PlatformError(f"Telegram kept rate-limiting {what} after several retries") from error
+    except BadRequest as error:
+        raise PlatformError(f"Telegram failed to {what}: {error.message}") from error
+    except NetworkError as error:
+        # Named by class only: a transport error's text could quote the request URL (with the token).
+        raise TelegramNetworkError(f"could not {what}: {_network_failure(error)}") from error
     except TelegramError as error:
         raise PlatformError(f"Telegram failed to {what}: {error.message}") from error
+
+
+def _network_failure(error: NetworkError) -> str:
+    """``TimedOut (ReadTimeout)``: the SDK's error class and the transport's, never their texts."""
+    cause = error.__cause__
+    name = type(error).__name__
+    return f"{name} ({type(cause).__name__})" if cause is not None else name
 
 
 def keyboard_for(actions: tuple[Action, ...]) -> InlineKeyboardMarkup | None:
@@ -68,10 +98,35 @@ def keyboard_for(actions: tuple[Action, ...]) -> InlineKeyboardMarkup | None:
 
 
 class Outbox:
-    """Sends texts, files and chat actions with one bot; plain text only, link previews off."""
+    """Sends texts, files and chat actions with one bot; plain text only, link previews off.
 
-    def __init__(self, bot: Bot) -> None:
+    Requests that fail with a network error are retried (``attempts`` tries in all, waiting
+    ``backoff`` seconds, then twice as long each time, at most ``BACKOFF_MAX_SECONDS``), unless a
+    method is called with ``retry=False``.
+    """
+
+    def __init__(
+        self, bot: Bot, *, attempts: int = NETWORK_ATTEMPTS, backoff: float = BACKOFF_FIRST_SECONDS
+    ) -> None:
         self.bot = bot
+        self._attempts = max(1, attempts)
+        self._backoff = backoff
+
+    async def _request(self, make: Callable[[], Awaitable[T]], what: str, *, retry: bool = True) -> T:
+        """Run the request ``make()`` creates, again after a network error (with backoff)."""
+        attempts = self._attempts if retry else 1
+        attempt, delay = 1, self._backoff
+        while True:
+            try:
+                return await translate(make(), what)
+            except TelegramNetworkError as error:
+                if attempt >= attempts:
+                    if retry:
+                        logger.warning("Telegram: gave up after %d tries: %s", attempts, error)
+                    raise
+                logger.warning("Telegram: %s; try %d of %d in %.1f s", error, attempt + 1, attempts, delay)
+            await asyncio.sleep(delay)
+            attempt, delay = attempt + 1, min(delay * 2, BACKOFF_MAX_SECONDS)
 
     async def text(
         self,
@@ -80,20 +135,12 @@ class Outbox:
         *,
         reply_to: int | None = None,
         markup: InlineKeyboardMarkup | None = None,
+        retry: bool = True,
     ) -> Message:
         """Send one plain-text message (``text`` must already fit one message)."""
         reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
         try:
-            return await translate(
-                self.bot.send_message(
-                    chat_id,
-                    text,
-                    reply_parameters=reply,
-                    reply_markup=markup,
-                    link_preview_options=_NO_PREVIEW,
-                ),
-                "send a message",
-            )
+            return await self._send_text(chat_id, text, reply, markup, retry=retry)
         except PlatformError as error:
             if not _is_too_long(error):
                 raise
@@ -103,26 +150,46 @@ class Outbox:
         sent: Message | None = None
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
-            sent = await translate(
-                self.bot.send_message(
-                    chat_id,
-                    part,
-                    reply_parameters=reply if index == 0 else None,
-                    reply_markup=markup if last else None,
-                    link_preview_options=_NO_PREVIEW,
-                ),
-                "send a message",
+            sent = await self._send_text(
+                chat_id, part, reply if index == 0 else None, markup if last else None, retry=retry
             )
         assert sent is not None
         return sent
 
+    async def _send_text(
+        self,
+        chat_id: int,
+        text: str,
+        reply: ReplyParameters | None,
+        markup: InlineKeyboardMarkup | None,
+        *,
+        retry: bool,
+    ) -> Message:
+        return await self._request(
+            lambda: self.bot.send_message(
+                chat_id,
+                text,
+                reply_parameters=reply,
+                reply_markup=markup,
+                link_preview_options=_NO_PREVIEW,
+            ),
+            "send a message",
+            retry=retry,
+        )
+
     async def edit(
-        self, chat_id: int, message_id: int, text: str, *, markup: InlineKeyboardMarkup | None = None
+        self,
+        chat_id: int,
+        message_id: int,
+        text: str,
+        *,
+        markup: InlineKeyboardMarkup | None = None,
+        retry: bool = True,
     ) -> None:
         """Replace a message's text; an edit to identical text is not an error."""
         try:
-            await translate(
-                self.bot.edit_message_text(
+            await self._request(
+                lambda: self.bot.edit_message_text(
                     text,
                     chat_id=chat_id,
                     message_id=message_id,
@@ -130,6 +197,7 @@ class Outbox:
                     link_preview_options=_NO_PREVIEW,
                 ),
                 "edit a message",
+                retry=retry,
             )
         except PlatformError as error:
             if not _is_not_modified(error):
@@ -138,13 +206,24 @@ class Outbox:
     async def remove_buttons(self, chat_id: int, message_id: int) -> None:
         """Take the inline keyboard off a message (so a choice cannot be made twice)."""
         try:
-            await translate(
-                self.bot.edit_message_reply_markup(chat_id=chat_id, message_id=message_id, reply_markup=None),
+            await self._request(
+                lambda: self.bot.edit_message_reply_markup(
+                    chat_id=chat_id, message_id=message_id, reply_markup=None
+                ),
                 "remove buttons",
             )
         except PlatformError as error:
             if not _is_not_modified(error):
                 raise
+
+    async def delete(self, chat_id: int, message_id: int) -> None:
+        """Delete one of the bot's messages (best effort: a failure is only logged)."""
+        try:
+            await self._request(
+                lambda: self.bot.delete_message(chat_id, message_id), "delete a message", retry=False
+            )
+        except PlatformError as error:
+            logger.info("Could not delete a message: %s", error)
 
     async def attachment(
         self, chat_id: int, attachment: Attachment, *, caption: str | None = None
@@ -154,20 +233,20 @@ class Outbox:
         caption = caption_for(caption) if caption else None
         if attachment.mime_type in ("image/png", "image/jpeg"):
             try:
-                return await translate(
-                    self.bot.send_photo(
+                return await self._request(
+                    lambda: self.bot.send_photo(
                         chat_id,
                         InputFile(attachment.content, filename=attachment.filename),
                         caption=caption,
                     ),
                     "send a photo",
                 )
-            except TelegramForbiddenError:
+            except (TelegramForbiddenError, TelegramNetworkError):
                 raise
             except PlatformError:
                 logger.warning("Telegram refused a photo; sending it as a document", exc_info=True)
-        return await translate(
-            self.bot.send_document(
+        return await self._request(
+            lambda: self.bot.send_document(
                 chat_id,
                 InputFile(attachment.content, filename=attachment.filename),
                 caption=caption,
@@ -178,12 +257,17 @@ class Outbox:
     async def answer_callback(self, query_id: str, text: str | None = None) -> None:
         """Acknowledge a button press (best effort: an expired query is only logged)."""
         try:
-            await translate(self.bot.answer_callback_query(query_id, text=text), "answer a button press")
+            await self._request(
+                lambda: self.bot.answer_callback_query(query_id, text=text), "answer a button press"
+            )
         except PlatformError:
             logger.warning("Could not answer a callback query", exc_info=True)
 
     async def typing(self, chat_id: int) -> None:
-        await translate(self.bot.send_chat_action(chat_id, ChatAction.TYPING), "show typing")
+        """Show "typing…" once (not retried: the indicator loop renews it every few seconds)."""
+        await self._request(
+            lambda: self.bot.send_chat_action(chat_id, ChatAction.TYPING), "show typing", retry=False
+        )
 
 
 class TypingIndicators:

@@ -14,7 +14,8 @@ real request and response shapes:
   control with ``parameters.retry_after``).
 
 Tests inject updates (text, stickers, photos, voice, documents, edits, button presses), optionally
-make the next N calls of a method fail (e.g. with 429), and assert on :attr:`FakeTelegramServer.calls`
+make the next N calls of a method fail (e.g. with 429) or lose their connection (a network failure,
+before or after the server acted on the request), and assert on :attr:`FakeTelegramServer.calls`
 (method, decoded parameters and uploaded files). Only the Bot API surface a chat bot needs is
 implemented; unknown methods answer 404 like the real server.
 """
@@ -111,6 +112,7 @@ class ApiCall:
     params: dict[str, Any]
     files: dict[str, UploadedFile]
     at: float
+    #: The HTTP status answered; 0 if the connection was dropped instead; None while pending.
     status: int | None = None
     result: Any = None
     error: str | None = None
@@ -134,6 +136,12 @@ class _Failure:
     code: int
     description: str
     parameters: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class _Drop:
+    remaining: int
+    after_processing: bool
 
 
 @dataclass(slots=True)
@@ -174,6 +182,7 @@ class FakeTelegramServer:
         self._changed = asyncio.Condition()
         self._closing = False
         self._failures: dict[str, list[_Failure]] = {}
+        self._drops: dict[str, list[_Drop]] = {}
         self._chats: dict[int, dict[str, Any]] = {}
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._messages: dict[tuple[int, int], dict[str, Any]] = {}
@@ -415,6 +424,14 @@ class FakeTelegramServer:
             failure = _Failure(times, code or 400, description or "Bad Request: injected failure", None)
         self._failures.setdefault(method.lower(), []).append(failure)
 
+    def drop_next(self, method: str, times: int = 1, *, after_processing: bool = False) -> None:
+        """Close the connection of the next ``times`` calls of ``method`` without answering.
+
+        The client sees a network error. With ``after_processing`` the server first acts on the
+        request (the message is sent or edited), as when an answer is lost on its way back.
+        """
+        self._drops.setdefault(method.lower(), []).append(_Drop(times, after_processing))
+
     # ------------------------------------------------------------------ inspection
 
     def calls_to(self, method: str, *, ok_only: bool = False) -> list[ApiCall]:
@@ -501,6 +518,9 @@ class FakeTelegramServer:
             return _error_response(exc.code, exc.description)
         call = ApiCall(method=method, params=params, files=files, at=time.monotonic())
         self.calls.append(call)
+        drop = self._take_drop(method)
+        if drop is not None and not drop.after_processing:
+            return await self._drop_connection(request, call)
         try:
             if handler is None:
                 raise ApiError(404, "Not Found")
@@ -510,9 +530,29 @@ class FakeTelegramServer:
             call.status, call.error = exc.code, exc.description
             await self._notify()
             return _error_response(exc.code, exc.description, exc.parameters)
+        if drop is not None:
+            call.result = result
+            return await self._drop_connection(request, call)
         call.status, call.result = 200, result
         await self._notify()
         return web.json_response({"ok": True, "result": result})
+
+    def _take_drop(self, method: str) -> _Drop | None:
+        queue = self._drops.get(method.lower())
+        if not queue:
+            return None
+        drop = queue[0]
+        drop.remaining -= 1
+        if drop.remaining <= 0:
+            queue.pop(0)
+        return drop
+
+    async def _drop_connection(self, request: web.Request, call: ApiCall) -> web.Response:
+        call.status, call.error = 0, "connection dropped"
+        if request.transport is not None:
+            request.transport.close()
+        await self._notify()
+        return web.Response(status=500)  # never written: the connection is already closed
 
     def _handlers(self) -> dict[str, Callable[..., Any]]:
         return {
