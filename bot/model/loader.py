@@ -1,0 +1,204 @@
+"""Find, convert (once, into the cache) and load the configured language model.
+
+``MOODMATE_MODEL`` may name a bundled model (``qwen2.5-coder-0.5b``, the default, or
+``smollm2-135m``), a ``.gguf`` file, a local Hugging Face model directory, or a Hugging Face model id.
+GGUF files are converted once into a half-precision safetensors directory under the cache dir; the
+conversion is written to a temporary directory and renamed into place, so an interrupted run never
+leaves a broken cache behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bot.errors import ModelNotFoundError
+from bot.model.base import LanguageModel
+from bot.model.bundled import BundledModel, find_bundled, join_parts, part_paths, single_file, verify_sha256
+from bot.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Bumped whenever the cache layout or conversion changes, so old caches are rebuilt.
+CACHE_FORMAT = "v1"
+_MARKER = "moodmate-cache.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+SourceKind = Literal["bundled", "gguf", "directory", "hub"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """What ``MOODMATE_MODEL`` points at."""
+
+    kind: SourceKind
+    name: str
+    path: Path | None = None
+    bundled: BundledModel | None = None
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Work out what kind of model ``spec`` names; raises ``ModelNotFoundError`` for impossible specs."""
+    spec = spec.strip()
+    if not spec:
+        raise ModelNotFoundError(
+            "MOODMATE_MODEL is empty: set it to qwen2.5-coder-0.5b or a model directory."
+        )
+    bundled = find_bundled(spec)
+    if bundled is not None:
+        return ModelSource("bundled", bundled.name, bundled=bundled)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"The directory {path} has no config.json: set MOODMATE_MODEL to a Hugging Face model "
+                "directory, a .gguf file or qwen2.5-coder-0.5b."
+            )
+        return ModelSource("directory", path.name, path=path.resolve())
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelNotFoundError(
+                f"The file {path} is not a .gguf model: set MOODMATE_MODEL to a .gguf file, a model "
+                "directory or qwen2.5-coder-0.5b."
+            )
+        return ModelSource("gguf", path.stem, path=path.resolve())
+    looks_like_path = spec.startswith(("/", ".", "~")) or spec.lower().endswith(".gguf") or "\\" in spec
+    if looks_like_path or not _HUB_ID.match(spec):
+        raise ModelNotFoundError(
+            f"No model file or directory at {spec}: set MOODMATE_MODEL to an existing path or to "
+            "qwen2.5-coder-0.5b."
+        )
+    return ModelSource("hub", spec)
+
+
+def load_model(settings: Settings, *, progress: bool = True) -> LanguageModel:
+    """Load the model ``settings.model`` names, converting and caching it first if needed (blocking)."""
+    from bot.model.transformers_model import TransformersModel
+
+    started = time.perf_counter()
+    source = resolve_model(settings.model)
+    directory = prepare_model_directory(source, Path(settings.cache_dir), progress=progress)
+    model = TransformersModel.load(
+        directory if directory is not None else source.name,
+        name=source.name,
+        quantize=settings.quantize,
+        threads=settings.threads,
+        max_input_chars=settings.max_input_chars,
+    )
+    logger.info("Model %s loaded in %.1f s", source.name, time.perf_counter() - started)
+    return model
+
+
+def prepare_model_directory(source: ModelSource, cache_dir: Path, *, progress: bool = True) -> Path | None:
+    """The local Hugging Face directory to load ``source`` from (None for a hub id).
+
+    Bundled models and GGUF files are converted into ``cache_dir`` on first use.
+    """
+    if source.kind == "directory":
+        return source.path
+    if source.kind == "hub":
+        return None
+    if source.kind == "bundled":
+        assert source.bundled is not None
+        return _prepare_bundled(source.bundled, cache_dir, progress=progress)
+    assert source.path is not None
+    stat = source.path.stat()
+    key_material = f"{source.path}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = f"{_safe_name(source.path.stem)}-{hashlib.sha1(key_material.encode()).hexdigest()[:12]}"
+    target = _cache_root(cache_dir) / key
+    if not _is_complete(target):
+        convert_gguf(source.path, target, progress=progress, source_info={"path": str(source.path)})
+    return target
+
+
+def _prepare_bundled(bundled: BundledModel, cache_dir: Path, *, progress: bool) -> Path:
+    target = _cache_root(cache_dir) / f"{bundled.name}-{bundled.sha256[:12]}"
+    if _is_complete(target):
+        return target
+    part_paths(bundled)  # fail fast, with the install hint, when a package is missing
+    single = single_file(bundled)
+    if single is not None:
+        verify_sha256(bundled, single, progress=progress)
+        convert_gguf(single, target, progress=progress, source_info={"bundled": bundled.name})
+        return target
+    joined = cache_dir / "gguf" / bundled.gguf_name
+    if not (joined.is_file() and joined.stat().st_size == bundled.size):
+        join_parts(bundled, joined, progress=progress)
+    else:
+        verify_sha256(bundled, joined, progress=progress)
+    convert_gguf(joined, target, progress=progress, source_info={"bundled": bundled.name})
+    joined.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        joined.parent.rmdir()
+    return target
+
+
+def _cache_root(cache_dir: Path) -> Path:
+    return Path(cache_dir).expanduser() / "models" / CACHE_FORMAT
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:60] or "model"
+
+
+def _is_complete(directory: Path) -> bool:
+    return (directory / _MARKER).is_file() and (directory / "config.json").is_file()
+
+
+def convert_gguf(
+    gguf_path: Path, target: Path, *, progress: bool = True, source_info: dict[str, str] | None = None
+) -> Path:
+    """Convert a GGUF file into a half-precision safetensors model directory at ``target``, atomically."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    started = time.perf_counter()
+    steps = tqdm(total=4, desc=f"converting {gguf_path.name}", unit="step", disable=not progress, leave=False)
+    try:
+        steps.set_postfix_str("tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        steps.update()
+        steps.set_postfix_str("weights")
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        steps.update()
+        # The GGUF weights are dequantized now; drop the quantizer so save_pretrained accepts the model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        largest = max(float(param.detach().abs().max()) for param in model.parameters())
+        model.to(torch.float16 if largest < 60000 else torch.bfloat16)
+        steps.set_postfix_str("saving")
+        model.save_pretrained(str(temporary))
+        tokenizer.save_pretrained(str(temporary))
+        steps.update()
+        marker = {"format": CACHE_FORMAT, "gguf": gguf_path.name, **(source_info or {})}
+        (temporary / _MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+        if target.exists():  # a concurrent or earlier broken attempt: replace it
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(temporary, target)
+        steps.update()
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelNotFoundError(
+            f"Could not convert {gguf_path.name} ({type(error).__name__}: {error}): set MOODMATE_MODEL to a "
+            "working .gguf file or model directory."
+        ) from error
+    finally:
+        steps.close()
+        shutil.rmtree(temporary, ignore_errors=True)
+    logger.info("Converted %s into the cache in %.0f s", gguf_path.name, time.perf_counter() - started)
+    return target

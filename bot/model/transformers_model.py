@@ -1,0 +1,619 @@
+"""``LanguageModel`` on transformers + torch, tuned for a small CPU.
+
+* Mood reads are one forward pass per message over a shared, precomputed KV cache of the constant
+  prompt prefix (see :mod:`bot.model.mood_prompt`); only the rows of the output head for the three
+  label words are computed; the three label probabilities are renormalised (optionally calibrated
+  against content-free inputs, off by default: it measured worse on the dev sets with this prompt).
+* Replies are sampled token by token with last-position logits only, streaming text out, reusing the
+  KV cache of the conversation's unchanged prefix between turns.
+* With ``quantize`` the linear layers (including the output head) run as int8 dynamic-quantized
+  layers, and the token embedding stays in the checkpoint's half precision (memory-mapped when the
+  checkpoint allows), which keeps RSS near half of float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import math
+import os
+import re
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bot.errors import ModelError, ModelNotFoundError
+from bot.model.base import ChatTurn, StopCheck, TextCallback
+from bot.model.mood_prompt import LABELS, MoodPromptParts, clean_message, label_variants, split_mood_prompt
+from bot.types import Mood, MoodLabel
+
+logger = logging.getLogger(__name__)
+
+#: Inputs whose label distribution is the model's bias (contextual calibration).
+CONTENT_FREE_INPUTS: tuple[str, ...] = ("", "N/A", "…")
+
+#: Names of linear layers kept in float32 under ``quantize`` (none by default). The MLP down-projection
+#: is the most sensitive to int8 (outlier activations); feeding the first token of every prompt in its own
+#: forward call keeps its "attention sink" activations from setting the int8 scale for all other tokens,
+#: which brought the label KL vs float32 from 0.12 to 0.06 on dev messages (0.014 with down_proj in
+#: float32, at the cost of ~420 MB RSS and ~30 ms per generated token).
+FLOAT_LAYERS: frozenset[str] = frozenset()
+_MAX_PACK_ROWS = 16384
+
+
+@dataclass(slots=True)
+class SamplingConfig:
+    """How replies are sampled; the defaults suit a warm, varied companion."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 40
+    repetition_penalty: float = 1.1
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class _ConversationCache:
+    token_ids: list[int]
+    key_values: list[tuple[torch.Tensor, torch.Tensor]]
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class _HalfEmbedding(nn.Module):
+    """A token embedding kept in half precision that returns float32 vectors.
+
+    The weight is a plain attribute (not a parameter or buffer) so ``Module.float()`` never upcasts it.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.half_weight = weight.detach()
+        self.num_embeddings, self.embedding_dim = weight.shape
+
+    @property
+    def weight(self) -> torch.Tensor:  # some library code reads .weight.dtype/.shape
+        return self.half_weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(input_ids, self.half_weight).float()
+
+
+class TransformersModel:
+    """A causal language model from a Hugging Face directory, implementing ``LanguageModel``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,  # type: ignore[no-untyped-def]
+        *,
+        name: str,
+        label_head: torch.Tensor,
+        label_bias: torch.Tensor | None,
+        label_token_groups: list[list[int]],
+        mood_token_budget: int = 256,
+        max_input_chars: int = 4000,
+        max_prompt_tokens: int = 3072,
+        mood_batch_size: int = 16,
+        calibrate: bool = False,
+        sampling: SamplingConfig | None = None,
+        conversation_slots: int = 3,
+        mood_instruction: str | None = None,
+        mood_examples: Sequence[tuple[str, MoodLabel]] | None = None,
+        mood_user_format: str | None = None,
+    ) -> None:
+        self.name = name
+        self._model = model
+        self._tokenizer = tokenizer
+        self._decoder = model.get_decoder()
+        self._label_head = label_head  # [n_variant_tokens, hidden] float32
+        self._label_bias = label_bias
+        self._label_groups = label_token_groups  # per label: indices into rows of _label_head
+        self.mood_token_budget = mood_token_budget
+        self.max_input_chars = max_input_chars
+        self.max_prompt_tokens = max_prompt_tokens
+        self.mood_batch_size = mood_batch_size
+        self.sampling = sampling or SamplingConfig()
+        self._conversation_slots = conversation_slots
+        self._conversations: list[_ConversationCache] = []
+        self._lock = threading.RLock()
+        self._generator = torch.Generator()
+        if self.sampling.seed is not None:
+            self._generator.manual_seed(self.sampling.seed)
+        else:
+            self._generator.seed()
+        self._stop_ids = self._find_stop_ids()
+        prompt_options: dict[str, object] = {}
+        if mood_instruction is not None:
+            prompt_options["instruction"] = mood_instruction
+        if mood_examples is not None:
+            prompt_options["examples"] = tuple(mood_examples)
+        if mood_user_format is not None:
+            prompt_options["user_format"] = mood_user_format
+        self._parts: MoodPromptParts = split_mood_prompt(self._render_chat, **prompt_options)  # type: ignore[arg-type]
+        self._prefix_ids: list[int] = self._encode(self._parts.prefix)
+        self._suffix_ids: list[int] = self._encode(self._parts.suffix)
+        self._prefix_kv = self._compute_prefix_kv()
+        self._calibration = torch.zeros(len(LABELS))
+        if calibrate:
+            self._calibration = self._content_free_log_probs()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(
+        cls,
+        location: Path | str,
+        *,
+        name: str,
+        quantize: bool = True,
+        threads: int = 0,
+        max_input_chars: int = 4000,
+        calibrate: bool = False,
+        sampling: SamplingConfig | None = None,
+    ) -> TransformersModel:
+        """Load a model directory (config.json, safetensors, tokenizer) or hub id for fast CPU inference."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        started = time.perf_counter()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(location))
+            model = AutoModelForCausalLM.from_pretrained(str(location), dtype="auto")
+        except (OSError, ValueError, KeyError) as error:
+            where = (
+                f"the directory {location}" if isinstance(location, Path) else f"Hugging Face ({location})"
+            )
+            raise ModelNotFoundError(
+                f"Could not load a model from {where} ({type(error).__name__}): set MOODMATE_MODEL to a "
+                "local directory with config.json, weights and a tokenizer, or to qwen2.5-coder-0.5b."
+            ) from error
+        model.eval()
+        label_groups_tokens = _label_token_groups(tokenizer)
+        flat = [token for group in label_groups_tokens for token in group]
+        head = model.get_output_embeddings()
+        label_head = head.weight.detach()[flat].float().clone()
+        bias = getattr(head, "bias", None)
+        label_bias = bias.detach()[flat].float().clone() if bias is not None else None
+        groups: list[list[int]] = []
+        position = 0
+        for group in label_groups_tokens:
+            groups.append(list(range(position, position + len(group))))
+            position += len(group)
+        _prepare_for_cpu(model, quantize=quantize)
+        logger.info("Loaded %s in %.1f s (quantize=%s)", name, time.perf_counter() - started, quantize)
+        instance = cls(
+            model,
+            tokenizer,
+            name=name,
+            label_head=label_head,
+            label_bias=label_bias,
+            label_token_groups=groups,
+            max_input_chars=max_input_chars,
+            calibrate=calibrate,
+            sampling=sampling,
+        )
+        logger.info("Model %s ready in %.1f s", name, time.perf_counter() - started)
+        return instance
+
+    # ------------------------------------------------------------------ helpers
+
+    def _render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        rendered = self._tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
+        return str(rendered)
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def _find_stop_ids(self) -> set[int]:
+        tokenizer = self._tokenizer
+        stops: set[int] = set()
+        for token in ("<|im_end|>", "<|endoftext|>", "<|im_start|>", "<|eot_id|>", "</s>"):
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id >= 0 and token_id != tokenizer.unk_token_id:
+                stops.add(token_id)
+        if tokenizer.eos_token_id is not None:
+            stops.add(int(tokenizer.eos_token_id))
+        config_eos = getattr(getattr(self._model, "generation_config", None), "eos_token_id", None)
+        if isinstance(config_eos, int):
+            stops.add(config_eos)
+        elif isinstance(config_eos, list):
+            stops.update(int(token) for token in config_eos)
+        return stops
+
+    def _new_cache(self):  # type: ignore[no-untyped-def]
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self._model.config)
+
+    def _seeded_cache(
+        self,
+        key_values: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        batch: int = 1,
+        length: int | None = None,
+    ):  # type: ignore[no-untyped-def]
+        """A fresh cache holding (a batch-expanded view of) stored key/values; originals stay unchanged."""
+        cache = self._new_cache()
+        for layer_index, (keys, values) in enumerate(key_values):
+            if length is not None:
+                keys, values = keys[..., :length, :], values[..., :length, :]
+            if batch != keys.shape[0]:
+                keys = keys.expand(batch, -1, -1, -1)
+                values = values.expand(batch, -1, -1, -1)
+            cache.update(keys, values, layer_index)
+        return cache
+
+    @staticmethod
+    def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[no-untyped-def]
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    @torch.inference_mode()
+    def _compute_prefix_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        cache = self._new_cache()
+        # The first token gets its own forward call: its huge "attention sink" activations would otherwise set
+        # the per-call int8 activation scale for every other token.
+        self._decoder(input_ids=torch.tensor([self._prefix_ids[:1]]), past_key_values=cache, use_cache=True)
+        self._decoder(input_ids=torch.tensor([self._prefix_ids[1:]]), past_key_values=cache, use_cache=True)
+        return self._cache_tensors(cache)
+
+    # ------------------------------------------------------------------ mood
+
+    def _mood_token_ids(self, text: str) -> list[int]:
+        cleaned = clean_message(text, max_chars=self.max_input_chars)
+        ids = self._encode(cleaned)
+        if len(ids) > self.mood_token_budget:
+            head = self.mood_token_budget * 3 // 4
+            ids = ids[:head] + ids[-(self.mood_token_budget - head) :]
+        return ids + self._suffix_ids
+
+    @torch.inference_mode()
+    def _label_log_probs(self, sequences: list[list[int]]) -> torch.Tensor:
+        """Log-probabilities over the three labels (uncalibrated) for token sequences after the prefix."""
+        lengths = [len(sequence) for sequence in sequences]
+        width = max(lengths)
+        pad = self._tokenizer.pad_token_id
+        pad = self._suffix_ids[-1] if pad is None else pad
+        # Right padding needs no attention mask: real tokens never attend to pads after them.
+        batch = torch.tensor([sequence + [pad] * (width - len(sequence)) for sequence in sequences])
+        cache = self._seeded_cache(self._prefix_kv, batch=len(sequences))
+        hidden = self._decoder(input_ids=batch, past_key_values=cache, use_cache=True).last_hidden_state
+        last = hidden[torch.arange(len(sequences)), torch.tensor(lengths) - 1].float()
+        logits = last @ self._label_head.T
+        if self._label_bias is not None:
+            logits = logits + self._label_bias
+        token_log_probs = torch.log_softmax(logits, dim=-1)
+        per_label = torch.stack(
+            [torch.logsumexp(token_log_probs[:, group], dim=-1) for group in self._label_groups], dim=-1
+        )
+        return torch.log_softmax(per_label, dim=-1)
+
+    def _content_free_log_probs(self) -> torch.Tensor:
+        sequences = [self._mood_token_ids(text) for text in CONTENT_FREE_INPUTS]
+        probabilities = self._label_log_probs(sequences).exp().mean(dim=0).clamp_min(1e-4)
+        return probabilities.log()
+
+    def mood_log_probs(self, texts: Sequence[str], *, calibrated: bool = True) -> torch.Tensor:
+        """Label log-probabilities [len(texts), 3] in ``LABELS`` order (for benchmarks and tests)."""
+        sequences = [self._mood_token_ids(text) for text in texts]
+        order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))
+        result = torch.zeros(len(sequences), len(LABELS))
+        with self._lock:
+            for start in range(0, len(order), self.mood_batch_size):
+                chunk = order[start : start + self.mood_batch_size]
+                log_probs = self._label_log_probs([sequences[index] for index in chunk])
+                if calibrated:
+                    log_probs = torch.log_softmax(log_probs - self._calibration, dim=-1)
+                result[chunk] = log_probs
+        return result
+
+    def classify(self, texts: Sequence[str]) -> list[Mood]:
+        """Read the mood of each text on its own; one padded batch per ``mood_batch_size`` texts."""
+        if not texts:
+            return []
+        try:
+            probabilities = self.mood_log_probs(texts).exp()
+        except (RuntimeError, ValueError, IndexError) as error:
+            raise ModelError(f"mood read failed: {type(error).__name__}") from error
+        moods = []
+        for row in probabilities.tolist():
+            moods.append(Mood.from_probabilities(dict(zip(LABELS, row, strict=True))))
+        return moods
+
+    # ------------------------------------------------------------------ replies
+
+    def _reply_prompt_ids(self, system: str, history: Sequence[ChatTurn]) -> list[int]:
+        turns = [
+            ChatTurn(turn.role, clean_message(turn.content, max_chars=self.max_input_chars * 4))
+            for turn in history
+        ]
+        system_clean = clean_message(system, max_chars=self.max_input_chars * 4)
+        hint = language_hint(turns)
+        if hint:
+            system_clean = f"{system_clean}\n{hint}" if system_clean else hint
+        while True:
+            messages = [{"role": "system", "content": system_clean}]
+            messages += [{"role": turn.role, "content": turn.content} for turn in turns]
+            ids = self._encode(self._render_chat(messages))
+            if len(ids) <= self.max_prompt_tokens or len(turns) <= 1:
+                break
+            turns = turns[1:]
+            while len(turns) > 1 and turns[0].role != "user":
+                turns = turns[1:]
+        if len(ids) > self.max_prompt_tokens:  # one enormous turn: keep the start and the end
+            keep = self.max_prompt_tokens
+            ids = ids[: keep // 2] + ids[-(keep - keep // 2) :]
+        return ids
+
+    def _reuse_conversation(self, ids: list[int]):  # type: ignore[no-untyped-def]
+        best: _ConversationCache | None = None
+        best_length = 0
+        for entry in self._conversations:
+            common = _common_prefix(entry.token_ids, ids)
+            if common > best_length:
+                best, best_length = entry, common
+        best_length = min(best_length, len(ids) - 1)
+        if best is None or best_length < 8:
+            return self._new_cache(), 0
+        best.last_used = time.monotonic()
+        return self._seeded_cache(best.key_values, length=best_length), best_length
+
+    def _remember_conversation(self, token_ids: list[int], cache) -> None:  # type: ignore[no-untyped-def]
+        self._conversations = [
+            entry
+            for entry in self._conversations
+            if _common_prefix(entry.token_ids, token_ids) < len(entry.token_ids)
+        ]
+        self._conversations.append(_ConversationCache(token_ids, self._cache_tensors(cache)))
+        self._conversations.sort(key=lambda entry: entry.last_used, reverse=True)
+        del self._conversations[self._conversation_slots :]
+
+    def _next_token(self, logits: torch.Tensor, generated: list[int], *, allow_stop: bool) -> int:
+        sampling = self.sampling
+        logits = logits.float()
+        if generated and sampling.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(generated[-256:])))
+            values = logits[seen]
+            logits[seen] = torch.where(
+                values > 0, values / sampling.repetition_penalty, values * sampling.repetition_penalty
+            )
+        if not allow_stop:
+            logits[list(self._stop_ids)] = -math.inf
+        if sampling.temperature <= 0:
+            return int(torch.argmax(logits))
+        top_k = min(sampling.top_k, logits.numel())
+        top_values, top_indices = torch.topk(logits / sampling.temperature, k=top_k)
+        probabilities = torch.softmax(top_values, dim=-1)
+        cumulative = torch.cumsum(probabilities, dim=-1)
+        keep = cumulative - probabilities < sampling.top_p
+        keep[0] = True
+        probabilities = torch.where(keep, probabilities, torch.zeros_like(probabilities))
+        choice = torch.multinomial(probabilities / probabilities.sum(), 1, generator=self._generator)
+        return int(top_indices[choice])
+
+    def generate(
+        self,
+        system: str,
+        history: Sequence[ChatTurn],
+        *,
+        max_new_tokens: int,
+        on_text: TextCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> str:
+        """Sample the assistant's next turn, streaming text through ``on_text``."""
+        with self._lock:
+            try:
+                return self._generate(system, history, max_new_tokens, on_text, should_stop)
+            except (RuntimeError, ValueError, IndexError) as error:
+                raise ModelError(f"reply generation failed: {type(error).__name__}") from error
+
+    @torch.inference_mode()
+    def _generate(
+        self,
+        system: str,
+        history: Sequence[ChatTurn],
+        max_new_tokens: int,
+        on_text: TextCallback | None,
+        should_stop: StopCheck | None,
+    ) -> str:
+        ids = self._reply_prompt_ids(system, history)
+        cache, reused = self._reuse_conversation(ids)
+        fed = list(ids)
+        if (
+            reused == 0 and len(ids) > 1
+        ):  # the first token alone, for the same reason as in _compute_prefix_kv
+            self._model(
+                input_ids=torch.tensor([ids[:1]]), past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
+            reused = 1
+        step_input = torch.tensor([ids[reused:]])
+        generated: list[int] = []
+        emitted = ""
+        started = time.perf_counter()
+        for _ in range(max_new_tokens):
+            if should_stop is not None and should_stop():
+                break
+            logits = self._model(
+                input_ids=step_input, past_key_values=cache, use_cache=True, logits_to_keep=1
+            ).logits[0, -1]
+            token = self._next_token(logits, generated, allow_stop=bool(generated))
+            if token in self._stop_ids:
+                break
+            generated.append(token)
+            text = self._tokenizer.decode(generated, skip_special_tokens=True)
+            if on_text is not None and not text.endswith("\ufffd"):  # else: a character is still incomplete
+                text = text.replace("\ufffd", "")
+                if len(text) > len(emitted) and text.startswith(emitted):
+                    on_text(text[len(emitted) :])
+                    emitted = text
+            step_input = torch.tensor([[token]])
+            fed.append(token)
+        fed = fed[: cache.get_seq_length()]
+        self._remember_conversation(fed, cache)
+        text = self._tokenizer.decode(generated, skip_special_tokens=True).replace("\ufffd", "")
+        if on_text is not None and len(text) > len(emitted) and text.startswith(emitted):
+            on_text(text[len(emitted) :])
+        logger.debug(
+            "Generated %d tokens (%d prompt, %d reused) in %.2f s",
+            len(generated),
+            len(ids),
+            reused,
+            time.perf_counter() - started,
+        )
+        return text.strip()
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` under this model's tokenizer."""
+        return len(self._encode(text))
+
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def language_hint(history: Sequence[ChatTurn]) -> str:
+    """An extra system line asking for Chinese when the user's last message is mostly Chinese.
+
+    The small bundled model otherwise often answers Chinese messages in English.
+    """
+    last = next((turn.content for turn in reversed(history) if turn.role == "user"), "")
+    letters = [char for char in last if char.isalpha()]
+    chinese = len(_CJK.findall(last))
+    if chinese >= 2 and chinese >= 0.3 * max(1, len(letters)):
+        return "请用中文回复。"
+    return ""
+
+
+def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
+    length = min(len(first), len(second))
+    for index in range(length):
+        if first[index] != second[index]:
+            return index
+    return length
+
+
+def _label_token_groups(tokenizer) -> list[list[int]]:  # type: ignore[no-untyped-def]
+    """Per label, the distinct first tokens of its spellings; no token may count for two labels."""
+    groups: list[list[int]] = []
+    owner: dict[int, MoodLabel] = {}
+    for label in LABELS:
+        group: list[int] = []
+        for spelling in label_variants(label):
+            ids = tokenizer.encode(spelling, add_special_tokens=False)
+            if not ids:
+                continue
+            token = int(ids[0])
+            if token in owner and owner[token] != label:
+                continue  # an ambiguous first token (e.g. a bare space) says nothing about the label
+            owner[token] = label
+            if token not in group:
+                group.append(token)
+        if not group:
+            raise ModelError(f"the tokenizer cannot spell the label {label.value!r}")
+        groups.append(group)
+    shared = {token for token in owner if sum(token in group for group in groups) > 1}
+    return [[token for token in group if token not in shared] or group for group in groups]
+
+
+def _prepare_for_cpu(model: nn.Module, *, quantize: bool) -> None:
+    """Make ``model`` run fast on CPU: float32 compute, int8 dynamic linear layers when ``quantize``."""
+    if not quantize:
+        model.float()
+        _release_free_memory()
+        return
+    embedding = model.get_input_embeddings()
+    embedding_weight = embedding.weight.detach()
+    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    # Small parameters (norms, biases of non-linear modules) and buffers go to float32.
+    for module in model.modules():
+        if isinstance(module, nn.Linear) or module is embedding:
+            continue
+        for param_name, param in list(module.named_parameters(recurse=False)):
+            if param.is_floating_point() and param.dtype != torch.float32:
+                setattr(module, param_name, nn.Parameter(param.detach().float(), requires_grad=False))
+        for buffer_name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer is not None and buffer.is_floating_point() and buffer.dtype != torch.float32:
+                module._buffers[buffer_name] = buffer.float()
+    jobs: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
+    for name, linear in linears:
+        weight = linear.weight.detach()
+        bias = linear.bias.detach() if linear.bias is not None else None
+        if name.rsplit(".", 1)[-1] in FLOAT_LAYERS:
+            linear.weight = nn.Parameter(weight.float(), requires_grad=False)
+            if bias is not None:
+                linear.bias = nn.Parameter(bias.float(), requires_grad=False)
+            continue
+        # Huge layers (the output head) are packed in row blocks: packing cost grows faster than linearly.
+        for start in range(0, weight.shape[0], _MAX_PACK_ROWS):
+            block_bias = bias[start : start + _MAX_PACK_ROWS] if bias is not None else None
+            jobs.append((name, weight[start : start + _MAX_PACK_ROWS], block_bias))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation notices: still the fastest int8 CPU path here
+        with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+            packed = list(pool.map(lambda job: _int8_linear(job[1], job[2]), jobs))
+    blocks: dict[str, list[nn.Module]] = {}
+    for (name, _, _), module in zip(jobs, packed, strict=True):
+        blocks.setdefault(name, []).append(module)
+    for name, modules in blocks.items():
+        _set_submodule(model, name, modules[0] if len(modules) == 1 else _RowBlockLinear(modules))
+    del jobs, packed, blocks
+    # A private copy of the half-precision embedding, so the memory-mapped checkpoint can be released.
+    if embedding_weight.dtype != torch.float32:
+        model.set_input_embeddings(_HalfEmbedding(embedding_weight.clone()))
+    del embedding, embedding_weight, linears
+    gc.collect()
+    _release_free_memory()
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, inflating RSS after loading)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class _RowBlockLinear(nn.Module):
+    """A linear layer split into blocks of output rows (outputs are concatenated)."""
+
+    def __init__(self, blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.cat([block(hidden) for block in self.blocks], dim=-1)
+
+
+def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows_per_chunk: int = 8192) -> nn.Module:
+    """An int8 dynamic-quantized linear layer (symmetric per-output-channel weights) for ``weight``."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    out_features, in_features = weight.shape
+    scales = torch.empty(out_features, dtype=torch.float32)
+    quantized = torch.empty(weight.shape, dtype=torch.int8)
+    for start in range(0, out_features, rows_per_chunk):  # chunks keep the float32 temporaries small
+        block = weight[start : start + rows_per_chunk].float()
+        block_scales = block.abs().amax(dim=1).clamp_min(1e-8) / 127.0
+        scales[start : start + rows_per_chunk] = block_scales
+        rounded = torch.round(block / block_scales[:, None]).clamp_(-127, 127)
+        quantized[start : start + rows_per_chunk] = rounded
+    qweight = torch._make_per_channel_quantized_tensor(
+        quantized, scales.double(), torch.zeros(out_features, dtype=torch.long), 0
+    )
+    module = DynamicLinear(1, 1, dtype=torch.qint8)  # tiny placeholder; the real weight is packed below
+    module.in_features, module.out_features = in_features, out_features
+    module.set_weight_bias(qweight, bias.float() if bias is not None else None)
+    return module
+
+
+def _set_submodule(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
