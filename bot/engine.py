@@ -179,25 +179,31 @@ class Engine:
         if ahead:
             progress.send(sink.queued(ahead))
         mood: Mood | None = None
+        reply: asyncio.Future[str] | None = None
         try:
             mood = await self.worker.read_mood(model_text)
             if progress.wants_mood:
                 progress.send(sink.mood(mood))
-            raw = await self.worker.write_reply(
+            # Queue the reply before any other await, then log the mood while it is written.
+            reply = self.worker.submit_reply(
                 owner,
                 system_prompt_for(model_text),
                 [*reply_examples_for(model_text), *history],
                 max_new_tokens=self.settings.max_reply_tokens,
                 on_partial=_throttled(progress),
             )
+            await self._log_mood(user, chat, stored, mood)
+            raw = await reply
             await progress.drain()
-        except WorkerStoppedError:
+        except (WorkerStoppedError, asyncio.CancelledError):
+            if reply is not None:
+                reply.cancel()
             raise  # shutting down: the message stays pending and is answered after the restart
         except Exception:
-            await self._log_mood(user, chat, stored, mood)
+            if reply is not None:
+                reply.cancel()
             await self._mark(stored.id, MessageStatus.FAILED)
             raise
-        await self._log_mood(user, chat, stored, mood)
         reply_text = clean_reply(raw, model_text)
         if truncated:
             note = TRUNCATED_NOTE_ZH if is_chinese(text) else TRUNCATED_NOTE_EN

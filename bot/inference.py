@@ -159,6 +159,37 @@ class InferenceWorker:
         self._wakeup.set()
         return await job.future
 
+    def submit_reply(
+        self,
+        owner: str,
+        system: str,
+        history: Sequence[ChatTurn],
+        *,
+        max_new_tokens: int,
+        on_partial: PartialCallback | None = None,
+    ) -> asyncio.Future[str]:
+        """Queue the next assistant turn for ``owner``'s conversation now; await the result for its text.
+
+        Cancelling the returned future drops the job, or stops its generation if it is running.
+        """
+        self._check_capacity()
+        job = _ReplyJob(
+            owner=owner,
+            system=system,
+            history=tuple(history),
+            max_new_tokens=max_new_tokens,
+            future=asyncio.get_running_loop().create_future(),
+            on_partial=on_partial,
+        )
+        job.future.add_done_callback(lambda future: job.stop.set() if future.cancelled() else None)
+        job.start_tag = max(self._next_start.get(owner, 0), self._virtual_time)
+        self._next_start[owner] = job.start_tag + 1
+        self._sequence += 1
+        job.sequence = self._sequence
+        self._replies.append(job)
+        self._wakeup.set()
+        return job.future
+
     async def write_reply(
         self,
         owner: str,
@@ -169,37 +200,16 @@ class InferenceWorker:
         on_partial: PartialCallback | None = None,
     ) -> str:
         """Generate the next assistant turn for ``owner``'s conversation; waits its turn."""
-        self._check_capacity()
-        job = _ReplyJob(
-            owner=owner,
-            system=system,
-            history=tuple(history),
-            max_new_tokens=max_new_tokens,
-            future=asyncio.get_running_loop().create_future(),
-            on_partial=on_partial,
+        return await self.submit_reply(
+            owner, system, history, max_new_tokens=max_new_tokens, on_partial=on_partial
         )
-        job.start_tag = max(self._next_start.get(owner, 0), self._virtual_time)
-        self._next_start[owner] = job.start_tag + 1
-        self._sequence += 1
-        job.sequence = self._sequence
-        self._replies.append(job)
-        self._wakeup.set()
-        try:
-            return await job.future
-        except asyncio.CancelledError:
-            job.stop.set()
-            self._discard(job)
-            raise
 
     def calls_ahead(self, owner: str) -> int:
         """How many model calls would run before a reply ``owner`` asked for now: the call in flight
         and the waiting replies fair queueing serves first."""
         tag = max(self._next_start.get(owner, 0), self._virtual_time)
-        return (1 if self._busy else 0) + sum(1 for job in self._replies if job.start_tag <= tag)
-
-    def _discard(self, job: _ReplyJob) -> None:
-        if job in self._replies:
-            self._replies.remove(job)
+        waiting = (job for job in self._replies if not job.future.done())
+        return (1 if self._busy else 0) + sum(1 for job in waiting if job.start_tag <= tag)
 
     # --- the worker loop -----------------------------------------------------------------------
 

@@ -229,3 +229,31 @@ async def test_message_texts_never_reach_info_logs(app: App, caplog) -> None:  #
     for record in caplog.records:
         if record.levelno >= logging.INFO:
             assert "8472" not in record.getMessage()
+
+
+async def test_mood_is_logged_while_the_reply_is_still_being_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = FakeModel(reply_delay=0.5)
+    app = await bootstrap(make_settings(tmp_path), model=model)
+    async with app:
+        answering = asyncio.create_task(app.engine.handle(message("what a lovely morning")))
+        while not model.generate_inputs:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        user = await app.repository.get_user("console", "u1")
+        assert user is not None
+        assert [m.label for m in await app.repository.moods(user.id)] == ["positive"]
+        assert not answering.done()
+        await answering
+
+
+async def test_cancelled_message_stays_pending_for_recovery(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = FakeModel(reply_delay=0.3)
+    app = await bootstrap(make_settings(tmp_path), model=model)
+    async with app:
+        answering = asyncio.create_task(app.engine.handle(message("cut short")))
+        while not model.generate_inputs:
+            await asyncio.sleep(0.005)
+        answering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await answering
+        assert [p.message.text for p in await app.repository.pending_messages()] == ["cut short"]
