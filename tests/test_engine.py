@@ -235,7 +235,7 @@ async def test_mood_is_logged_while_the_reply_is_still_being_written(tmp_path) -
     model = FakeModel(reply_delay=0.5)
     app = await bootstrap(make_settings(tmp_path), model=model)
     async with app:
-        answering = asyncio.create_task(app.engine.handle(message("what a lovely morning")))
+        answering = asyncio.create_task(app.engine.handle(message("what a wonderful morning")))
         while not model.generate_inputs:
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.05)
