@@ -192,3 +192,16 @@ def test_broken_gguf_conversion_leaves_no_cache_dir(tmp_path: Path) -> None:
         loader.load_model(_settings(tmp_path, str(gguf)), progress=False)
     root = tmp_path / "cache" / "models" / loader.CACHE_FORMAT
     assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_model_without_chat_template_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    import json
+
+    directory = build_tiny_model(tmp_path / "plain")
+    (directory / "chat_template.jinja").unlink(missing_ok=True)
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.pop("chat_template", None)
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ModelNotFoundError, match="chat template"):
+        loader.load_model(_settings(tmp_path, str(directory)), progress=False)

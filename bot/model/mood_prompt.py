@@ -41,10 +41,13 @@ FEW_SHOT: tuple[tuple[str, MoodLabel], ...] = (
     ("明天北京天气怎么样？", MoodLabel.NEUTRAL),
     ("Can't wait for the concert on Friday, it's going to be amazing", MoodLabel.POSITIVE),
     ("my phone died again and I lost all my notes. great.", MoodLabel.NEGATIVE),
+    ("Please send me the slides before the meeting.", MoodLabel.NEUTRAL),
+    ("我在公交车上，十分钟后到。", MoodLabel.NEUTRAL),
 )
 
 #: How a message is put into the user turn ("{message}" is replaced; the rest is constant).
-USER_FORMAT = "{message}"
+#: The quotes mark the message as data (measured: fewer instruction-following slips on injected text).
+USER_FORMAT = 'Message: """{message}"""'
 
 #: Stands in for the message while the template is rendered, then split on.
 _SLOT = "\u2063MOODMATE_MESSAGE_SLOT\u2063"

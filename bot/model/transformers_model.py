@@ -168,7 +168,7 @@ class TransformersModel:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(location))
             model = AutoModelForCausalLM.from_pretrained(str(location), dtype="auto")
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as error:
             where = (
                 f"the directory {location}" if isinstance(location, Path) else f"Hugging Face ({location})"
             )
@@ -190,17 +190,23 @@ class TransformersModel:
             position += len(group)
         _prepare_for_cpu(model, quantize=quantize)
         logger.info("Loaded %s in %.1f s (quantize=%s)", name, time.perf_counter() - started, quantize)
-        instance = cls(
-            model,
-            tokenizer,
-            name=name,
-            label_head=label_head,
-            label_bias=label_bias,
-            label_token_groups=groups,
-            max_input_chars=max_input_chars,
-            calibrate=calibrate,
-            sampling=sampling,
-        )
+        try:
+            instance = cls(
+                model,
+                tokenizer,
+                name=name,
+                label_head=label_head,
+                label_bias=label_bias,
+                label_token_groups=groups,
+                max_input_chars=max_input_chars,
+                calibrate=calibrate,
+                sampling=sampling,
+            )
+        except ValueError as error:  # e.g. a tokenizer without a chat template
+            raise ModelNotFoundError(
+                f"The model {name} cannot be used as a chat model ({error}): set MOODMATE_MODEL to an "
+                "instruction-tuned model with a chat template."
+            ) from error
         logger.info("Model %s ready in %.1f s", name, time.perf_counter() - started)
         return instance
 
