@@ -190,20 +190,6 @@ class InferenceWorker:
         self._wakeup.set()
         return job.future
 
-    async def write_reply(
-        self,
-        owner: str,
-        system: str,
-        history: Sequence[ChatTurn],
-        *,
-        max_new_tokens: int,
-        on_partial: PartialCallback | None = None,
-    ) -> str:
-        """Generate the next assistant turn for ``owner``'s conversation; waits its turn."""
-        return await self.submit_reply(
-            owner, system, history, max_new_tokens=max_new_tokens, on_partial=on_partial
-        )
-
     def calls_ahead(self, owner: str) -> int:
         """How many model calls would run before a reply ``owner`` asked for now: the call in flight
         and the waiting replies fair queueing serves first."""

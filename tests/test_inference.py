@@ -43,7 +43,7 @@ async def test_model_calls_run_off_the_event_loop_on_one_thread() -> None:
     worker = await _started(model)
     try:
         moods = await asyncio.gather(*(worker.read_mood(t) for t in ("I love it", "meh", "so sad")))
-        await asyncio.gather(*(worker.write_reply("a", "sys", _turns(t), max_new_tokens=8) for t in "xyz"))
+        await asyncio.gather(*(worker.submit_reply("a", "sys", _turns(t), max_new_tokens=8) for t in "xyz"))
     finally:
         await worker.stop()
     assert [m.label for m in moods] == [MoodLabel.POSITIVE, MoodLabel.NEUTRAL, MoodLabel.NEGATIVE]
@@ -68,12 +68,9 @@ async def test_replies_are_fifo_per_user_and_round_robin_across_users() -> None:
     model = RecordingModel(reply_delay=0.02)
     worker = await _started(model)
     try:
-        tasks = [
-            asyncio.create_task(worker.write_reply("flood", "s", _turns(f"f{i}"), max_new_tokens=8))
-            for i in range(5)
-        ]
+        tasks = [worker.submit_reply("flood", "s", _turns(f"f{i}"), max_new_tokens=8) for i in range(5)]
         await asyncio.sleep(0.005)
-        tasks.append(asyncio.create_task(worker.write_reply("calm", "s", _turns("c0"), max_new_tokens=8)))
+        tasks.append(worker.submit_reply("calm", "s", _turns("c0"), max_new_tokens=8))
         await asyncio.gather(*tasks)
     finally:
         await worker.stop()
@@ -86,14 +83,11 @@ async def test_calls_ahead_counts_the_running_call_and_fair_queue_order() -> Non
     worker = await _started(model)
     try:
         assert worker.calls_ahead("c") == 0
-        running = asyncio.create_task(worker.write_reply("a", "s", _turns("1"), max_new_tokens=8))
+        running = worker.submit_reply("a", "s", _turns("1"), max_new_tokens=8)
         await asyncio.sleep(0.02)
         assert worker.calls_ahead("c") == 1  # a's reply is running
-        waiting = [
-            asyncio.create_task(worker.write_reply("a", "s", _turns(str(i)), max_new_tokens=8))
-            for i in (2, 3)
-        ]
-        waiting.append(asyncio.create_task(worker.write_reply("b", "s", _turns("4"), max_new_tokens=8)))
+        waiting = [worker.submit_reply("a", "s", _turns(str(i)), max_new_tokens=8) for i in (2, 3)]
+        waiting.append(worker.submit_reply("b", "s", _turns("4"), max_new_tokens=8))
         await asyncio.sleep(0)
         # A newcomer shares the current round with b; a's next replies belong to later rounds.
         assert worker.calls_ahead("c") == 2
@@ -110,9 +104,9 @@ async def test_worker_survives_a_failing_call() -> None:
         with pytest.raises(ModelError):
             await worker.read_mood("boom")
         with pytest.raises(ModelError):
-            await worker.write_reply("a", "s", _turns("boom"), max_new_tokens=8)
+            await worker.submit_reply("a", "s", _turns("boom"), max_new_tokens=8)
         assert (await worker.read_mood("happy")).label is MoodLabel.POSITIVE
-        assert await worker.write_reply("a", "s", _turns("hello"), max_new_tokens=8)
+        assert await worker.submit_reply("a", "s", _turns("hello"), max_new_tokens=8)
         assert worker.stats().failures == 2
     finally:
         await worker.stop()
@@ -131,7 +125,7 @@ async def test_unexpected_exceptions_and_memory_errors_become_model_errors() -> 
         with pytest.raises(ModelError, match="out of memory"):
             await worker.read_mood("x")
         with pytest.raises(ModelError):
-            await worker.write_reply("a", "s", _turns("x"), max_new_tokens=8)
+            await worker.submit_reply("a", "s", _turns("x"), max_new_tokens=8)
     finally:
         await worker.stop()
 
@@ -141,10 +135,10 @@ async def test_timeout_stops_generation_and_the_worker_goes_on() -> None:
     worker = await _started(model, timeout=0.2)
     try:
         with pytest.raises(ModelTimeoutError):
-            await worker.write_reply("a", "s", _turns("long"), max_new_tokens=8)
+            await worker.submit_reply("a", "s", _turns("long"), max_new_tokens=8)
         model.reply_fn = None
         model.token_delay = 0
-        assert await worker.write_reply("a", "s", _turns("again"), max_new_tokens=8)
+        assert await worker.submit_reply("a", "s", _turns("again"), max_new_tokens=8)
     finally:
         await worker.stop()
 
@@ -153,15 +147,12 @@ async def test_bounded_queue_refuses_beyond_capacity() -> None:
     model = FakeModel(reply_delay=0.1)
     worker = await _started(model, queue_size=2)
     try:
-        running = asyncio.create_task(worker.write_reply("a", "s", _turns("1"), max_new_tokens=8))
+        running = worker.submit_reply("a", "s", _turns("1"), max_new_tokens=8)
         await asyncio.sleep(0.01)
-        waiting = [
-            asyncio.create_task(worker.write_reply("a", "s", _turns(str(i)), max_new_tokens=8))
-            for i in (2, 3)
-        ]
+        waiting = [worker.submit_reply("a", "s", _turns(str(i)), max_new_tokens=8) for i in (2, 3)]
         await asyncio.sleep(0)
         with pytest.raises(QueueFullError):
-            await worker.write_reply("b", "s", _turns("4"), max_new_tokens=8)
+            await worker.submit_reply("b", "s", _turns("4"), max_new_tokens=8)
         await asyncio.gather(running, *waiting)
     finally:
         await worker.stop()
@@ -170,9 +161,9 @@ async def test_bounded_queue_refuses_beyond_capacity() -> None:
 async def test_stop_fails_queued_jobs_as_stopped_not_as_errors() -> None:
     model = FakeModel(reply_delay=0.1)
     worker = await _started(model)
-    running = asyncio.create_task(worker.write_reply("a", "s", _turns("1"), max_new_tokens=8))
+    running = worker.submit_reply("a", "s", _turns("1"), max_new_tokens=8)
     await asyncio.sleep(0.01)
-    queued = asyncio.create_task(worker.write_reply("b", "s", _turns("2"), max_new_tokens=8))
+    queued = worker.submit_reply("b", "s", _turns("2"), max_new_tokens=8)
     await asyncio.sleep(0)
     await worker.stop()
     assert await running  # the call in flight finished
