@@ -19,7 +19,6 @@ import gc
 import logging
 import math
 import os
-import re
 import threading
 import time
 import warnings
@@ -34,6 +33,7 @@ from torch import nn
 from bot.errors import ModelError, ModelNotFoundError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
 from bot.model.mood_prompt import LABELS, MoodPromptParts, clean_message, label_variants, split_mood_prompt
+from bot.prompts import is_chinese
 from bot.types import Mood, MoodLabel
 
 logger = logging.getLogger(__name__)
@@ -483,20 +483,13 @@ class TransformersModel:
         return len(self._encode(text))
 
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-
-
 def language_hint(history: Sequence[ChatTurn]) -> str:
     """An extra system line asking for Chinese when the user's last message is mostly Chinese.
 
     The small bundled model otherwise often answers Chinese messages in English.
     """
     last = next((turn.content for turn in reversed(history) if turn.role == "user"), "")
-    letters = [char for char in last if char.isalpha()]
-    chinese = len(_CJK.findall(last))
-    if chinese >= 2 and chinese >= 0.3 * max(1, len(letters)):
-        return "请用中文回复。"
-    return ""
+    return "请用中文回复。" if is_chinese(last) else ""
 
 
 def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
