@@ -9,11 +9,16 @@ Data is read in place from ``../shared/data/sentiment/`` relative to the project
 (Chinese, 2 classes, scored by accuracy; a ``neutral`` answer counts as the more likely of positive and
 negative when the method has probabilities, and as wrong otherwise).
 
-Methods, all on the same loaded model:
-  (a) generate-and-search: zero-shot instruction, greedy-generate a few tokens, search them for a label;
-  (b) zero-shot logits: zero-shot instruction, one forward pass over the full prompt per message,
-      compare the three label-token logits;
-  (c) moodmate: ``LanguageModel.classify`` (few-shot prefix KV cache, batched, calibrated).
+Methods (letters for ``--methods``):
+  (a) generate-and-search on the plain float32 model, as the common tutorial does: zero-shot
+      instruction, greedy-generate a few tokens, search them for a label;
+  (b) zero-shot logits on the plain float32 model: one full forward pass over the zero-shot prompt per
+      message, compare the three label-token logits;
+  (i) (b) again, but on moodmate's int8 weights (shows how much of the speed-up is the weights alone);
+  (f) moodmate's method on the plain float32 model (the accuracy the int8 weights are measured against);
+  (c) moodmate: ``LanguageModel.classify`` as the bot runs it (few-shot prefix KV cache, label rows only,
+      batched, int8 weights).
+The default is ``abc``; the speed-up column compares every row's single-message p50 with (b)'s.
 """
 
 from __future__ import annotations
@@ -131,8 +136,10 @@ class MoodmateMethod(Method):
     name = "(c) moodmate"
     batched = True
 
-    def __init__(self, model) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model, name: str | None = None) -> None:  # type: ignore[no-untyped-def]
         self.model = model
+        if name is not None:
+            self.name = name
 
     def read(self, texts: Sequence[str]) -> list[tuple[str, dict[str, float] | None]]:
         return [
@@ -142,23 +149,19 @@ class MoodmateMethod(Method):
 
 
 class ZeroShotLogitsMethod(Method):
-    name = "(b) zero-shot logits"
+    """Zero-shot prompt, one forward pass over all of it per message, the three label logits compared."""
 
-    def __init__(self, model) -> None:  # type: ignore[no-untyped-def]
+    name = "(b) zero-shot logits, float32"
+
+    def __init__(self, model, *, name: str | None = None) -> None:  # type: ignore[no-untyped-def]
         import torch
 
         self.model = model
         self.torch = torch
+        if name is not None:
+            self.name = name
         tokenizer = model._tokenizer
         self.label_ids = [tokenizer.encode(label, add_special_tokens=False)[0] for label in LABELS]
-        self.head = model._label_head  # unused rows are fine; we use the full head below
-        self.output = model._model.get_output_embeddings()
-
-    def _first_token_cache(self, ids):  # type: ignore[no-untyped-def]
-        """Run the first token alone, as moodmate's runtime does for every prompt (fair int8 comparison)."""
-        cache = self.model._new_cache()
-        self.model._model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return cache
 
     def _prompt(self, text: str) -> list[int]:
         from bot.model.mood_prompt import clean_message
@@ -175,11 +178,7 @@ class ZeroShotLogitsMethod(Method):
         with torch.inference_mode():
             for text in texts:
                 ids = torch.tensor([self._prompt(text)])
-                cache = self._first_token_cache(ids)
-                logits = self.model._model(
-                    input_ids=ids[:, 1:], past_key_values=cache, logits_to_keep=1
-                ).logits
-                logits = logits[0, -1].float()
+                logits = self.model._model(input_ids=ids).logits[0, -1].float()
                 probs = torch.softmax(logits[self.label_ids], dim=-1).tolist()
                 mapping = dict(zip(LABELS, probs, strict=True))
                 results.append((max(mapping, key=mapping.__getitem__), mapping))
@@ -187,7 +186,9 @@ class ZeroShotLogitsMethod(Method):
 
 
 class GenerateSearchMethod(ZeroShotLogitsMethod):
-    name = "(a) generate+search"
+    """Zero-shot prompt, greedy generation of a few tokens, the first label word found in them wins."""
+
+    name = "(a) generate+search, float32"
 
     def read(self, texts: Sequence[str]) -> list[tuple[str, dict[str, float] | None]]:
         torch = self.torch
@@ -196,9 +197,7 @@ class GenerateSearchMethod(ZeroShotLogitsMethod):
         with torch.inference_mode():
             for text in texts:
                 ids = torch.tensor([self._prompt(text)])
-                cache = self._first_token_cache(ids)
                 output = self.model._model.generate(
-                    past_key_values=cache,
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
                     max_new_tokens=4,
@@ -273,6 +272,7 @@ def reply_speed(model, max_new_tokens: int = 64) -> dict[str, object]:  # type: 
     from bot.model.base import ChatTurn
 
     ttfts, rates, samples = [], [], []
+    model._generator.manual_seed(7)  # the same sampling draws for every model compared
     for chat in CHATS:
         history: list[ChatTurn] = []
         for user_text in chat:
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=300, help="messages per data set (default 300)")
     parser.add_argument("--model", default=None, help="MOODMATE_MODEL override")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
-    parser.add_argument("--methods", default="abc", help="which methods to run, e.g. 'c' or 'bc'")
+    parser.add_argument("--methods", default="abc", help="which methods to run, from 'abifc' (see above)")
     parser.add_argument("--no-quantize", action="store_true", help="load with quantize off")
     parser.add_argument("--latency-messages", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
@@ -385,13 +385,18 @@ def main(argv: list[str] | None = None) -> int:
     if not chat_texts:  # a tokenizer that splits finely: use the shortest messages instead
         chat_texts = sorted((text for _, text in tweets), key=len)[: args.latency_messages]
 
-    methods: list[Method] = []
-    if "a" in args.methods:
-        methods.append(GenerateSearchMethod(model))
-    if "b" in args.methods:
-        methods.append(ZeroShotLogitsMethod(model))
-    if "c" in args.methods:
-        methods.append(MoodmateMethod(model))
+    plain = model
+    if set(args.methods) & set("abf"):
+        plain_settings = settings.model_copy(update={"quantize": False})
+        plain = load_model(plain_settings, progress=True) if settings.quantize else model
+    makers: dict[str, Callable[[], Method]] = {
+        "a": lambda: GenerateSearchMethod(plain),
+        "b": lambda: ZeroShotLogitsMethod(plain),
+        "i": lambda: ZeroShotLogitsMethod(model, name="(i) zero-shot logits, moodmate's weights"),
+        "f": lambda: MoodmateMethod(plain, name="(f) moodmate's method, float32"),
+        "c": lambda: MoodmateMethod(model),
+    }
+    methods = [makers[letter]() for letter in "abifc" if letter in args.methods]
     rows: list[dict[str, object]] = []
     for method in methods:
         print(f"running {method.name} ...", file=sys.stderr)
@@ -399,16 +404,21 @@ def main(argv: list[str] | None = None) -> int:
         row.update(evaluate(method, tweets, waimai, args.batch))
         row.update(mood_latency(method, chat_texts, args.batch))
         rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
     replies = {} if args.skip_replies else reply_speed(model)
+    # The same replies from the float32 weights (moodmate's decode loop), to compare speed and quality.
+    plain_replies = {} if args.skip_replies or plain is model else reply_speed(plain)
     for row in rows:
         if row["method"] == "(c) moodmate":
             row.update({key: value for key, value in replies.items() if key != "samples"})
             row.update(cold)
             row["rss_mb"] = rss
-    baseline = next((row for row in rows if row["method"].startswith("(b)")), None)
-    ours = next((row for row in rows if row["method"].startswith("(c)")), None)
-    if baseline and ours:
-        ours["speedup_vs_b"] = float(baseline["single_p50_ms"]) / float(ours["single_p50_ms"])
+        elif str(row["method"]).startswith("(b)"):
+            row.update({key: value for key, value in plain_replies.items() if key != "samples"})
+    baseline = next((row for row in rows if str(row["method"]).startswith("(b)")), None)
+    if baseline:
+        for row in rows:
+            row["speedup_vs_b"] = float(baseline["single_p50_ms"]) / float(row["single_p50_ms"])
 
     columns = [
         ("tweeteval_macro_recall", "TweetEval macro-R", 3),
@@ -429,8 +439,11 @@ def main(argv: list[str] | None = None) -> int:
         f"waimai n={len(waimai)} threads={__import__('torch').get_num_threads()}"
     )
     print_table(rows, columns, print)
-    for sample in replies.get("samples", []) if isinstance(replies, dict) else []:
-        print(f"  user: {sample['user']}\n  moodmate: {sample['reply']}")
+    for title, found in (("float32 weights", plain_replies), ("moodmate (int8)", replies)):
+        if found.get("samples"):
+            print(f"\nsample replies, {title}:")
+        for sample in found.get("samples", []):
+            print(f"  user: {sample['user']}\n  moodmate: {sample['reply']}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -440,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             "waimai": len(waimai),
             "rows": rows,
             "reply_samples": replies.get("samples", []),
+            "float32_reply_samples": plain_replies.get("samples", []),
         }
         args.json.write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
     return 0

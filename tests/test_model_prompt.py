@@ -96,7 +96,7 @@ def test_batch_equals_one_by_one(tiny_model: TransformersModel) -> None:
     together = tiny_model.mood_log_probs(texts)
     for index, text in enumerate(texts):
         alone = tiny_model.mood_log_probs([text])[0]
-        assert (together[index] - alone).abs().max().item() < 2e-2
+        assert (together[index] - alone).abs().max().item() < 1e-3  # per-token int8: batch-invariant
 
 
 def test_cached_prefix_equals_full_prompt_forward(tmp_path: Path) -> None:

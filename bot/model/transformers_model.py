@@ -6,24 +6,19 @@
   against content-free inputs, off by default: it measured worse on the dev sets with this prompt).
 * Replies are sampled token by token with last-position logits only, streaming text out, reusing the
   KV cache of the conversation's unchanged prefix between turns.
-* With ``quantize`` the linear layers (including the output head) run as int8 dynamic-quantized
-  layers, and the token embedding stays in the checkpoint's half precision (memory-mapped when the
-  checkpoint allows), which keeps RSS near half of float32.
+* With ``quantize`` the linear layers (including the output head) run with int8 weights and per-token
+  int8 activations, and the token embedding stays in half precision (see :mod:`bot.model.cpu_weights`),
+  which keeps RSS near a third of float32.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import logging
 import math
 import os
 import threading
 import time
-import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +27,14 @@ from torch import nn
 
 from bot.errors import ModelError, ModelNotFoundError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
-from bot.model.mood_prompt import LABELS, MoodPromptParts, clean_message, label_variants, split_mood_prompt
+from bot.model.cpu_weights import prepare_for_cpu
+from bot.model.mood_prompt import (
+    LABELS,
+    MoodPromptParts,
+    clean_message,
+    label_variants,
+    split_mood_prompt,
+)
 from bot.prompts import is_chinese
 from bot.types import Mood, MoodLabel
 
@@ -40,14 +42,6 @@ logger = logging.getLogger(__name__)
 
 #: Inputs whose label distribution is the model's bias (contextual calibration).
 CONTENT_FREE_INPUTS: tuple[str, ...] = ("", "N/A", "…")
-
-#: Names of linear layers kept in float32 under ``quantize`` (none by default). The MLP down-projection
-#: is the most sensitive to int8 (outlier activations); feeding the first token of every prompt in its own
-#: forward call keeps its "attention sink" activations from setting the int8 scale for all other tokens,
-#: which brought the label KL vs float32 from 0.12 to 0.06 on dev messages (0.014 with down_proj in
-#: float32, at the cost of ~420 MB RSS and ~30 ms per generated token).
-FLOAT_LAYERS: frozenset[str] = frozenset()
-_MAX_PACK_ROWS = 16384
 
 
 @dataclass(slots=True)
@@ -66,25 +60,6 @@ class _ConversationCache:
     token_ids: list[int]
     key_values: list[tuple[torch.Tensor, torch.Tensor]]
     last_used: float = field(default_factory=time.monotonic)
-
-
-class _HalfEmbedding(nn.Module):
-    """A token embedding kept in half precision that returns float32 vectors.
-
-    The weight is a plain attribute (not a parameter or buffer) so ``Module.float()`` never upcasts it.
-    """
-
-    def __init__(self, weight: torch.Tensor) -> None:
-        super().__init__()
-        self.half_weight = weight.detach()
-        self.num_embeddings, self.embedding_dim = weight.shape
-
-    @property
-    def weight(self) -> torch.Tensor:  # some library code reads .weight.dtype/.shape
-        return self.half_weight
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(input_ids, self.half_weight).float()
 
 
 class TransformersModel:
@@ -188,7 +163,7 @@ class TransformersModel:
         for group in label_groups_tokens:
             groups.append(list(range(position, position + len(group))))
             position += len(group)
-        _prepare_for_cpu(model, quantize=quantize)
+        prepare_for_cpu(model, quantize=quantize)
         logger.info("Loaded %s in %.1f s (quantize=%s)", name, time.perf_counter() - started, quantize)
         try:
             instance = cls(
@@ -267,10 +242,7 @@ class TransformersModel:
     @torch.inference_mode()
     def _compute_prefix_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         cache = self._new_cache()
-        # The first token gets its own forward call: its huge "attention sink" activations would otherwise set
-        # the per-call int8 activation scale for every other token.
-        self._decoder(input_ids=torch.tensor([self._prefix_ids[:1]]), past_key_values=cache, use_cache=True)
-        self._decoder(input_ids=torch.tensor([self._prefix_ids[1:]]), past_key_values=cache, use_cache=True)
+        self._decoder(input_ids=torch.tensor([self._prefix_ids]), past_key_values=cache, use_cache=True)
         return self._cache_tensors(cache)
 
     # ------------------------------------------------------------------ mood
@@ -435,13 +407,6 @@ class TransformersModel:
         ids = self._reply_prompt_ids(system, history)
         cache, reused = self._reuse_conversation(ids)
         fed = list(ids)
-        if (
-            reused == 0 and len(ids) > 1
-        ):  # the first token alone, for the same reason as in _compute_prefix_kv
-            self._model(
-                input_ids=torch.tensor([ids[:1]]), past_key_values=cache, use_cache=True, logits_to_keep=1
-            )
-            reused = 1
         step_input = torch.tensor([ids[reused:]])
         generated: list[int] = []
         emitted = ""
@@ -521,98 +486,3 @@ def _label_token_groups(tokenizer) -> list[list[int]]:  # type: ignore[no-untype
         groups.append(group)
     shared = {token for token in owner if sum(token in group for group in groups) > 1}
     return [[token for token in group if token not in shared] or group for group in groups]
-
-
-def _prepare_for_cpu(model: nn.Module, *, quantize: bool) -> None:
-    """Make ``model`` run fast on CPU: float32 compute, int8 dynamic linear layers when ``quantize``."""
-    if not quantize:
-        model.float()
-        _release_free_memory()
-        return
-    embedding = model.get_input_embeddings()
-    embedding_weight = embedding.weight.detach()
-    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    # Small parameters (norms, biases of non-linear modules) and buffers go to float32.
-    for module in model.modules():
-        if isinstance(module, nn.Linear) or module is embedding:
-            continue
-        for param_name, param in list(module.named_parameters(recurse=False)):
-            if param.is_floating_point() and param.dtype != torch.float32:
-                setattr(module, param_name, nn.Parameter(param.detach().float(), requires_grad=False))
-        for buffer_name, buffer in list(module.named_buffers(recurse=False)):
-            if buffer is not None and buffer.is_floating_point() and buffer.dtype != torch.float32:
-                module._buffers[buffer_name] = buffer.float()
-    jobs: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
-    for name, linear in linears:
-        weight = linear.weight.detach()
-        bias = linear.bias.detach() if linear.bias is not None else None
-        if name.rsplit(".", 1)[-1] in FLOAT_LAYERS:
-            linear.weight = nn.Parameter(weight.float(), requires_grad=False)
-            if bias is not None:
-                linear.bias = nn.Parameter(bias.float(), requires_grad=False)
-            continue
-        # Huge layers (the output head) are packed in row blocks: packing cost grows faster than linearly.
-        for start in range(0, weight.shape[0], _MAX_PACK_ROWS):
-            block_bias = bias[start : start + _MAX_PACK_ROWS] if bias is not None else None
-            jobs.append((name, weight[start : start + _MAX_PACK_ROWS], block_bias))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao deprecation notices: still the fastest int8 CPU path here
-        with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-            packed = list(pool.map(lambda job: _int8_linear(job[1], job[2]), jobs))
-    blocks: dict[str, list[nn.Module]] = {}
-    for (name, _, _), module in zip(jobs, packed, strict=True):
-        blocks.setdefault(name, []).append(module)
-    for name, modules in blocks.items():
-        _set_submodule(model, name, modules[0] if len(modules) == 1 else _RowBlockLinear(modules))
-    del jobs, packed, blocks
-    # A private copy of the half-precision embedding, so the memory-mapped checkpoint can be released.
-    if embedding_weight.dtype != torch.float32:
-        model.set_input_embeddings(_HalfEmbedding(embedding_weight.clone()))
-    del embedding, embedding_weight, linears
-    gc.collect()
-    _release_free_memory()
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise, inflating RSS after loading)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class _RowBlockLinear(nn.Module):
-    """A linear layer split into blocks of output rows (outputs are concatenated)."""
-
-    def __init__(self, blocks: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.cat([block(hidden) for block in self.blocks], dim=-1)
-
-
-def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows_per_chunk: int = 8192) -> nn.Module:
-    """An int8 dynamic-quantized linear layer (symmetric per-output-channel weights) for ``weight``."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
-    out_features, in_features = weight.shape
-    scales = torch.empty(out_features, dtype=torch.float32)
-    quantized = torch.empty(weight.shape, dtype=torch.int8)
-    for start in range(0, out_features, rows_per_chunk):  # chunks keep the float32 temporaries small
-        block = weight[start : start + rows_per_chunk].float()
-        block_scales = block.abs().amax(dim=1).clamp_min(1e-8) / 127.0
-        scales[start : start + rows_per_chunk] = block_scales
-        rounded = torch.round(block / block_scales[:, None]).clamp_(-127, 127)
-        quantized[start : start + rows_per_chunk] = rounded
-    qweight = torch._make_per_channel_quantized_tensor(
-        quantized, scales.double(), torch.zeros(out_features, dtype=torch.long), 0
-    )
-    module = DynamicLinear(1, 1, dtype=torch.qint8)  # tiny placeholder; the real weight is packed below
-    module.in_features, module.out_features = in_features, out_features
-    module.set_weight_bias(qweight, bias.float() if bias is not None else None)
-    return module
-
-
-def _set_submodule(root: nn.Module, dotted: str, module: nn.Module) -> None:
-    parent_name, _, child = dotted.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)

@@ -1,0 +1,66 @@
+"""CPU weights: int8 linear layers stay close to float32, and a token's result ignores its neighbours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bot.model import cpu_weights  # noqa: E402
+from bot.model.tiny import build_tiny_model  # noqa: E402
+from bot.model.transformers_model import TransformersModel  # noqa: E402
+
+
+def _relative_error(output: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """Per token: squared error relative to the exact output's power."""
+    return (output - exact).pow(2).mean(dim=-1) / exact.pow(2).mean(dim=-1)
+
+
+def test_int8_linear_is_close_to_float_and_independent_of_other_tokens() -> None:
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(48, 40, generator=generator) * 0.1
+    bias = torch.randn(48, generator=generator)
+    layer = cpu_weights.Int8Linear(weight.half(), bias)
+    tokens = torch.randn(2, 5, 40, generator=generator)
+    tokens[1, 3] *= 500.0  # one token with huge activations
+    exact = tokens @ weight.half().float().T + bias
+    output = layer(tokens)
+    assert output.shape == (2, 5, 48)
+    assert _relative_error(output, exact).max() < 1e-3
+    assert torch.allclose(layer(tokens[0, :1]), output[0, :1], atol=1e-5)  # alone == batched
+    assert torch.allclose(layer(tokens[1, 2]), output[1, 2], atol=1e-5)  # a bare vector works too
+
+
+def test_per_token_int8_beats_one_scale_per_call_when_one_token_is_huge() -> None:
+    """The reason for Int8Linear: torch's dynamic int8 layer shares one activation scale per call."""
+    import warnings
+
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    generator = torch.Generator().manual_seed(5)
+    weight = torch.randn(64, 96, generator=generator) * 0.05
+    tokens = torch.randn(16, 96, generator=generator)
+    tokens[0] *= 300.0  # an "attention sink"-like first token
+    exact = tokens @ weight.T
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        shared = DynamicLinear(96, 64, dtype=torch.qint8)
+        shared.set_weight_bias(torch.quantize_per_tensor(weight, 0.05 / 127 * 4, 0, torch.qint8), None)
+        shared_error = _relative_error(shared(tokens), exact)[1:].mean()
+    per_token_error = _relative_error(cpu_weights.Int8Linear(weight, None)(tokens), exact)[1:].mean()
+    assert per_token_error < shared_error / 10
+
+
+def test_quantized_tiny_model_matches_float_and_batches_exactly(tmp_path: Path) -> None:
+    directory = build_tiny_model(tmp_path / "m", dtype="float16")
+    exact = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
+    quantized = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
+    assert any(isinstance(module, cpu_weights.Int8Linear) for module in quantized._model.modules())
+    assert not any(isinstance(module, torch.nn.Linear) for module in quantized._model.modules())
+    texts = ["I am happy today", "我很难过", "What time is it? " * 4]
+    batched = quantized.mood_log_probs(texts)
+    assert (exact.mood_log_probs(texts).exp() - batched.exp()).abs().max() < 0.02
+    for index, text in enumerate(texts):
+        assert torch.allclose(quantized.mood_log_probs([text])[0], batched[index], atol=1e-4)
