@@ -385,10 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     if not chat_texts:  # a tokenizer that splits finely: use the shortest messages instead
         chat_texts = sorted((text for _, text in tweets), key=len)[: args.latency_messages]
 
-    plain = model
-    if set(args.methods) & set("abf"):
-        plain_settings = settings.model_copy(update={"quantize": False})
-        plain = load_model(plain_settings, progress=True) if settings.quantize else model
+    plain = model  # the plain float32 model for (a), (b) and (f): a second load unless quantize is off
+    if settings.quantize and set(args.methods) & set("abf"):
+        plain = load_model(settings.model_copy(update={"quantize": False}), progress=True)
     makers: dict[str, Callable[[], Method]] = {
         "a": lambda: GenerateSearchMethod(plain),
         "b": lambda: ZeroShotLogitsMethod(plain),

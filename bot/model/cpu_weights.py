@@ -13,13 +13,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import logging
 
 import torch
 from torch import nn
-
-logger = logging.getLogger(__name__)
-
 
 
 class HalfEmbedding(nn.Module):
@@ -85,7 +81,7 @@ def prepare_for_cpu(model: nn.Module, *, quantize: bool) -> None:
         return
     _small_parameters_to_float(model)
     embedding = model.get_input_embeddings()
-    if embedding.weight.dtype != torch.float32 and not isinstance(embedding, HalfEmbedding):
+    if embedding.weight.dtype != torch.float32:
         # A private copy of the half-precision embedding, so the memory-mapped checkpoint can be released.
         model.set_input_embeddings(HalfEmbedding(embedding.weight.detach().clone()))
     del embedding

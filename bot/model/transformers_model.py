@@ -28,13 +28,7 @@ from torch import nn
 from bot.errors import ModelError, ModelNotFoundError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
 from bot.model.cpu_weights import prepare_for_cpu
-from bot.model.mood_prompt import (
-    LABELS,
-    MoodPromptParts,
-    clean_message,
-    label_variants,
-    split_mood_prompt,
-)
+from bot.model.mood_prompt import LABELS, MoodPromptParts, clean_message, label_variants, split_mood_prompt
 from bot.prompts import is_chinese
 from bot.types import Mood, MoodLabel
 
