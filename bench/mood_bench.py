@@ -10,7 +10,8 @@ Data is read in place from ``../shared/data/sentiment/`` relative to the project
 negative when the method has probabilities, and as wrong otherwise).
 
 Methods (letters for ``--methods``):
-  (a) generate-and-search on the plain float32 model, as the common tutorial does: zero-shot
+  (a) generate-and-search on the plain float32 model (float32 weights, transformers' own SDPA
+      attention), as the common tutorial does: zero-shot
       instruction, greedy-generate a few tokens, search them for a label;
   (b) zero-shot logits on the plain float32 model: one full forward pass over the zero-shot prompt per
       message, compare the three label-token logits;
@@ -388,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     plain = model  # the plain float32 model for (a), (b) and (f): a second load unless quantize is off
     if settings.quantize and set(args.methods) & set("abf"):
         plain = load_model(settings.model_copy(update={"quantize": False}), progress=True)
+        # Stock transformers attention too, so (a)/(b) are the plain model (moodmate's grouped
+        # attention computes the same numbers, faster: see bot/model/cpu_attention.py).
+        plain._model.set_attn_implementation("sdpa")  # type: ignore[attr-defined]
     makers: dict[str, Callable[[], Method]] = {
         "a": lambda: GenerateSearchMethod(plain),
         "b": lambda: ZeroShotLogitsMethod(plain),

@@ -69,11 +69,20 @@ def test_clean_message_keeps_normal_text_and_both_ends_of_long_text() -> None:
     assert cleaned.startswith("START") and cleaned.endswith("END") and len(cleaned) <= 500
 
 
-def test_few_shot_covers_both_languages_and_all_labels() -> None:
-    labels = {label for _, label in mood_prompt.FEW_SHOT}
-    assert labels == set(MOOD_LABELS)
-    assert any(any("\u4e00" <= char <= "\u9fff" for char in text) for text, _ in mood_prompt.FEW_SHOT)
-    assert any(text.endswith("?") for text, _ in mood_prompt.FEW_SHOT)
+def test_each_prompt_language_has_examples_of_every_label_in_its_language() -> None:
+    assert set(mood_prompt.FEW_SHOT) == {"en", "zh"}
+    for language, examples in mood_prompt.FEW_SHOT.items():
+        assert {label for _, label in examples} == set(MOOD_LABELS)
+        assert all(mood_prompt.prompt_language(text) == language for text, _ in examples)
+        assert any(text.endswith(("?", "？")) for text, _ in examples)
+
+
+def test_messages_are_read_with_the_examples_of_their_language() -> None:
+    chinese = mood_messages("今天的外卖太好吃了")
+    english = mood_messages("the pizza was great")
+    assert chinese[1]["content"].endswith(mood_prompt.FEW_SHOT_ZH[0][0] + '"""')
+    assert english[1]["content"].endswith(mood_prompt.FEW_SHOT_EN[0][0] + '"""')
+    assert mood_prompt.prompt_language("Bonjour, ça va ?") == "en"  # other languages: the English examples
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +114,19 @@ def test_cached_prefix_equals_full_prompt_forward(tmp_path: Path) -> None:
     model = TransformersModel.load(
         build_tiny_model(tmp_path / "m"), name="tiny", quantize=False, threads=1, calibrate=False
     )
-    text = "I finally finished my thesis!"
-    cached = model.mood_log_probs([text], calibrated=False)[0]
-    ids = model._prefix_ids + model._mood_token_ids(text)
-    with torch.inference_mode():
-        hidden = model._decoder(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
-        token_log_probs = torch.log_softmax(hidden @ model._label_head.T, dim=-1)
-        per_label = torch.stack(
-            [torch.logsumexp(token_log_probs[group], dim=-1) for group in model._label_groups]
-        )
-    assert torch.allclose(cached, torch.log_softmax(per_label, dim=-1), atol=1e-4)
+    for text in ("I finally finished my thesis!", "论文终于写完了！"):
+        prefix = model._mood_prefixes[mood_prompt.prompt_language(text)]
+        cached = model.mood_log_probs([text], calibrated=False)[0]
+        ids = prefix.prefix_ids + model._mood_token_ids(text, prefix)
+        with torch.inference_mode():
+            hidden = model._decoder(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+            token_log_probs = torch.log_softmax(hidden @ model._label_head.T, dim=-1)
+            per_label = torch.stack(
+                [torch.logsumexp(token_log_probs[group], dim=-1) for group in model._label_groups]
+            )
+        assert torch.allclose(cached, torch.log_softmax(per_label, dim=-1), atol=1e-4)
+    english, chinese = model._mood_prefixes["en"], model._mood_prefixes["zh"]
+    assert english.prefix_ids != chinese.prefix_ids
 
 
 def test_generate_streams_stops_and_reuses_the_conversation_cache(tiny_model: TransformersModel) -> None:

@@ -1,14 +1,16 @@
 """``LanguageModel`` on transformers + torch, tuned for a small CPU.
 
 * Mood reads are one forward pass per message over a shared, precomputed KV cache of the constant
-  prompt prefix (see :mod:`bot.model.mood_prompt`); only the rows of the output head for the three
-  label words are computed; the three label probabilities are renormalised (optionally calibrated
-  against content-free inputs, off by default: it measured worse on the dev sets with this prompt).
+  prompt prefix of the message's language (see :mod:`bot.model.mood_prompt`); only the rows of the
+  output head for the three label words are computed; the three label probabilities are
+  renormalised (optionally calibrated against content-free inputs, off by default: it measured worse
+  on the dev sets with this prompt).
 * Replies are sampled token by token with last-position logits only, streaming text out, reusing the
   KV cache of the conversation's unchanged prefix between turns.
 * With ``quantize`` the linear layers (including the output head) run with int8 weights and per-token
   int8 activations, and the token embedding stays in half precision (see :mod:`bot.model.cpu_weights`),
   which keeps RSS near a third of float32.
+* Attention runs on the key/value heads without per-head copies (see :mod:`bot.model.cpu_attention`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +29,17 @@ from torch import nn
 
 from bot.errors import ModelError, ModelNotFoundError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
+from bot.model.cpu_attention import use_grouped_attention
 from bot.model.cpu_weights import prepare_for_cpu
-from bot.model.mood_prompt import LABELS, MoodPromptParts, clean_message, label_variants, split_mood_prompt
+from bot.model.mood_prompt import (
+    FEW_SHOT,
+    LABELS,
+    MoodPromptParts,
+    clean_message,
+    label_variants,
+    prompt_language,
+    split_mood_prompt,
+)
 from bot.prompts import is_chinese
 from bot.types import Mood, MoodLabel
 
@@ -47,6 +58,16 @@ class SamplingConfig:
     top_k: int = 40
     repetition_penalty: float = 1.1
     seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _MoodPrefix:
+    """One language's mood prompt, split around the message, with the prefix's key/values."""
+
+    parts: MoodPromptParts
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+    key_values: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(slots=True)
@@ -76,9 +97,14 @@ class TransformersModel:
         sampling: SamplingConfig | None = None,
         conversation_slots: int = 3,
         mood_instruction: str | None = None,
-        mood_examples: Sequence[tuple[str, MoodLabel]] | None = None,
+        mood_examples: Mapping[str, Sequence[tuple[str, MoodLabel]]] | None = None,
         mood_user_format: str | None = None,
     ) -> None:
+        """Wrap a loaded model; computes each prompt language's prefix KV cache once, here.
+
+        ``mood_examples`` maps prompt languages (see ``prompt_language``) to their few-shot examples;
+        a language without its own examples is read with the first language's.
+        """
         self.name = name
         self._model = model
         self._tokenizer = tokenizer
@@ -103,17 +129,21 @@ class TransformersModel:
         prompt_options: dict[str, object] = {}
         if mood_instruction is not None:
             prompt_options["instruction"] = mood_instruction
-        if mood_examples is not None:
-            prompt_options["examples"] = tuple(mood_examples)
         if mood_user_format is not None:
             prompt_options["user_format"] = mood_user_format
-        self._parts: MoodPromptParts = split_mood_prompt(self._render_chat, **prompt_options)  # type: ignore[arg-type]
-        self._prefix_ids: list[int] = self._encode(self._parts.prefix)
-        self._suffix_ids: list[int] = self._encode(self._parts.suffix)
-        self._prefix_kv = self._compute_prefix_kv()
-        self._calibration = torch.zeros(len(LABELS))
+        examples_by_language = FEW_SHOT if mood_examples is None else mood_examples
+        if not examples_by_language:
+            raise ValueError("mood_examples names no prompt language")
+        self._mood_prefixes: dict[str, _MoodPrefix] = {
+            language: self._build_mood_prefix(examples, prompt_options)
+            for language, examples in examples_by_language.items()
+        }
+        self._calibration = {language: torch.zeros(len(LABELS)) for language in self._mood_prefixes}
         if calibrate:
-            self._calibration = self._content_free_log_probs()
+            self._calibration = {
+                language: self._content_free_log_probs(prefix)
+                for language, prefix in self._mood_prefixes.items()
+            }
 
     # ------------------------------------------------------------------ loading
 
@@ -158,7 +188,14 @@ class TransformersModel:
             groups.append(list(range(position, position + len(group))))
             position += len(group)
         prepare_for_cpu(model, quantize=quantize)
-        logger.info("Loaded %s in %.1f s (quantize=%s)", name, time.perf_counter() - started, quantize)
+        grouped = use_grouped_attention(model)
+        logger.info(
+            "Loaded %s in %.1f s (quantize=%s, grouped attention=%s)",
+            name,
+            time.perf_counter() - started,
+            quantize,
+            grouped,
+        )
         try:
             instance = cls(
                 model,
@@ -234,31 +271,42 @@ class TransformersModel:
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     @torch.inference_mode()
-    def _compute_prefix_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _compute_prefix_kv(self, prefix_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         cache = self._new_cache()
-        self._decoder(input_ids=torch.tensor([self._prefix_ids]), past_key_values=cache, use_cache=True)
+        self._decoder(input_ids=torch.tensor([prefix_ids]), past_key_values=cache, use_cache=True)
         return self._cache_tensors(cache)
+
+    def _build_mood_prefix(
+        self, examples: Sequence[tuple[str, MoodLabel]], prompt_options: Mapping[str, object]
+    ) -> _MoodPrefix:
+        parts = split_mood_prompt(self._render_chat, examples=tuple(examples), **prompt_options)  # type: ignore[arg-type]
+        prefix_ids = self._encode(parts.prefix)
+        return _MoodPrefix(parts, prefix_ids, self._encode(parts.suffix), self._compute_prefix_kv(prefix_ids))
 
     # ------------------------------------------------------------------ mood
 
-    def _mood_token_ids(self, text: str) -> list[int]:
+    def _mood_language(self, text: str) -> str:
+        language = prompt_language(text)
+        return language if language in self._mood_prefixes else next(iter(self._mood_prefixes))
+
+    def _mood_token_ids(self, text: str, prefix: _MoodPrefix) -> list[int]:
         cleaned = clean_message(text, max_chars=self.max_input_chars)
         ids = self._encode(cleaned)
         if len(ids) > self.mood_token_budget:
             head = self.mood_token_budget * 3 // 4
             ids = ids[:head] + ids[-(self.mood_token_budget - head) :]
-        return ids + self._suffix_ids
+        return ids + prefix.suffix_ids
 
     @torch.inference_mode()
-    def _label_log_probs(self, sequences: list[list[int]]) -> torch.Tensor:
-        """Log-probabilities over the three labels (uncalibrated) for token sequences after the prefix."""
+    def _label_log_probs(self, sequences: list[list[int]], prefix: _MoodPrefix) -> torch.Tensor:
+        """Log-probabilities over the three labels (uncalibrated) for token sequences after ``prefix``."""
         lengths = [len(sequence) for sequence in sequences]
         width = max(lengths)
         pad = self._tokenizer.pad_token_id
-        pad = self._suffix_ids[-1] if pad is None else pad
+        pad = prefix.suffix_ids[-1] if pad is None else pad
         # Right padding needs no attention mask: real tokens never attend to pads after them.
         batch = torch.tensor([sequence + [pad] * (width - len(sequence)) for sequence in sequences])
-        cache = self._seeded_cache(self._prefix_kv, batch=len(sequences))
+        cache = self._seeded_cache(prefix.key_values, batch=len(sequences))
         hidden = self._decoder(input_ids=batch, past_key_values=cache, use_cache=True).last_hidden_state
         last = hidden[torch.arange(len(sequences)), torch.tensor(lengths) - 1].float()
         logits = last @ self._label_head.T
@@ -270,23 +318,29 @@ class TransformersModel:
         )
         return torch.log_softmax(per_label, dim=-1)
 
-    def _content_free_log_probs(self) -> torch.Tensor:
-        sequences = [self._mood_token_ids(text) for text in CONTENT_FREE_INPUTS]
-        probabilities = self._label_log_probs(sequences).exp().mean(dim=0).clamp_min(1e-4)
+    def _content_free_log_probs(self, prefix: _MoodPrefix) -> torch.Tensor:
+        sequences = [self._mood_token_ids(text, prefix) for text in CONTENT_FREE_INPUTS]
+        probabilities = self._label_log_probs(sequences, prefix).exp().mean(dim=0).clamp_min(1e-4)
         return probabilities.log()
 
     def mood_log_probs(self, texts: Sequence[str], *, calibrated: bool = True) -> torch.Tensor:
-        """Label log-probabilities [len(texts), 3] in ``LABELS`` order (for benchmarks and tests)."""
-        sequences = [self._mood_token_ids(text) for text in texts]
-        order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))
-        result = torch.zeros(len(sequences), len(LABELS))
+        """Label log-probabilities [len(texts), 3] in ``LABELS`` order (for benchmarks and tests).
+
+        Texts are grouped by prompt language, and each group runs in length-sorted padded batches.
+        """
+        languages = [self._mood_language(text) for text in texts]
+        result = torch.zeros(len(texts), len(LABELS))
         with self._lock:
-            for start in range(0, len(order), self.mood_batch_size):
-                chunk = order[start : start + self.mood_batch_size]
-                log_probs = self._label_log_probs([sequences[index] for index in chunk])
-                if calibrated:
-                    log_probs = torch.log_softmax(log_probs - self._calibration, dim=-1)
-                result[chunk] = log_probs
+            for language, prefix in self._mood_prefixes.items():
+                indices = [index for index, other in enumerate(languages) if other == language]
+                sequences = {index: self._mood_token_ids(texts[index], prefix) for index in indices}
+                order = sorted(indices, key=lambda index: len(sequences[index]))
+                for start in range(0, len(order), self.mood_batch_size):
+                    chunk = order[start : start + self.mood_batch_size]
+                    log_probs = self._label_log_probs([sequences[index] for index in chunk], prefix)
+                    if calibrated:
+                        log_probs = torch.log_softmax(log_probs - self._calibration[language], dim=-1)
+                    result[chunk] = log_probs
         return result
 
     def classify(self, texts: Sequence[str]) -> list[Mood]:

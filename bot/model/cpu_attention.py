@@ -1,0 +1,125 @@
+"""Attention for grouped-query models on CPU, without copying keys and values per query head.
+
+transformers' SDPA path on CPU repeats every key/value head for each of its query heads whenever an
+attention mask is present (``repeat_kv``), which is the case for every mood read: a batch of messages
+runs after the cached few-shot prefix. For Qwen2.5-0.5B (14 query heads, 2 key/value heads) that copy
+and the flash kernel's handling of short queries over a long prefix took about half of a batched mood
+read. Here the query heads of one group are stacked into one matrix and multiplied with their shared
+keys and values directly: two batched matmuls per layer and no copies. Masks are built exactly as for
+SDPA (the same mask function is registered), so sliding windows and padding work unchanged; anything
+this path does not handle (dropout, soft-capping, attention sinks, position biases, attention weights
+as output) goes to transformers' SDPA function, and so does decoding one token at a time, where SDPA
+already runs on the key/value heads without copies.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+#: The name this attention is registered under in transformers' attention and mask interfaces.
+ATTENTION_NAME = "moodmate_grouped"
+
+#: Scores are computed for at most this many elements at a time (bounds the transient memory).
+_MAX_SCORE_ELEMENTS = 8_000_000
+
+_UNSUPPORTED_OPTIONS = ("softcap", "s_aux", "sinks", "position_bias")
+
+
+def grouped_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention of ``query [B, H, q, d]`` over ``key``/``value [B, Hkv, k, d]``, as ``[B, q, H, d]``.
+
+    ``attention_mask`` is the 4-D mask transformers builds for SDPA (boolean, True = may attend, or
+    additive floats), or None, which means plain causal attention aligned to the end of the keys.
+    """
+    if (
+        dropout
+        or kwargs.get("output_attentions")
+        or any(kwargs.get(option) is not None for option in _UNSUPPORTED_OPTIONS)
+        or query.shape[1] % key.shape[1]
+        or query.shape[2] == 1
+    ):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    batch, heads, query_length, dim = query.shape
+    kv_heads, key_length = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    scale = dim**-0.5 if scaling is None else scaling
+    mask = _grouped_mask(attention_mask, batch, kv_heads, groups, query_length, key_length, query.device)
+    grouped_query = query.reshape(batch, kv_heads, groups, query_length, dim)
+    key_t = key.transpose(-1, -2)  # [B, Hkv, d, k]
+    step = max(1, _MAX_SCORE_ELEMENTS // max(1, batch * heads * key_length))
+    outputs = []
+    for start in range(0, query_length, step):
+        stop = min(query_length, start + step)
+        rows = grouped_query[:, :, :, start:stop].reshape(batch, kv_heads, groups * (stop - start), dim)
+        scores = torch.matmul(rows, key_t).mul_(scale).view(batch, kv_heads, groups, stop - start, key_length)
+        if mask is not None:
+            part = mask[..., start:stop, :]
+            scores = scores.masked_fill(~part, float("-inf")) if part.dtype == torch.bool else scores + part
+        probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+        flat = probabilities.view(batch, kv_heads, groups * (stop - start), key_length)
+        outputs.append(torch.matmul(flat, value).view(batch, kv_heads, groups, stop - start, dim))
+    output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=3)
+    output = output.reshape(batch, heads, query_length, dim)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _grouped_mask(
+    attention_mask: torch.Tensor | None,
+    batch: int,
+    kv_heads: int,
+    groups: int,
+    query_length: int,
+    key_length: int,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """The mask broadcastable to grouped scores ``[B, Hkv, groups, q, k]``, or None when none is needed."""
+    if attention_mask is None:
+        if query_length == 1:
+            return None
+        # Query i sits at position key_length - query_length + i and sees keys up to there.
+        positions = torch.arange(key_length, device=device)
+        last_visible = torch.arange(query_length, device=device) + (key_length - query_length)
+        return (positions[None, :] <= last_visible[:, None])[None, None, None]
+    mask = attention_mask[..., -key_length:]
+    if mask.shape[1] == 1:
+        return mask.unsqueeze(2)  # [B|1, 1, 1, q, k]
+    return mask.reshape(mask.shape[0], kv_heads, groups, query_length, key_length)
+
+
+def use_grouped_attention(model: nn.Module) -> bool:
+    """Switch ``model`` from SDPA to :func:`grouped_attention`; returns whether it now uses it.
+
+    Only models that run SDPA and support switching attention at run time are changed.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(ATTENTION_NAME, grouped_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    try:
+        model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
+    except (AttributeError, ValueError) as error:
+        logger.debug("Keeping SDPA attention: %s", error)
+        return False
+    return config._attn_implementation == ATTENTION_NAME

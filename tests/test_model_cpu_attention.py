@@ -1,0 +1,82 @@
+"""Grouped attention: the same numbers as transformers' SDPA path, without per-head key/value copies."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bot.model import cpu_attention  # noqa: E402
+from bot.model.tiny import build_tiny_model  # noqa: E402
+from bot.model.transformers_model import TransformersModel  # noqa: E402
+
+
+def _reference(query, key, value, mask):  # type: ignore[no-untyped-def]
+    """Plain SDPA on repeated key/value heads, output as [B, q, H, d] like transformers' attention."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    output = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    return output.transpose(1, 2)
+
+
+def _tensors(batch: int = 2, heads: int = 6, kv_heads: int = 2, queries: int = 5, keys: int = 11):  # type: ignore[no-untyped-def]
+    generator = torch.Generator().manual_seed(3)
+    query = torch.randn(batch, queries, heads, 16, generator=generator).transpose(1, 2)  # model's layout
+    key = torch.randn(batch, kv_heads, keys, 16, generator=generator)
+    value = torch.randn(batch, kv_heads, keys, 16, generator=generator)
+    causal = torch.ones(queries, keys, dtype=torch.bool).tril(keys - queries)
+    return query, key, value, causal
+
+
+def test_no_mask_means_causal_attention_aligned_to_the_last_key() -> None:
+    query, key, value, causal = _tensors()
+    output, weights = cpu_attention.grouped_attention(torch.nn.Module(), query, key, value, None)
+    assert weights is None
+    assert output.shape == (2, 5, 6, 16)
+    assert torch.allclose(output, _reference(query, key, value, causal), atol=1e-5)
+
+
+def test_boolean_and_additive_masks_match_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    query, key, value, causal = _tensors()
+    mask = causal[None, None].repeat(2, 1, 1, 1)
+    mask[1, :, :, :3] = False  # the second row's first keys are padding
+    additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    expected = _reference(query, key, value, mask)
+    monkeypatch.setattr(cpu_attention, "_MAX_SCORE_ELEMENTS", 2 * 6 * 11 * 2)  # two queries per chunk
+    for given in (mask, additive):
+        output, _ = cpu_attention.grouped_attention(torch.nn.Module(), query, key, value, given)
+        assert torch.allclose(output, expected, atol=1e-5)
+
+
+def test_unsupported_options_and_single_token_decoding_go_to_sdpa() -> None:
+    query, key, value, causal = _tensors(queries=4, keys=4)
+    module = torch.nn.Module()
+    module.num_key_value_groups = 3  # type: ignore[assignment]
+    module.is_causal = True  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="softcap"):  # transformers' SDPA function refuses soft-capping
+        cpu_attention.grouped_attention(module, query, key, value, None, softcap=30.0)
+    decoded, _ = cpu_attention.grouped_attention(module, query[:, :, -1:], key, value, None)
+    assert torch.allclose(decoded, _reference(query, key, value, causal)[:, -1:], atol=1e-5)
+
+
+def test_tiny_model_gives_the_same_results_with_grouped_attention(tmp_path: Path) -> None:
+    directory = build_tiny_model(tmp_path / "m")
+    grouped = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
+    assert grouped._model.config._attn_implementation == cpu_attention.ATTENTION_NAME
+    plain = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
+    plain._model.set_attn_implementation("sdpa")
+    assert plain._model.config._attn_implementation == "sdpa"
+    plain._mood_prefixes = {  # recomputed with SDPA
+        language: replace(prefix, key_values=plain._compute_prefix_kv(prefix.prefix_ids))
+        for language, prefix in plain._mood_prefixes.items()
+    }
+    texts = ["I am happy today", "我很难过", "What time is it? " * 4]
+    assert torch.allclose(grouped.mood_log_probs(texts), plain.mood_log_probs(texts), atol=1e-5)
+    ids = torch.tensor([grouped._mood_prefixes["en"].prefix_ids[:40]])
+    with torch.inference_mode():
+        expected = plain._model(input_ids=ids).logits
+        assert torch.allclose(grouped._model(input_ids=ids).logits, expected, atol=1e-4)
