@@ -52,7 +52,17 @@ def test_boolean_and_additive_masks_match_sdpa(monkeypatch: pytest.MonkeyPatch) 
         assert torch.allclose(output, expected, atol=1e-5)
 
 
-def test_unsupported_options_and_single_token_decoding_go_to_sdpa() -> None:
+def test_unsupported_options_and_single_token_decoding_go_to_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers.integrations import sdpa_attention
+
+    calls: list[dict[str, object]] = []
+    original = sdpa_attention.sdpa_attention_forward
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", spy)
     query, key, value, causal = _tensors(queries=4, keys=4)
     module = torch.nn.Module()
     module.num_key_value_groups = 3  # type: ignore[assignment]
@@ -60,7 +70,10 @@ def test_unsupported_options_and_single_token_decoding_go_to_sdpa() -> None:
     with pytest.raises(ValueError, match="softcap"):  # transformers' SDPA function refuses soft-capping
         cpu_attention.grouped_attention(module, query, key, value, None, softcap=30.0)
     decoded, _ = cpu_attention.grouped_attention(module, query[:, :, -1:], key, value, None)
+    assert len(calls) == 2
     assert torch.allclose(decoded, _reference(query, key, value, causal)[:, -1:], atol=1e-5)
+    cpu_attention.grouped_attention(module, query, key, value, None)
+    assert len(calls) == 2  # several queries: the grouped path
 
 
 def test_tiny_model_gives_the_same_results_with_grouped_attention(tmp_path: Path) -> None:

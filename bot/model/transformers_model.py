@@ -30,11 +30,10 @@ from torch import nn
 from bot.errors import ModelError, ModelNotFoundError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
 from bot.model.cpu_attention import use_grouped_attention
-from bot.model.cpu_weights import prepare_for_cpu
+from bot.model.cpu_weights import prepare_for_cpu, release_free_memory
 from bot.model.mood_prompt import (
     FEW_SHOT,
     LABELS,
-    MoodPromptParts,
     clean_message,
     label_variants,
     prompt_language,
@@ -62,9 +61,8 @@ class SamplingConfig:
 
 @dataclass(frozen=True, slots=True)
 class _MoodPrefix:
-    """One language's mood prompt, split around the message, with the prefix's key/values."""
+    """One language's mood prompt as tokens before and after the message, with the prefix's key/values."""
 
-    parts: MoodPromptParts
     prefix_ids: list[int]
     suffix_ids: list[int]
     key_values: list[tuple[torch.Tensor, torch.Tensor]]
@@ -144,6 +142,7 @@ class TransformersModel:
                 language: self._content_free_log_probs(prefix)
                 for language, prefix in self._mood_prefixes.items()
             }
+        release_free_memory()  # the prefix passes' scratch memory (~100 MB of RSS otherwise)
 
     # ------------------------------------------------------------------ loading
 
@@ -281,7 +280,7 @@ class TransformersModel:
     ) -> _MoodPrefix:
         parts = split_mood_prompt(self._render_chat, examples=tuple(examples), **prompt_options)  # type: ignore[arg-type]
         prefix_ids = self._encode(parts.prefix)
-        return _MoodPrefix(parts, prefix_ids, self._encode(parts.suffix), self._compute_prefix_kv(prefix_ids))
+        return _MoodPrefix(prefix_ids, self._encode(parts.suffix), self._compute_prefix_kv(prefix_ids))
 
     # ------------------------------------------------------------------ mood
 
