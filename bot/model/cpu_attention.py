@@ -98,7 +98,7 @@ def _grouped_mask(
         positions = torch.arange(key_length, device=device)
         last_visible = torch.arange(query_length, device=device) + (key_length - query_length)
         return (positions[None, :] <= last_visible[:, None])[None, None, None]
-    mask = attention_mask[..., -key_length:]
+    mask = attention_mask[..., :key_length]  # a static cache's mask may be longer than the keys so far
     if mask.shape[1] == 1:
         return mask.unsqueeze(2)  # [B|1, 1, 1, q, k]
     return mask.reshape(mask.shape[0], kv_heads, groups, query_length, key_length)

@@ -28,11 +28,11 @@ MOOD_INSTRUCTION = (
 
 #: Few-shot examples (written for moodmate, not taken from any benchmark set), in prompt order, one set
 #: per prompt language: a message is read with the examples of its own language (see ``prompt_language``).
-#: Measured on the dev sets: English-only examples read English tweets better than the mixed set
-#: (TweetEval macro-recall 0.587 -> 0.611 on 1000 tweets) with a prefix a third shorter; Chinese-only
-#: examples read waimai reviews as well as the mixed set. News and plans stated without feeling are
-#: neutral even when the topic is good or bad; a review that praises one thing but complains about the
-#: wait is negative.
+#: Measured on the dev sets against one mixed set of all 23: English-only examples read tweets better
+#: (TweetEval macro-recall 0.610 -> 0.621 on all 2000) with a prefix a third shorter; Chinese-only
+#: examples read waimai reviews within noise of it (0.849 -> 0.845 on 2400) with a prefix half as long,
+#: and each read is faster for it. News and plans stated without feeling are neutral even when the
+#: topic is good or bad; a review that praises one thing but complains about the wait is negative.
 FEW_SHOT_EN: tuple[tuple[str, MoodLabel], ...] = (
     ("I finally got the job!! Best day ever", MoodLabel.POSITIVE),
     ("What time does the pharmacy close on Sundays?", MoodLabel.NEUTRAL),
