@@ -11,8 +11,8 @@ negative when the method has probabilities, and as wrong otherwise).
 
 Methods (letters for ``--methods``):
   (a) generate-and-search on the plain float32 model (float32 weights, transformers' own SDPA
-      attention), as the common tutorial does: zero-shot
-      instruction, greedy-generate a few tokens, search them for a label;
+      attention), as the common tutorial does: zero-shot instruction, greedy-generate a few tokens,
+      search them for a label;
   (b) zero-shot logits on the plain float32 model: one full forward pass over the zero-shot prompt per
       message, compare the three label-token logits;
   (i) (b) again, but on moodmate's int8 weights (shows how much of the speed-up is the weights alone);

@@ -109,9 +109,11 @@ def use_grouped_attention(model: nn.Module) -> bool:
 
     Only models that run SDPA and support switching attention at run time are changed.
     """
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError:  # a transformers release without pluggable attention: keep what the model has
+        return False
     config = getattr(model, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return False
