@@ -175,7 +175,7 @@ def test_cached_conversion_is_reused_and_atomic(tmp_path: Path, monkeypatch: pyt
         calls.append(path)
         target.mkdir(parents=True)
         (target / "config.json").write_text("{}", encoding="utf-8")
-        (target / loader._MARKER).write_text("{}", encoding="utf-8")
+        loader.write_cache_marker(target, {"gguf": path.name})
         return target
 
     monkeypatch.setattr(loader, "convert_gguf", fake_convert)
@@ -183,6 +183,37 @@ def test_cached_conversion_is_reused_and_atomic(tmp_path: Path, monkeypatch: pyt
     first = loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
     second = loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
     assert first == second and len(calls) == 1
+
+
+def test_cache_from_another_transformers_major_version_is_converted_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF-not-really")
+    calls: list[str] = []
+
+    def fake_convert(
+        path: Path, target: Path, *, progress: bool = True, source_info: dict[str, str] | None = None
+    ) -> Path:
+        calls.append(loader._transformers_version())
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "config.json").write_text("{}", encoding="utf-8")
+        loader.write_cache_marker(target, {"gguf": path.name})
+        return target
+
+    monkeypatch.setattr(loader, "convert_gguf", fake_convert)
+    source = loader.resolve_model(str(gguf))
+    monkeypatch.setattr(loader, "_transformers_version", lambda: "4.57.1")
+    loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
+    monkeypatch.setattr(loader, "_transformers_version", lambda: "4.56.2")  # same major: reused
+    loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
+    monkeypatch.setattr(loader, "_transformers_version", lambda: "5.24.0")
+    target = loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
+    assert calls == ["4.57.1", "5.24.0"]
+    assert target is not None and '"transformers": "5.24.0"' in (target / loader._MARKER).read_text("utf-8")
+    (target / loader._MARKER).write_text("{}", encoding="utf-8")  # written before versions were noted
+    loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
+    assert len(calls) == 3
 
 
 def test_broken_gguf_conversion_leaves_no_cache_dir(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
@@ -150,8 +151,47 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:60] or "model"
 
 
+def _transformers_version() -> str:
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _major(version_string: object) -> str:
+    return str(version_string).split(".", 1)[0]
+
+
+def write_cache_marker(directory: Path, source_info: dict[str, str]) -> None:
+    """Mark ``directory`` as a finished conversion, noting the transformers version that wrote it."""
+    marker = {"format": CACHE_FORMAT, "transformers": _transformers_version(), **source_info}
+    (directory / _MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+
+
 def _is_complete(directory: Path) -> bool:
-    return (directory / _MARKER).is_file() and (directory / "config.json").is_file()
+    """Whether ``directory`` holds a finished conversion this transformers reads as it was written.
+
+    Another major version of transformers may read a saved config differently (5.x keeps the RoPE base
+    in ``rope_parameters``, which 4.x ignores and silently falls back to a default), so a cache
+    written by another major version is converted again.
+    """
+    marker_path = directory / _MARKER
+    if not (marker_path.is_file() and (directory / "config.json").is_file()):
+        return False
+    try:
+        written_by = json.loads(marker_path.read_text(encoding="utf-8")).get("transformers")
+    except (OSError, ValueError, AttributeError):
+        return False
+    running = _transformers_version()
+    if _major(written_by) != _major(running):
+        logger.info(
+            "The cached model in %s was converted by transformers %s; converting it again for %s",
+            directory,
+            written_by,
+            running,
+        )
+        return False
+    return True
 
 
 def convert_gguf(
@@ -186,8 +226,7 @@ def convert_gguf(
         model.save_pretrained(str(temporary))
         tokenizer.save_pretrained(str(temporary))
         steps.update()
-        marker = {"format": CACHE_FORMAT, "gguf": gguf_path.name, **(source_info or {})}
-        (temporary / _MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+        write_cache_marker(temporary, {"gguf": gguf_path.name, **(source_info or {})})
         if target.exists():  # a concurrent or earlier broken attempt: replace it
             shutil.rmtree(target, ignore_errors=True)
         os.replace(temporary, target)
