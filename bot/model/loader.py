@@ -187,7 +187,7 @@ def _is_complete(directory: Path) -> bool:
         logger.info(
             "The cached model in %s was converted by transformers %s; converting it again for %s",
             directory,
-            written_by,
+            written_by or "an unrecorded version",
             running,
         )
         return False
