@@ -11,7 +11,7 @@ from bot.model.base import ChatTurn
 from bot.model.mood_prompt import clean_message, mood_messages, split_mood_prompt
 from bot.model.tiny import build_tiny_model
 from bot.model.transformers_model import TransformersModel
-from bot.types import MOOD_LABELS
+from bot.types import MOOD_LABELS, MoodLabel
 
 ODD_INPUTS = [
     "",
@@ -85,6 +85,18 @@ def test_messages_are_read_with_the_examples_of_their_language() -> None:
     assert mood_prompt.prompt_language("Bonjour, ça va ?") == "en"  # other languages: the English examples
 
 
+def test_messages_are_answered_with_the_label_words_of_their_language() -> None:
+    for text, language in (("今天的外卖太好吃了", "zh"), ("the pizza was great", "en")):
+        words = mood_prompt.label_words_for(language)
+        messages = mood_messages(text)
+        assert "{" not in messages[0]["content"]
+        assert all(word in messages[0]["content"] for word in words.values())
+        answers = {message["content"] for message in messages if message["role"] == "assistant"}
+        assert answers == set(words.values())
+    assert mood_prompt.label_words_for("fr") == mood_prompt.LABEL_WORDS["en"]
+    assert mood_prompt.LABEL_WORDS["zh"][MoodLabel.NEUTRAL] == "中性"
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TransformersModel:
     directory = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", dtype="float16")
@@ -122,7 +134,7 @@ def test_cached_prefix_equals_full_prompt_forward(tmp_path: Path) -> None:
             hidden = model._decoder(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
             token_log_probs = torch.log_softmax(hidden @ model._label_head.T, dim=-1)
             per_label = torch.stack(
-                [torch.logsumexp(token_log_probs[group], dim=-1) for group in model._label_groups]
+                [torch.logsumexp(token_log_probs[group], dim=-1) for group in prefix.label_groups]
             )
         assert torch.allclose(cached, torch.log_softmax(per_label, dim=-1), atol=1e-4)
     english, chinese = model._mood_prefixes["en"], model._mood_prefixes["zh"]

@@ -36,6 +36,7 @@ from bot.model.mood_prompt import (
     LABELS,
     clean_message,
     label_variants,
+    label_words_for,
     prompt_language,
     split_mood_prompt,
 )
@@ -61,11 +62,15 @@ class SamplingConfig:
 
 @dataclass(frozen=True, slots=True)
 class _MoodPrefix:
-    """One language's mood prompt as tokens before and after the message, with the prefix's key/values."""
+    """One language's mood prompt as tokens before and after the message, with the prefix's key/values.
+
+    ``label_groups`` holds, per label, the rows of the model's label head that spell its answer word.
+    """
 
     prefix_ids: list[int]
     suffix_ids: list[int]
     key_values: list[tuple[torch.Tensor, torch.Tensor]]
+    label_groups: list[list[int]]
 
 
 @dataclass(slots=True)
@@ -86,7 +91,7 @@ class TransformersModel:
         name: str,
         label_head: torch.Tensor,
         label_bias: torch.Tensor | None,
-        label_token_groups: list[list[int]],
+        label_token_groups: Mapping[str, list[list[int]]],
         mood_token_budget: int = 256,
         max_input_chars: int = 4000,
         max_prompt_tokens: int = 3072,
@@ -101,7 +106,9 @@ class TransformersModel:
         """Wrap a loaded model; computes each prompt language's prefix KV cache once, here.
 
         ``mood_examples`` maps prompt languages (see ``prompt_language``) to their few-shot examples;
-        a language without its own examples is read with the first language's.
+        a language without its own examples is read with the first language's. ``label_token_groups``
+        maps prompt languages to, per label, the rows of ``label_head`` that spell that language's
+        answer word (see ``label_words_for``; English's serve a language missing there).
         """
         self.name = name
         self._model = model
@@ -109,7 +116,6 @@ class TransformersModel:
         self._decoder = model.get_decoder()
         self._label_head = label_head  # [n_variant_tokens, hidden] float32
         self._label_bias = label_bias
-        self._label_groups = label_token_groups  # per label: indices into rows of _label_head
         self.mood_token_budget = mood_token_budget
         self.max_input_chars = max_input_chars
         self.max_prompt_tokens = max_prompt_tokens
@@ -133,7 +139,7 @@ class TransformersModel:
         if not examples_by_language:
             raise ValueError("mood_examples names no prompt language")
         self._mood_prefixes: dict[str, _MoodPrefix] = {
-            language: self._build_mood_prefix(examples, prompt_options)
+            language: self._build_mood_prefix(language, examples, prompt_options, label_token_groups)
             for language, examples in examples_by_language.items()
         }
         self._calibration = {language: torch.zeros(len(LABELS)) for language in self._mood_prefixes}
@@ -175,17 +181,23 @@ class TransformersModel:
                 "local directory with config.json, weights and a tokenizer, or to qwen2.5-coder-0.5b."
             ) from error
         model.eval()
-        label_groups_tokens = _label_token_groups(tokenizer)
-        flat = [token for group in label_groups_tokens for token in group]
+        tokens_by_language = {
+            language: _label_token_groups(tokenizer, label_words_for(language)) for language in FEW_SHOT
+        }
+        flat = list(
+            dict.fromkeys(
+                token for groups in tokens_by_language.values() for group in groups for token in group
+            )
+        )
         head = model.get_output_embeddings()
         label_head = head.weight.detach()[flat].float().clone()
         bias = getattr(head, "bias", None)
         label_bias = bias.detach()[flat].float().clone() if bias is not None else None
-        groups: list[list[int]] = []
-        position = 0
-        for group in label_groups_tokens:
-            groups.append(list(range(position, position + len(group))))
-            position += len(group)
+        row_of = {token: row for row, token in enumerate(flat)}
+        groups = {
+            language: [[row_of[token] for token in group] for group in token_groups]
+            for language, token_groups in tokens_by_language.items()
+        }
         prepare_for_cpu(model, quantize=quantize)
         grouped = use_grouped_attention(model)
         logger.info(
@@ -276,11 +288,27 @@ class TransformersModel:
         return self._cache_tensors(cache)
 
     def _build_mood_prefix(
-        self, examples: Sequence[tuple[str, MoodLabel]], prompt_options: Mapping[str, object]
+        self,
+        language: str,
+        examples: Sequence[tuple[str, MoodLabel]],
+        prompt_options: Mapping[str, object],
+        label_token_groups: Mapping[str, list[list[int]]],
     ) -> _MoodPrefix:
-        parts = split_mood_prompt(self._render_chat, examples=tuple(examples), **prompt_options)  # type: ignore[arg-type]
+        if language not in label_token_groups:
+            language = "en"
+        parts = split_mood_prompt(
+            self._render_chat,
+            examples=tuple(examples),
+            label_words=label_words_for(language),
+            **prompt_options,  # type: ignore[arg-type]
+        )
         prefix_ids = self._encode(parts.prefix)
-        return _MoodPrefix(prefix_ids, self._encode(parts.suffix), self._compute_prefix_kv(prefix_ids))
+        return _MoodPrefix(
+            prefix_ids,
+            self._encode(parts.suffix),
+            self._compute_prefix_kv(prefix_ids),
+            label_groups=label_token_groups[language],
+        )
 
     # ------------------------------------------------------------------ mood
 
@@ -313,7 +341,7 @@ class TransformersModel:
             logits = logits + self._label_bias
         token_log_probs = torch.log_softmax(logits, dim=-1)
         per_label = torch.stack(
-            [torch.logsumexp(token_log_probs[:, group], dim=-1) for group in self._label_groups], dim=-1
+            [torch.logsumexp(token_log_probs[:, group], dim=-1) for group in prefix.label_groups], dim=-1
         )
         return torch.log_softmax(per_label, dim=-1)
 
@@ -512,13 +540,13 @@ def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
     return length
 
 
-def _label_token_groups(tokenizer) -> list[list[int]]:  # type: ignore[no-untyped-def]
-    """Per label, the distinct first tokens of its spellings; no token may count for two labels."""
+def _label_token_groups(tokenizer, words: Mapping[MoodLabel, str]) -> list[list[int]]:  # type: ignore[no-untyped-def]
+    """Per label, the distinct first tokens of its word's spellings; no token may count for two labels."""
     groups: list[list[int]] = []
     owner: dict[int, MoodLabel] = {}
     for label in LABELS:
         group: list[int] = []
-        for spelling in label_variants(label):
+        for spelling in label_variants(words[label]):
             ids = tokenizer.encode(spelling, add_special_tokens=False)
             if not ids:
                 continue
@@ -529,7 +557,7 @@ def _label_token_groups(tokenizer) -> list[list[int]]:  # type: ignore[no-untype
             if token not in group:
                 group.append(token)
         if not group:
-            raise ModelError(f"the tokenizer cannot spell the label {label.value!r}")
+            raise ModelError(f"the tokenizer cannot spell the label {words[label]!r}")
         groups.append(group)
     shared = {token for token in owner if sum(token in group for group in groups) > 1}
     return [[token for token in group if token not in shared] or group for group in groups]
