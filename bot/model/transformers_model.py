@@ -2,7 +2,7 @@
 
 * Mood reads are one forward pass per message over a shared, precomputed KV cache of the constant
   prompt prefix of the message's language (see :mod:`bot.model.mood_prompt`); only the rows of the
-  output head for the three label words are computed; the three label probabilities are
+  output head for the label words are computed; the three label probabilities are
   renormalised (optionally calibrated against content-free inputs, off by default: it measured worse
   on the dev sets with this prompt).
 * Replies are sampled token by token with last-position logits only, streaming text out, reusing the
