@@ -164,21 +164,26 @@ def test_local_directory_loads_a_tiny_model(tmp_path: Path, tiny_dir: Path) -> N
     assert model.count_tokens("hello world") >= 2
 
 
-def test_cached_conversion_is_reused_and_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    gguf = tmp_path / "model.gguf"
-    gguf.write_bytes(b"GGUF-not-really")
-    calls: list[Path] = []
+def _fake_conversion(calls: list[str]):  # type: ignore[no-untyped-def]
+    """A stand-in for ``convert_gguf`` that records the transformers version of each conversion."""
 
     def fake_convert(
         path: Path, target: Path, *, progress: bool = True, source_info: dict[str, str] | None = None
     ) -> Path:
-        calls.append(path)
-        target.mkdir(parents=True)
+        calls.append(loader._transformers_version())
+        target.mkdir(parents=True, exist_ok=True)
         (target / "config.json").write_text("{}", encoding="utf-8")
         loader.write_cache_marker(target, {"gguf": path.name})
         return target
 
-    monkeypatch.setattr(loader, "convert_gguf", fake_convert)
+    return fake_convert
+
+
+def test_cached_conversion_is_reused_and_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF-not-really")
+    calls: list[str] = []
+    monkeypatch.setattr(loader, "convert_gguf", _fake_conversion(calls))
     source = loader.resolve_model(str(gguf))
     first = loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
     second = loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
@@ -191,17 +196,7 @@ def test_cache_from_another_transformers_major_version_is_converted_again(
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF-not-really")
     calls: list[str] = []
-
-    def fake_convert(
-        path: Path, target: Path, *, progress: bool = True, source_info: dict[str, str] | None = None
-    ) -> Path:
-        calls.append(loader._transformers_version())
-        target.mkdir(parents=True, exist_ok=True)
-        (target / "config.json").write_text("{}", encoding="utf-8")
-        loader.write_cache_marker(target, {"gguf": path.name})
-        return target
-
-    monkeypatch.setattr(loader, "convert_gguf", fake_convert)
+    monkeypatch.setattr(loader, "convert_gguf", _fake_conversion(calls))
     source = loader.resolve_model(str(gguf))
     monkeypatch.setattr(loader, "_transformers_version", lambda: "4.57.1")
     loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
