@@ -53,7 +53,10 @@ def test_per_token_int8_beats_one_scale_per_call_when_one_token_is_huge() -> Non
     assert per_token_error < shared_error / 10
 
 
-def test_quantized_tiny_model_matches_float_and_batches_exactly(tmp_path: Path) -> None:
+def test_quantized_tiny_model_matches_float_and_batches_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cpu_weights, "int8_slowdown", lambda: 1.0)  # as on a CPU with fast int8 products
     directory = build_tiny_model(tmp_path / "m", dtype="float16")
     exact = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
     quantized = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
@@ -64,3 +67,19 @@ def test_quantized_tiny_model_matches_float_and_batches_exactly(tmp_path: Path) 
     assert (exact.mood_log_probs(texts).exp() - batched.exp()).abs().max() < 0.02
     for index, text in enumerate(texts):
         assert torch.allclose(quantized.mood_log_probs([text])[0], batched[index], atol=1e-4)
+
+
+def test_a_cpu_with_slow_int8_products_runs_float32_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(cpu_weights, "int8_slowdown", lambda: 20.0)
+    directory = build_tiny_model(tmp_path / "m", dtype="float16")
+    model = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
+    assert not any(isinstance(module, cpu_weights.Int8Linear) for module in model._model.modules())
+    assert all(parameter.dtype == torch.float32 for parameter in model._model.parameters())
+    assert "slower than float32" in caplog.text
+    assert model.classify(["I am happy today"])[0].label is not None
+
+
+def test_int8_slowdown_is_a_positive_ratio() -> None:
+    assert cpu_weights.int8_slowdown(rows=4, inner=64, columns=64, repeats=1) > 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.model import mood_prompt
+from bot.model import cpu_weights, mood_prompt
 from bot.model.base import ChatTurn
 from bot.model.mood_prompt import clean_message, mood_messages, split_mood_prompt
 from bot.model.tiny import build_tiny_model
@@ -100,7 +100,9 @@ def test_messages_are_answered_with_the_label_words_of_their_language() -> None:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TransformersModel:
     directory = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", dtype="float16")
-    return TransformersModel.load(Path(directory), name="tiny", quantize=True, threads=1)
+    with pytest.MonkeyPatch.context() as patch:  # int8 layers even on a CPU with slow int8 products
+        patch.setattr(cpu_weights, "int8_slowdown", lambda: 1.0)
+        return TransformersModel.load(Path(directory), name="tiny", quantize=True, threads=1)
 
 
 def test_odd_inputs_always_get_a_valid_label(tiny_model: TransformersModel) -> None:

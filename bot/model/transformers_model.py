@@ -198,7 +198,7 @@ class TransformersModel:
             language: [[row_of[token] for token in group] for group in token_groups]
             for language, token_groups in tokens_by_language.items()
         }
-        prepare_for_cpu(model, quantize=quantize)
+        quantize = prepare_for_cpu(model, quantize=quantize)
         grouped = use_grouped_attention(model)
         logger.info(
             "Loaded %s in %.1f s (quantize=%s, grouped attention=%s)",
