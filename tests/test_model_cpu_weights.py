@@ -1,4 +1,4 @@
-"""CPU weights: int8 linear layers stay close to float32, and a token's result ignores its neighbours."""
+"""CPU weights: both int8 layer kinds stay close to float32, and a token's result ignores its neighbours."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bot.model import cpu_weights  # noqa: E402
+from bot.model.base import ChatTurn  # noqa: E402
 from bot.model.tiny import build_tiny_model  # noqa: E402
 from bot.model.transformers_model import TransformersModel  # noqa: E402
 
@@ -18,19 +19,27 @@ def _relative_error(output: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     return (output - exact).pow(2).mean(dim=-1) / exact.pow(2).mean(dim=-1)
 
 
-def test_int8_linear_is_close_to_float_and_independent_of_other_tokens() -> None:
+@pytest.mark.parametrize(
+    ("layer_kind", "tolerance"), [(cpu_weights.Int8Linear, 1e-3), (cpu_weights.PackedInt8Linear, 3e-3)]
+)
+def test_int8_layers_are_close_to_float_and_independent_of_other_tokens(
+    layer_kind: type[torch.nn.Module], tolerance: float
+) -> None:
     generator = torch.Generator().manual_seed(4)
     weight = torch.randn(48, 40, generator=generator) * 0.1
     bias = torch.randn(48, generator=generator)
-    layer = cpu_weights.Int8Linear(weight.half(), bias)
+    layer = layer_kind(weight.half(), bias)
     tokens = torch.randn(2, 5, 40, generator=generator)
     tokens[1, 3] *= 500.0  # one token with huge activations
     exact = tokens @ weight.half().float().T + bias
     output = layer(tokens)
     assert output.shape == (2, 5, 48)
-    assert _relative_error(output, exact).max() < 1e-3
-    assert torch.allclose(layer(tokens[0, :1]), output[0, :1], atol=1e-5)  # alone == batched
-    assert torch.allclose(layer(tokens[1, 2]), output[1, 2], atol=1e-5)  # a bare vector works too
+    assert _relative_error(output, exact).max() < tolerance
+    assert torch.allclose(layer(tokens[0, :2]), output[0, :2], atol=1e-5)  # alone == batched
+    assert torch.allclose(layer(tokens[1, 1:4]), output[1, 1:4], atol=1e-5)  # beside the huge token too
+    assert _relative_error(layer(tokens[1, 2]), exact[1, 2]) < tolerance  # a bare vector (one token) works
+    positive = tokens[0].abs()  # tokens whose values are all positive, alone and beside a negative one
+    assert torch.allclose(layer(positive), layer(torch.cat([positive, -positive[:1]]))[:-1], atol=1e-5)
 
 
 def test_per_token_int8_beats_one_scale_per_call_when_one_token_is_huge() -> None:
@@ -49,37 +58,52 @@ def test_per_token_int8_beats_one_scale_per_call_when_one_token_is_huge() -> Non
         shared = DynamicLinear(96, 64, dtype=torch.qint8)
         shared.set_weight_bias(torch.quantize_per_tensor(weight, 0.05 / 127 * 4, 0, torch.qint8), None)
         shared_error = _relative_error(shared(tokens), exact)[1:].mean()
-    per_token_error = _relative_error(cpu_weights.Int8Linear(weight, None)(tokens), exact)[1:].mean()
-    assert per_token_error < shared_error / 10
+    for layer_kind in (cpu_weights.Int8Linear, cpu_weights.PackedInt8Linear):
+        per_token_error = _relative_error(layer_kind(weight, None)(tokens), exact)[1:].mean()
+        assert per_token_error < shared_error / 10, layer_kind
 
 
+@pytest.mark.parametrize(
+    ("int_mm_slowdown", "layer_kind"),
+    [(1.0, cpu_weights.Int8Linear), (20.0, cpu_weights.PackedInt8Linear)],
+    ids=["fast-int8-products", "avx2-only"],
+)
 def test_quantized_tiny_model_matches_float_and_batches_exactly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, int_mm_slowdown: float, layer_kind: type[torch.nn.Module]
 ) -> None:
-    monkeypatch.setattr(cpu_weights, "int8_slowdown", lambda: 1.0)  # as on a CPU with fast int8 products
+    monkeypatch.setattr(cpu_weights, "int8_slowdown", lambda: int_mm_slowdown)
+    monkeypatch.setattr(cpu_weights, "packed_int8_slowdown", lambda: 0.4)
     directory = build_tiny_model(tmp_path / "m", dtype="float16")
     exact = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
     quantized = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
-    assert any(isinstance(module, cpu_weights.Int8Linear) for module in quantized._model.modules())
+    assert any(isinstance(module, layer_kind) for module in quantized._model.modules())
     assert not any(isinstance(module, torch.nn.Linear) for module in quantized._model.modules())
     texts = ["I am happy today", "我很难过", "What time is it? " * 4]
     batched = quantized.mood_log_probs(texts)
     assert (exact.mood_log_probs(texts).exp() - batched.exp()).abs().max() < 0.02
     for index, text in enumerate(texts):
         assert torch.allclose(quantized.mood_log_probs([text])[0], batched[index], atol=1e-4)
+    assert (
+        quantized.generate("Be kind.", [ChatTurn(role="user", content="hello")], max_new_tokens=4) is not None
+    )
 
 
 def test_a_cpu_with_slow_int8_products_runs_float32_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(cpu_weights, "int8_slowdown", lambda: 20.0)
+    monkeypatch.setattr(cpu_weights, "packed_int8_slowdown", lambda: 5.0)
     directory = build_tiny_model(tmp_path / "m", dtype="float16")
     model = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
-    assert not any(isinstance(module, cpu_weights.Int8Linear) for module in model._model.modules())
+    assert not any(
+        isinstance(module, (cpu_weights.Int8Linear, cpu_weights.PackedInt8Linear))
+        for module in model._model.modules()
+    )
     assert all(parameter.dtype == torch.float32 for parameter in model._model.parameters())
     assert "slower than float32" in caplog.text
     assert model.classify(["I am happy today"])[0].label is not None
 
 
-def test_int8_slowdown_is_a_positive_ratio() -> None:
+def test_int8_slowdowns_are_positive_ratios() -> None:
     assert cpu_weights.int8_slowdown(rows=4, inner=64, columns=64, repeats=1) > 0
+    assert cpu_weights.packed_int8_slowdown(rows=4, inner=64, columns=64, repeats=1) > 0

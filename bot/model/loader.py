@@ -94,6 +94,7 @@ def load_model(settings: Settings, *, progress: bool = True) -> LanguageModel:
         quantize=settings.quantize,
         threads=settings.threads,
         max_input_chars=settings.max_input_chars,
+        prefix_cache_dir=Path(settings.cache_dir) / "prefix-kv",
     )
     logger.info("Model %s loaded in %.1f s", source.name, time.perf_counter() - started)
     return model

@@ -11,6 +11,7 @@
   int8 activations, and the token embedding stays in half precision (see :mod:`bot.model.cpu_weights`),
   which keeps RSS near a third of float32.
 * Attention runs on the key/value heads without per-head copies (see :mod:`bot.model.cpu_attention`).
+* The few-shot prefixes' key/values can be kept on disk between runs (see :mod:`bot.model.prefix_store`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from bot.model.mood_prompt import (
     prompt_language,
     split_mood_prompt,
 )
+from bot.model.prefix_store import PrefixStore, weights_identity
 from bot.prompts import is_chinese
 from bot.types import Mood, MoodLabel
 
@@ -102,6 +104,7 @@ class TransformersModel:
         mood_instruction: str | None = None,
         mood_examples: Mapping[str, Sequence[tuple[str, MoodLabel]]] | None = None,
         mood_user_format: str | None = None,
+        prefix_store: PrefixStore | None = None,
     ) -> None:
         """Wrap a loaded model; computes each prompt language's prefix KV cache once, here.
 
@@ -109,6 +112,7 @@ class TransformersModel:
         a language without its own examples is read with the first language's. ``label_token_groups``
         maps prompt languages to, per label, the rows of ``label_head`` that spell that language's
         answer word (see ``label_words_for``; English's serve a language missing there).
+        ``prefix_store`` keeps those prefix caches on disk between runs.
         """
         self.name = name
         self._model = model
@@ -130,6 +134,7 @@ class TransformersModel:
         else:
             self._generator.seed()
         self._stop_ids = self._find_stop_ids()
+        self._prefix_store = prefix_store
         prompt_options: dict[str, object] = {}
         if mood_instruction is not None:
             prompt_options["instruction"] = mood_instruction
@@ -163,9 +168,14 @@ class TransformersModel:
         max_input_chars: int = 4000,
         calibrate: bool = False,
         sampling: SamplingConfig | None = None,
+        prefix_cache_dir: Path | None = None,
     ) -> TransformersModel:
-        """Load a model directory (config.json, safetensors, tokenizer) or hub id for fast CPU inference."""
+        """Load a model directory (config.json, safetensors, tokenizer) or hub id for fast CPU inference.
+
+        With ``prefix_cache_dir`` the few-shot prefixes' key/values are kept there between runs.
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import __version__ as transformers_version
 
         torch.set_num_threads(threads or os.cpu_count() or 1)
         started = time.perf_counter()
@@ -198,15 +208,20 @@ class TransformersModel:
             language: [[row_of[token] for token in group] for group in token_groups]
             for language, token_groups in tokens_by_language.items()
         }
-        quantize = prepare_for_cpu(model, quantize=quantize)
+        weights = prepare_for_cpu(model, quantize=quantize)
         grouped = use_grouped_attention(model)
         logger.info(
-            "Loaded %s in %.1f s (quantize=%s, grouped attention=%s)",
+            "Loaded %s in %.1f s (weights %s, grouped attention=%s)",
             name,
             time.perf_counter() - started,
-            quantize,
+            weights,
             grouped,
         )
+        store = None
+        identity = weights_identity(location, getattr(model.config, "_commit_hash", None))
+        if prefix_cache_dir is not None and identity is not None:
+            versions = f"torch {torch.__version__}, transformers {transformers_version}"
+            store = PrefixStore(prefix_cache_dir, f"{identity}|{weights}|grouped={grouped}|{versions}")
         try:
             instance = cls(
                 model,
@@ -218,6 +233,7 @@ class TransformersModel:
                 max_input_chars=max_input_chars,
                 calibrate=calibrate,
                 sampling=sampling,
+                prefix_store=store,
             )
         except ValueError as error:  # e.g. a tokenizer without a chat template
             raise ModelNotFoundError(
@@ -283,9 +299,14 @@ class TransformersModel:
 
     @torch.inference_mode()
     def _compute_prefix_kv(self, prefix_ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self._prefix_store is not None and (stored := self._prefix_store.load(prefix_ids)) is not None:
+            return stored
         cache = self._new_cache()
         self._decoder(input_ids=torch.tensor([prefix_ids]), past_key_values=cache, use_cache=True)
-        return self._cache_tensors(cache)
+        key_values = self._cache_tensors(cache)
+        if self._prefix_store is not None:
+            self._prefix_store.save(prefix_ids, key_values)
+        return key_values
 
     def _build_mood_prefix(
         self,

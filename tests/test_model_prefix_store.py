@@ -1,0 +1,99 @@
+"""The on-disk prefix store: a restart reuses the few-shot prefix key/values, and anything changed misses."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bot.model.prefix_store import PrefixStore, weights_identity  # noqa: E402
+from bot.model.tiny import build_tiny_model  # noqa: E402
+from bot.model.transformers_model import TransformersModel  # noqa: E402
+
+
+def _key_values(layers: int = 2, length: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(layers * 10 + length)
+    return [
+        (torch.randn(1, 2, length, 4, generator=generator), torch.randn(1, 2, length, 4, generator=generator))
+        for _ in range(layers)
+    ]
+
+
+def test_stored_key_values_come_back_equal_and_only_for_their_prefix(tmp_path: Path) -> None:
+    store = PrefixStore(tmp_path / "kv", "model-a|int8")
+    assert store.load([1, 2, 3]) is None
+    saved = _key_values()
+    store.save([1, 2, 3], saved)
+    loaded = store.load([1, 2, 3])
+    assert loaded is not None and len(loaded) == len(saved)
+    for (keys, values), (saved_keys, saved_values) in zip(loaded, saved, strict=True):
+        assert torch.equal(keys, saved_keys) and torch.equal(values, saved_values)
+    assert store.load([1, 2, 4]) is None
+    assert PrefixStore(tmp_path / "kv", "model-a|float32").load([1, 2, 3]) is None
+    assert [path.suffix for path in (tmp_path / "kv").iterdir()] == [".safetensors"]  # no temporary left
+
+
+def test_a_damaged_or_mismatched_file_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PrefixStore(tmp_path, "model")
+    store.path_for([5, 6]).write_bytes(b"not a safetensors file")
+    store.save([7, 8], _key_values(length=3))  # three positions stored for a two-token prefix
+    store.path_for([7, 8]).rename(store.path_for([9, 10]))
+    with caplog.at_level(logging.WARNING):
+        assert store.load([5, 6]) is None
+        assert store.load([9, 10]) is None
+    assert caplog.text.count("Ignoring") == 2
+
+
+def test_a_store_that_cannot_write_only_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        PrefixStore(blocker / "kv", "model").save([1], _key_values(length=1))
+    assert "Could not save" in caplog.text
+
+
+def test_weights_identity_follows_the_weight_files(tmp_path: Path) -> None:
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"12345")
+    before = weights_identity(tmp_path, None)
+    os.utime(weights, ns=(1, 2))
+    assert weights_identity(tmp_path, None) != before
+    assert weights_identity("org/model", "abc123") == "hub:org/model@abc123"
+    assert weights_identity("org/model", None) is None  # a hub model of unknown revision is not stored
+
+
+def test_a_second_load_reuses_the_stored_prefixes_and_reads_the_same(tmp_path: Path) -> None:
+    directory = build_tiny_model(tmp_path / "m", dtype="float16")
+    store_dir = tmp_path / "kv"
+    first = TransformersModel.load(
+        directory, name="tiny", quantize=False, threads=1, prefix_cache_dir=store_dir
+    )
+    stored = sorted(store_dir.iterdir())
+    assert len(stored) == len(first._mood_prefixes)
+
+    from transformers.models.qwen2 import modeling_qwen2
+
+    passes: list[int] = []
+    original_forward = modeling_qwen2.Qwen2Model.forward
+
+    def counting_forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        passes.append(1)
+        return original_forward(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modeling_qwen2.Qwen2Model, "forward", counting_forward)
+        second = TransformersModel.load(
+            directory, name="tiny", quantize=False, threads=1, prefix_cache_dir=store_dir
+        )
+        assert passes == []  # no prefix pass ran
+        TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
+        assert len(passes) == len(stored)  # without the store, one pass per prefix
+    assert sorted(store_dir.iterdir()) == stored
+    texts = ["I am happy today", "我很难过"]
+    assert torch.equal(first.mood_log_probs(texts), second.mood_log_probs(texts))
