@@ -170,7 +170,7 @@ def _fake_conversion(calls: list[str]):  # type: ignore[no-untyped-def]
     def fake_convert(
         path: Path, target: Path, *, progress: bool = True, source_info: dict[str, str] | None = None
     ) -> Path:
-        calls.append(loader._transformers_version())
+        calls.append(loader.transformers_version())
         target.mkdir(parents=True, exist_ok=True)
         (target / "config.json").write_text("{}", encoding="utf-8")
         loader.write_cache_marker(target, {"gguf": path.name})
@@ -198,11 +198,11 @@ def test_cache_from_another_transformers_major_version_is_converted_again(
     calls: list[str] = []
     monkeypatch.setattr(loader, "convert_gguf", _fake_conversion(calls))
     source = loader.resolve_model(str(gguf))
-    monkeypatch.setattr(loader, "_transformers_version", lambda: "4.57.1")
+    monkeypatch.setattr(loader, "transformers_version", lambda: "4.57.1")
     loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
-    monkeypatch.setattr(loader, "_transformers_version", lambda: "4.56.2")  # same major: reused
+    monkeypatch.setattr(loader, "transformers_version", lambda: "4.56.2")  # same major: reused
     loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
-    monkeypatch.setattr(loader, "_transformers_version", lambda: "5.24.0")
+    monkeypatch.setattr(loader, "transformers_version", lambda: "5.24.0")
     target = loader.prepare_model_directory(source, tmp_path / "cache", progress=False)
     assert calls == ["4.57.1", "5.24.0"]
     assert target is not None and '"transformers": "5.24.0"' in (target / loader._MARKER).read_text("utf-8")

@@ -152,7 +152,8 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:60] or "model"
 
 
-def _transformers_version() -> str:
+def transformers_version() -> str:
+    """The installed transformers version ("unknown" when it cannot be read)."""
     try:
         return version("transformers")
     except PackageNotFoundError:
@@ -165,7 +166,7 @@ def _major(version_string: object) -> str:
 
 def write_cache_marker(directory: Path, source_info: dict[str, str]) -> None:
     """Mark ``directory`` as a finished conversion, noting the transformers version that wrote it."""
-    marker = {"format": CACHE_FORMAT, "transformers": _transformers_version(), **source_info}
+    marker = {"format": CACHE_FORMAT, "transformers": transformers_version(), **source_info}
     (directory / _MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
 
 
@@ -183,7 +184,7 @@ def _is_complete(directory: Path) -> bool:
         written_by = json.loads(marker_path.read_text(encoding="utf-8")).get("transformers")
     except (OSError, ValueError, AttributeError):
         return False
-    running = _transformers_version()
+    running = transformers_version()
     if _major(written_by) != _major(running):
         logger.info(
             "The cached model in %s was converted by transformers %s; converting it again for %s",

@@ -32,6 +32,7 @@ from bot.errors import ModelError, ModelNotFoundError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
 from bot.model.cpu_attention import use_grouped_attention
 from bot.model.cpu_weights import prepare_for_cpu, release_free_memory
+from bot.model.loader import transformers_version
 from bot.model.mood_prompt import (
     FEW_SHOT,
     LABELS,
@@ -175,7 +176,6 @@ class TransformersModel:
         With ``prefix_cache_dir`` the few-shot prefixes' key/values are kept there between runs.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers import __version__ as transformers_version
 
         torch.set_num_threads(threads or os.cpu_count() or 1)
         started = time.perf_counter()
@@ -220,7 +220,7 @@ class TransformersModel:
         store = None
         identity = weights_identity(location, getattr(model.config, "_commit_hash", None))
         if prefix_cache_dir is not None and identity is not None:
-            versions = f"torch {torch.__version__}, transformers {transformers_version}"
+            versions = f"torch {torch.__version__}, transformers {transformers_version()}"
             store = PrefixStore(prefix_cache_dir, f"{identity}|{weights}|grouped={grouped}|{versions}")
         try:
             instance = cls(
