@@ -42,6 +42,16 @@ def test_int8_layers_are_close_to_float_and_independent_of_other_tokens(
     assert torch.allclose(layer(positive), layer(torch.cat([positive, -positive[:1]]))[:-1], atol=1e-5)
 
 
+def test_packed_int8_does_not_overflow_when_every_product_is_at_its_largest() -> None:
+    """8-bit activations beside 8-bit weights would overflow AVX2's int16 pair sums here."""
+    weight = torch.full((8, 64), 0.5)
+    tokens = torch.full((3, 64), 2.0)
+    layer = cpu_weights.PackedInt8Linear(weight, None)
+    exact = torch.full((3, 8), 64.0)
+    assert _relative_error(layer(tokens), exact).max() < 1e-4  # several tokens (the range-row path)
+    assert _relative_error(layer(tokens[0]), exact[0]) < 1e-4  # one token (the decoding path)
+
+
 def test_per_token_int8_beats_one_scale_per_call_when_one_token_is_huge() -> None:
     """The reason for Int8Linear: torch's dynamic int8 layer shares one activation scale per call."""
     import warnings
