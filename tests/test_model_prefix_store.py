@@ -97,3 +97,21 @@ def test_a_second_load_reuses_the_stored_prefixes_and_reads_the_same(tmp_path: P
     assert sorted(store_dir.iterdir()) == stored
     texts = ["I am happy today", "我很难过"]
     assert torch.equal(first.mood_log_probs(texts), second.mood_log_probs(texts))
+
+
+def test_changed_int8_rounding_misses_the_stored_prefixes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.model import cpu_weights
+
+    monkeypatch.setattr(cpu_weights, "int8_slowdown", lambda: 20.0)
+    monkeypatch.setattr(cpu_weights, "packed_int8_slowdown", lambda: 0.4)
+    directory = build_tiny_model(tmp_path / "m", dtype="float16")
+    store_dir = tmp_path / "kv"
+    TransformersModel.load(directory, name="tiny", quantize=True, threads=1, prefix_cache_dir=store_dir)
+    stored = set(store_dir.iterdir())
+    monkeypatch.setattr(cpu_weights.PackedInt8Linear, "numerics", "other rounding")
+    model = TransformersModel.load(
+        directory, name="tiny", quantize=True, threads=1, prefix_cache_dir=store_dir
+    )
+    assert len(set(store_dir.iterdir()) - stored) == len(model._mood_prefixes)
