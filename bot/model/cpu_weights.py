@@ -72,7 +72,7 @@ class Int8Linear(nn.Module):
     """
 
     #: How the numbers are rounded; part of the prefix store's key, so change it with the arithmetic.
-    numerics: ClassVar[str] = "int8 weights, int8 activations per token"
+    numerics: ClassVar[str] = "weights in ±127, 8-bit activations per token"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows_per_chunk: int = 8192) -> None:
         super().__init__()
@@ -110,7 +110,7 @@ class PackedInt8Linear(nn.Module):
     """
 
     #: How the numbers are rounded; part of the prefix store's key, so change it with the arithmetic.
-    numerics: ClassVar[str] = "7-bit weights, 8-bit activations per token"
+    numerics: ClassVar[str] = f"weights in ±{PACKED_WEIGHT_LIMIT}, 8-bit activations per token"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
