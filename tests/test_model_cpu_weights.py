@@ -42,6 +42,22 @@ def test_int8_layers_are_close_to_float_and_independent_of_other_tokens(
     assert torch.allclose(layer(positive), layer(torch.cat([positive, -positive[:1]]))[:-1], atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_per_channel_int8_rounds_each_row_by_its_largest_magnitude_and_leaves_the_weight_alone(
+    dtype: torch.dtype,
+) -> None:
+    generator = torch.Generator().manual_seed(9)
+    weight = (torch.randn(21, 16, generator=generator) * 0.1).to(dtype)
+    weight[4] = 0.0  # an all-zero row must not divide by zero
+    original = weight.clone()
+    quantized, scales = cpu_weights._int8_per_channel(weight, rows_per_chunk=8, limit=63)
+    expected_scales = weight.float().abs().amax(dim=1).clamp_min(1e-8) / 63
+    assert torch.equal(weight, original)  # a float32 checkpoint is quantized from a copy, never in place
+    assert torch.equal(scales, expected_scales)
+    assert torch.equal(quantized, torch.round(weight.float() / expected_scales[:, None]).to(torch.int8))
+    assert quantized.abs().amax(dim=1).tolist() == [0 if row == 4 else 63 for row in range(21)]
+
+
 def test_packed_int8_does_not_overflow_when_every_product_is_at_its_largest() -> None:
     """8-bit activations beside 8-bit weights would overflow AVX2's int16 pair sums here."""
     weight = torch.full((8, 64), 0.5)
