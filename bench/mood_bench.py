@@ -5,7 +5,8 @@ Usage (from the project root)::
     python bench/mood_bench.py [--full] [--sample N] [--model M] [--json PATH] [--methods abc]
 
 Data is read in place from ``../shared/data/sentiment/`` relative to the project root (never copied):
-``tweeteval_sentiment_val.tsv`` (3 classes, scored by macro-averaged recall) and ``waimai_10k.tsv``
+``tweeteval_sentiment_val.tsv`` (3 classes, scored by macro-averaged recall, and the confidences by their
+expected calibration error) and ``waimai_10k.tsv``
 (Chinese, 2 classes, scored by accuracy; a ``neutral`` answer counts as the more likely of positive and
 negative when the method has probabilities, and as wrong otherwise).
 
@@ -110,6 +111,29 @@ def binary_accuracy(
             answer = "positive" if probs["positive"] >= probs["negative"] else "negative"
         correct += answer == label
     return correct / len(gold)
+
+
+def calibration_error(
+    gold: Sequence[str], probabilities: Sequence[dict[str, float] | None], bins: int = 10
+) -> float:
+    """Expected calibration error of the top label's probability (NaN without probabilities).
+
+    The confidences are split into ``bins`` equal-width bins; each bin adds its share of the messages
+    times the gap between its mean confidence and its accuracy. 0 is perfectly calibrated.
+    """
+    if not probabilities or any(probs is None for probs in probabilities):
+        return float("nan")
+    tops = [max(probs.items(), key=lambda item: item[1]) for probs in probabilities if probs is not None]
+    binned: dict[int, list[tuple[float, bool]]] = {}
+    for label, (answer, confidence) in zip(gold, tops, strict=True):
+        index = min(int(confidence * bins), bins - 1)
+        binned.setdefault(index, []).append((confidence, answer == label))
+    error = 0.0
+    for members in binned.values():
+        mean_confidence = sum(confidence for confidence, _ in members) / len(members)
+        accuracy = sum(right for _, right in members) / len(members)
+        error += len(members) / len(tops) * abs(mean_confidence - accuracy)
+    return error
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -242,6 +266,9 @@ def evaluate(
     waimai_results = run(waimai)
     return {
         "tweeteval_macro_recall": macro_recall([g for g, _ in tweets], [p for p, _ in tweet_results]),
+        "tweeteval_calibration_error": calibration_error(
+            [g for g, _ in tweets], [p for _, p in tweet_results]
+        ),
         "waimai_accuracy": binary_accuracy(
             [g for g, _ in waimai], [p for _, p in waimai_results], [p for p, _ in waimai_results]
         ),
@@ -425,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
 
     columns = [
         ("tweeteval_macro_recall", "TweetEval macro-R", 3),
+        ("tweeteval_calibration_error", "TweetEval ECE", 3),
         ("waimai_accuracy", "waimai acc", 3),
         ("single_p50_ms", "p50 ms", 0),
         ("single_p95_ms", "p95 ms", 0),

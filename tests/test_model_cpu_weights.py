@@ -133,3 +133,26 @@ def test_a_cpu_with_slow_int8_products_runs_float32_weights(
 def test_int8_slowdowns_are_positive_ratios() -> None:
     assert cpu_weights.int8_slowdown(rows=4, inner=64, columns=64, repeats=1) > 0
     assert cpu_weights.packed_int8_slowdown(rows=4, inner=64, columns=64, repeats=1) > 0
+
+
+def test_kernel_checks_run_the_two_products_in_turn_on_one_thread_and_restore_the_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In turn, so a busy moment slows both; on one thread, so no product waits for a descheduled thread."""
+    clock = iter(range(1000))
+    monkeypatch.setattr(cpu_weights.time, "perf_counter", lambda: float(next(clock)))
+    seen: list[tuple[str, int]] = []
+    durations = {"int8": iter([9, 4, 6]), "float": iter([2, 1, 3])}
+
+    def product(kind: str) -> None:
+        seen.append((kind, torch.get_num_threads()))
+        if len(seen) > 2:  # after the warm-up, each run takes its planned number of clock ticks
+            for _ in range(next(durations[kind]) - 1):
+                next(clock)
+
+    threads = torch.get_num_threads()
+    ratio = cpu_weights._slowdown(lambda: product("int8"), lambda: product("float"), repeats=3)
+    assert [kind for kind, _ in seen] == ["int8", "float"] * 4  # warm-up, then three rounds in turn
+    assert {count for _, count in seen} == {1}
+    assert torch.get_num_threads() == threads
+    assert ratio == 4.0  # best against best: 4 ticks against 1

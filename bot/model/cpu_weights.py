@@ -35,8 +35,9 @@ logger = logging.getLogger(__name__)
 #: float32 one. On CPUs without int8 dot-product instructions (AVX2 only, measured on an AMD EPYC)
 #: ``torch._int_mm`` ran ~20x slower than float32 (a mood read took 2.3 s instead of 0.28 s), while
 #: fbgemm's prepacked int8 product ran ~3x faster than float32.
-#: The checks use a quarter of an MLP matrix (1216 columns): ~0.13 s for both here instead of ~0.6 s, with
-#: ratios (38x and 0.7x) as far from the limit as at full size (22x and 0.4x).
+#: The checks use a quarter of an MLP matrix (1216 columns), with ratios there (38x and 0.7x) as far from
+#: the limit as at full size (22x and 0.4x); they took ~0.13 s for both on two threads there (one thread
+#: now, see ``_slowdown``: expect up to twice that), 0.02-0.1 s on an AVX-512 VNNI Xeon (0.3x and 0.5x).
 INT8_SLOWDOWN_LIMIT = 2.0
 
 #: :class:`PackedInt8Linear`'s weights use [-63, 63], so AVX2's int16 pair sums never overflow.
@@ -162,14 +163,26 @@ def _int8_per_channel(
     return quantized, scales
 
 
-def _best_seconds(product: Callable[[], object], repeats: int) -> float:
-    product()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        product()
-        times.append(time.perf_counter() - started)
-    return max(min(times), 1e-9)
+def _slowdown(candidate: Callable[[], object], reference: Callable[[], object], repeats: int) -> float:
+    """How many times slower ``candidate`` runs than ``reference``, best run against best run.
+
+    The two run in turn (so a busy moment slows both) on one thread: with two, every product waits for
+    the slower thread, and another process on one core made the int8 products look up to 15x slower
+    than float32 in 2 of 8 checks here (a CPU where they are 3x faster), which sent a load to float32.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best = [float("inf"), float("inf")]
+    try:
+        candidate(), reference()  # warm-up
+        for _ in range(repeats):
+            for index, product in enumerate((candidate, reference)):
+                started = time.perf_counter()
+                product()
+                best[index] = min(best[index], time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    return best[0] / max(best[1], 1e-9)
 
 
 def int8_slowdown(rows: int = 32, inner: int = 896, columns: int = 1216, repeats: int = 3) -> float:
@@ -177,8 +190,7 @@ def int8_slowdown(rows: int = 32, inner: int = 896, columns: int = 1216, repeats
     left = torch.randint(-127, 128, (rows, inner), dtype=torch.int8)
     right = torch.randint(-127, 128, (inner, columns), dtype=torch.int8)
     left_float, right_float = left.float(), right.float()
-    int8 = _best_seconds(lambda: torch._int_mm(left, right), repeats)
-    return int8 / _best_seconds(lambda: left_float @ right_float, repeats)
+    return _slowdown(lambda: torch._int_mm(left, right), lambda: left_float @ right_float, repeats)
 
 
 def packed_int8_slowdown(rows: int = 32, inner: int = 896, columns: int = 1216, repeats: int = 3) -> float:
@@ -189,8 +201,7 @@ def packed_int8_slowdown(rows: int = 32, inner: int = 896, columns: int = 1216, 
         packed = PackedInt8Linear(weight, None)
     except RuntimeError:  # no fbgemm in this torch build
         return float("inf")
-    int8 = _best_seconds(lambda: packed(hidden), repeats)
-    return int8 / _best_seconds(lambda: nn.functional.linear(hidden, weight), repeats)
+    return _slowdown(lambda: packed(hidden), lambda: nn.functional.linear(hidden, weight), repeats)
 
 
 def choose_int8_layer() -> type[Int8Linear] | type[PackedInt8Linear] | None:
