@@ -466,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         ("rss_mb", "RSS MB (bench proc)", 0),
     ]
     print(
-        f"\nmodel={settings.model} quantize={settings.quantize} TweetEval n={len(tweets)} "
+        f"\nmodel={settings.model} quantize={settings.quantize} weights={getattr(model, 'weights', '?')} "
+        f"TweetEval n={len(tweets)} "
         f"waimai n={len(waimai)} threads={__import__('torch').get_num_threads()}"
     )
     print_table(rows, columns, print)
@@ -480,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "model": settings.model,
             "quantize": settings.quantize,
+            "weights": getattr(model, "weights", None),
             "tweets": len(tweets),
             "waimai": len(waimai),
             "rows": rows,

@@ -103,6 +103,7 @@ def test_quantized_tiny_model_matches_float_and_batches_exactly(
     exact = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
     quantized = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
     assert any(isinstance(module, layer_kind) for module in quantized._model.modules())
+    assert quantized.weights.startswith(layer_kind.__name__) and exact.weights == "float32"
     assert not any(isinstance(module, torch.nn.Linear) for module in quantized._model.modules())
     texts = ["I am happy today", "我很难过", "What time is it? " * 4]
     batched = quantized.mood_log_probs(texts)
@@ -127,6 +128,7 @@ def test_a_cpu_with_slow_int8_products_runs_float32_weights(
     )
     assert all(parameter.dtype == torch.float32 for parameter in model._model.parameters())
     assert "slower than float32" in caplog.text
+    assert model.weights == "float32"  # what the benchmark prints beside its figures
     assert model.classify(["I am happy today"])[0].label is not None
 
 

@@ -106,6 +106,7 @@ class TransformersModel:
         mood_examples: Mapping[str, Sequence[tuple[str, MoodLabel]]] | None = None,
         mood_user_format: str | None = None,
         prefix_store: PrefixStore | None = None,
+        weights: str = "as loaded",
     ) -> None:
         """Wrap a loaded model; computes each prompt language's prefix KV cache once, here.
 
@@ -113,7 +114,8 @@ class TransformersModel:
         a language without its own examples is read with the first language's. ``label_token_groups``
         maps prompt languages to, per label, the rows of ``label_head`` that spell that language's
         answer word (see ``label_words_for``; English's serve a language missing there).
-        ``prefix_store`` keeps those prefix caches on disk between runs.
+        ``prefix_store`` keeps those prefix caches on disk between runs. ``weights`` says what the linear
+        layers run as (e.g. "float32" or an int8 kind, see ``prepare_for_cpu``).
         """
         self.name = name
         self._model = model
@@ -136,6 +138,7 @@ class TransformersModel:
             self._generator.seed()
         self._stop_ids = self._find_stop_ids()
         self._prefix_store = prefix_store
+        self.weights = weights
         prompt_options: dict[str, object] = {}
         if mood_instruction is not None:
             prompt_options["instruction"] = mood_instruction
@@ -234,6 +237,7 @@ class TransformersModel:
                 calibrate=calibrate,
                 sampling=sampling,
                 prefix_store=store,
+                weights=weights,
             )
         except ValueError as error:  # e.g. a tokenizer without a chat template
             raise ModelNotFoundError(
