@@ -154,3 +154,32 @@ def test_generate_streams_stops_and_reuses_the_conversation_cache(tiny_model: Tr
     longer = [*history, ChatTurn("assistant", reply), ChatTurn("user", "and then?")]
     tiny_model.generate("Be kind.", longer, max_new_tokens=3)
     assert tiny_model._conversations  # the conversation's KV cache is kept for the next turn
+
+
+def test_model_calls_pass_the_kv_cache_by_the_keyword_the_installed_transformers_names(
+    tmp_path: Path,
+) -> None:
+    """No deprecation warning from any model call (prefix pass at load, mood read, reply)."""
+    import warnings
+
+    from torch import nn
+
+    from bot.model.transformers_model import cache_keyword
+
+    class NewStyle(nn.Module):
+        def forward(self, input_ids=None, cache=None, use_cache=None):  # type: ignore[no-untyped-def]
+            return input_ids
+
+    class OldStyle(nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):  # type: ignore[no-untyped-def]
+            return input_ids
+
+    assert cache_keyword(NewStyle()) == "cache"
+    assert cache_keyword(OldStyle()) == "past_key_values"
+    directory = build_tiny_model(tmp_path / "m")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
+        model.classify(["I am happy"])
+        model.generate("Be kind.", [ChatTurn("user", "hi")], max_new_tokens=3)
+    assert not [warning for warning in caught if "past_key_values" in str(warning.message)]

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -121,6 +122,8 @@ class TransformersModel:
         self._model = model
         self._tokenizer = tokenizer
         self._decoder = model.get_decoder()
+        self._decoder_cache_keyword = cache_keyword(self._decoder)
+        self._model_cache_keyword = cache_keyword(model)
         self._label_head = label_head  # [n_variant_tokens, hidden] float32
         self._label_bias = label_bias
         self.mood_token_budget = mood_token_budget
@@ -297,6 +300,10 @@ class TransformersModel:
             cache.update(keys, values, layer_index)
         return cache
 
+    def _run_decoder(self, input_ids: torch.Tensor, cache):  # type: ignore[no-untyped-def]
+        """The decoder's outputs for ``input_ids`` after (and appended to) ``cache``."""
+        return self._decoder(input_ids=input_ids, use_cache=True, **{self._decoder_cache_keyword: cache})
+
     @staticmethod
     def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[no-untyped-def]
         return [(layer.keys, layer.values) for layer in cache.layers]
@@ -306,7 +313,7 @@ class TransformersModel:
         if self._prefix_store is not None and (stored := self._prefix_store.load(prefix_ids)) is not None:
             return stored
         cache = self._new_cache()
-        self._decoder(input_ids=torch.tensor([prefix_ids]), past_key_values=cache, use_cache=True)
+        self._run_decoder(torch.tensor([prefix_ids]), cache)
         key_values = self._cache_tensors(cache)
         if self._prefix_store is not None:
             self._prefix_store.save(prefix_ids, key_values)
@@ -359,7 +366,7 @@ class TransformersModel:
         # Right padding needs no attention mask: real tokens never attend to pads after them.
         batch = torch.tensor([sequence + [pad] * (width - len(sequence)) for sequence in sequences])
         cache = self._seeded_cache(prefix.key_values, batch=len(sequences))
-        hidden = self._decoder(input_ids=batch, past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = self._run_decoder(batch, cache).last_hidden_state
         last = hidden[torch.arange(len(sequences)), torch.tensor(lengths) - 1].float()
         logits = last @ self._label_head.T
         if self._label_bias is not None:
@@ -515,7 +522,7 @@ class TransformersModel:
             if should_stop is not None and should_stop():
                 break
             logits = self._model(
-                input_ids=step_input, past_key_values=cache, use_cache=True, logits_to_keep=1
+                input_ids=step_input, use_cache=True, logits_to_keep=1, **{self._model_cache_keyword: cache}
             ).logits[0, -1]
             token = self._next_token(logits, generated, allow_stop=bool(generated))
             if token in self._stop_ids:
@@ -563,6 +570,19 @@ def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
         if first[index] != second[index]:
             return index
     return length
+
+
+def cache_keyword(module: nn.Module) -> str:
+    """The ``forward`` keyword of ``module`` that takes a KV cache.
+
+    ``cache`` where the installed transformers names it so (5.24 warns that ``past_key_values`` goes
+    away in 5.40), ``past_key_values`` on older releases.
+    """
+    try:
+        parameters = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _label_token_groups(tokenizer, words: Mapping[MoodLabel, str]) -> list[list[int]]:  # type: ignore[no-untyped-def]
