@@ -72,7 +72,10 @@ def grouped_attention(
         scores = torch.matmul(rows, key_t).mul_(scale).view(batch, kv_heads, groups, stop - start, key_length)
         if mask is not None:
             part = mask[..., start:stop, :]
-            scores = scores.masked_fill(~part, float("-inf")) if part.dtype == torch.bool else scores + part
+            if part.dtype == torch.bool:  # in place: the scores are this step's own tensor
+                scores.masked_fill_(~part, float("-inf"))
+            else:
+                scores.add_(part)
         probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
         flat = probabilities.view(batch, kv_heads, groups * (stop - start), key_length)
         outputs.append(torch.matmul(flat, value).view(batch, kv_heads, groups, stop - start, dim))
