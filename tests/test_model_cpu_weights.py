@@ -90,15 +90,24 @@ def test_per_token_int8_beats_one_scale_per_call_when_one_token_is_huge() -> Non
 
 
 @pytest.mark.parametrize(
-    ("int_mm_slowdown", "layer_kind"),
-    [(1.0, cpu_weights.Int8Linear), (20.0, cpu_weights.PackedInt8Linear)],
-    ids=["fast-int8-products", "avx2-only"],
+    ("int_mm_slowdown", "packed_message_cost", "layer_kind"),
+    [
+        (0.3, 1.5, cpu_weights.Int8Linear),
+        (0.3, 0.6, cpu_weights.PackedInt8Linear),
+        (20.0, 0.6, cpu_weights.PackedInt8Linear),
+    ],
+    ids=["fast-int8-products", "fast-int8-products-slow-for-one-token", "avx2-only"],
 )
 def test_quantized_tiny_model_matches_float_and_batches_exactly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, int_mm_slowdown: float, layer_kind: type[torch.nn.Module]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    int_mm_slowdown: float,
+    packed_message_cost: float,
+    layer_kind: type[torch.nn.Module],
 ) -> None:
     monkeypatch.setattr(cpu_weights, "int8_slowdown", lambda: int_mm_slowdown)
     monkeypatch.setattr(cpu_weights, "packed_int8_slowdown", lambda: 0.4)
+    monkeypatch.setattr(cpu_weights, "packed_message_cost_ratio", lambda: packed_message_cost)
     directory = build_tiny_model(tmp_path / "m", dtype="float16")
     exact = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
     quantized = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
@@ -135,6 +144,16 @@ def test_a_cpu_with_slow_int8_products_runs_float32_weights(
 def test_int8_slowdowns_are_positive_ratios() -> None:
     assert cpu_weights.int8_slowdown(rows=4, inner=64, columns=64, repeats=1) > 0
     assert cpu_weights.packed_int8_slowdown(rows=4, inner=64, columns=64, repeats=1) > 0
+    assert cpu_weights.packed_message_cost_ratio(inner=64, columns=64, repeats=1) > 0
+
+
+def test_a_message_costs_one_batched_read_and_a_reply_a_token_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Packed: 4 ms a read, 1 ms a token; Int8Linear: 2 ms a read, 3 ms a token (60 reply tokens)."""
+    monkeypatch.setattr(cpu_weights, "_best_times", lambda products, repeats: [4.0, 2.0, 1.0, 3.0])
+    assert cpu_weights.REPLY_TOKENS_PER_MESSAGE == 60
+    assert cpu_weights.packed_message_cost_ratio() == pytest.approx((4 + 60 * 1) / (2 + 60 * 3))
 
 
 def test_kernel_checks_run_the_two_products_in_turn_on_one_thread_and_restore_the_threads(
@@ -158,3 +177,25 @@ def test_kernel_checks_run_the_two_products_in_turn_on_one_thread_and_restore_th
     assert {count for _, count in seen} == {1}
     assert torch.get_num_threads() == threads
     assert ratio == 4.0  # best against best: 4 ticks against 1
+
+
+@pytest.mark.parametrize("packed_message_cost", [1.5, 0.6], ids=["Int8Linear", "PackedInt8Linear"])
+def test_layers_converted_in_row_blocks_compute_the_same_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packed_message_cost: float
+) -> None:
+    """Large layers (the bundled model's output head) are converted in blocks on both threads."""
+    monkeypatch.setattr(cpu_weights, "int8_slowdown", lambda: 0.3)
+    monkeypatch.setattr(cpu_weights, "packed_int8_slowdown", lambda: 0.4)
+    monkeypatch.setattr(cpu_weights, "packed_message_cost_ratio", lambda: packed_message_cost)
+    directory = build_tiny_model(tmp_path / "m", dtype="float16")
+    whole = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
+    monkeypatch.setattr(cpu_weights, "ROWS_PER_CONVERSION", 7)
+    blocks = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
+    assert isinstance(blocks._model.get_output_embeddings(), cpu_weights.RowBlocks)
+    assert not isinstance(whole._model.get_output_embeddings(), cpu_weights.RowBlocks)
+    texts = ["I am happy today", "我很难过"]
+    assert torch.allclose(whole.mood_log_probs(texts), blocks.mood_log_probs(texts), atol=1e-6)
+    with torch.inference_mode():
+        for ids in ([[5, 17, 3, 99]], [[42]]):  # several tokens, and one (a decoding step)
+            expected = whole._model(input_ids=torch.tensor(ids)).logits
+            assert torch.allclose(blocks._model(input_ids=torch.tensor(ids)).logits, expected, atol=1e-5)

@@ -3,10 +3,11 @@
 Linear layers (the output head included) get int8 weights per output channel and int8 activations
 quantized **per token** at run time, so a token's result never depends on the other tokens of the call:
 
-* :class:`Int8Linear` (``torch._int_mm``) where the CPU has fast int8 dot products (AVX-512/VNNI).
-* :class:`PackedInt8Linear` (fbgemm's prepacked kernels, fast with AVX2 alone) where ``_int_mm`` is
-  slow. fbgemm quantizes all tokens of a call with one scale; scaling each token to the same range
-  first makes that scale per token again.
+* :class:`Int8Linear` (``torch._int_mm``, fast where the CPU has int8 dot products, AVX-512/VNNI).
+* :class:`PackedInt8Linear` (fbgemm's prepacked kernels, fast with AVX2 alone, and faster for one
+  token at a time on an AVX-512 VNNI Xeon) where ``_int_mm`` is slow or costs a message (its mood read
+  and its reply, token by token) clearly more. fbgemm quantizes all tokens of a call with one scale;
+  scaling each token to the same range first makes that scale per token again.
 * float32 weights where neither int8 product beats float32.
 
 Plain fbgemm dynamic quantization (one 7-bit scale per call) let tokens with huge activations coarsen
@@ -39,6 +40,20 @@ logger = logging.getLogger(__name__)
 #: the limit as at full size (22x and 0.4x); they took ~0.13 s for both on two threads there (one thread
 #: now, see ``_slowdown``: expect up to twice that), 0.02-0.1 s on an AVX-512 VNNI Xeon (0.3x and 0.5x).
 INT8_SLOWDOWN_LIMIT = 2.0
+
+#: A message costs one mood read (one call with all its tokens) and a reply of about this many tokens,
+#: each a call with one token. Where both int8 kinds read fast enough, fbgemm's is used where such a
+#: message costs at most ``PACKED_MESSAGE_COST_LIMIT`` of ``torch._int_mm``'s: on an AVX-512 VNNI Xeon
+#: (with AMX) ``_int_mm`` was 1.3x faster for 32 tokens but 2.5x slower for one (the check: 0.61-0.66
+#: for a message), and replies ran at 13.5 tok/s with it, 20.7 with fbgemm's, mood reads at 110 ms and
+#: 129 ms.
+#: The margin keeps a CPU where the two are alike from switching kind (and numerics) between starts.
+REPLY_TOKENS_PER_MESSAGE = 60
+PACKED_MESSAGE_COST_LIMIT = 0.8
+
+#: Layers with more output rows than this are converted in blocks, on both threads (only the output
+#: head of the bundled model: 151,936 rows, against 4,864 for the largest other layer).
+ROWS_PER_CONVERSION = 80_000
 
 #: :class:`PackedInt8Linear`'s weights use [-63, 63], so AVX2's int16 pair sums never overflow.
 PACKED_WEIGHT_LIMIT = 63
@@ -145,6 +160,21 @@ class PackedInt8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (fbgemm)"
 
 
+class RowBlocks(nn.Module):
+    """A linear layer converted in blocks of output rows, each its own layer; outputs are joined.
+
+    Each block runs the same numbers as the whole would (both int8 kinds quantize rows and tokens on
+    their own), so a large layer can be converted on two threads at once.
+    """
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.cat([block(hidden) for block in self.blocks], dim=-1)
+
+
 def _int8_per_channel(
     weight: torch.Tensor, rows_per_chunk: int = 8192, *, limit: int = 127
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,26 +193,34 @@ def _int8_per_channel(
     return quantized, scales
 
 
-def _slowdown(candidate: Callable[[], object], reference: Callable[[], object], repeats: int) -> float:
-    """How many times slower ``candidate`` runs than ``reference``, best run against best run.
+def _best_times(products: list[Callable[[], object]], repeats: int) -> list[float]:
+    """The best time of each of ``products`` over ``repeats`` rounds, after a warm-up round.
 
-    The two run in turn (so a busy moment slows both) on one thread: with two, every product waits for
-    the slower thread, and another process on one core made the int8 products look up to 15x slower
-    than float32 in 2 of 8 checks here (a CPU where they are 3x faster), which sent a load to float32.
+    The products run in turn (so a busy moment slows all of them) on one thread: with two, every
+    product waits for the slower thread, and another process on one core made the int8 products look up
+    to 15x slower than float32 in 2 of 8 checks here (a CPU where they are 3x faster), which sent a load
+    to float32.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    best = [float("inf"), float("inf")]
+    best = [float("inf")] * len(products)
     try:
-        candidate(), reference()  # warm-up
+        for product in products:  # warm-up
+            product()
         for _ in range(repeats):
-            for index, product in enumerate((candidate, reference)):
+            for index, product in enumerate(products):
                 started = time.perf_counter()
                 product()
                 best[index] = min(best[index], time.perf_counter() - started)
     finally:
         torch.set_num_threads(threads)
-    return best[0] / max(best[1], 1e-9)
+    return [max(seconds, 1e-9) for seconds in best]
+
+
+def _slowdown(candidate: Callable[[], object], reference: Callable[[], object], repeats: int) -> float:
+    """How many times slower ``candidate`` runs than ``reference``, best run against best run."""
+    candidate_seconds, reference_seconds = _best_times([candidate, reference], repeats)
+    return candidate_seconds / reference_seconds
 
 
 def int8_slowdown(rows: int = 32, inner: int = 896, columns: int = 1216, repeats: int = 3) -> float:
@@ -204,12 +242,46 @@ def packed_int8_slowdown(rows: int = 32, inner: int = 896, columns: int = 1216, 
     return _slowdown(lambda: packed(hidden), lambda: nn.functional.linear(hidden, weight), repeats)
 
 
+def packed_message_cost_ratio(inner: int = 896, columns: int = 1216, repeats: int = 3) -> float:
+    """What a message's int8 products cost on :class:`PackedInt8Linear`, as a share of :class:`Int8Linear`'s.
+
+    A message is one mood read (32 tokens in one call) and a reply of ``REPLY_TOKENS_PER_MESSAGE``
+    one-token steps.
+    """
+    weight = torch.randn(columns, inner) / inner**0.5
+    batch, token = torch.randn(32, inner), torch.randn(1, inner)
+    try:
+        packed = PackedInt8Linear(weight, None)
+    except RuntimeError:  # no fbgemm in this torch build
+        return float("inf")
+    exact = Int8Linear(weight, None)
+    packed_batch, exact_batch, packed_token, exact_token = _best_times(
+        [lambda: packed(batch), lambda: exact(batch), lambda: packed(token), lambda: exact(token)], repeats
+    )
+    packed_cost = packed_batch + REPLY_TOKENS_PER_MESSAGE * packed_token
+    return packed_cost / (exact_batch + REPLY_TOKENS_PER_MESSAGE * exact_token)
+
+
 def choose_int8_layer() -> type[Int8Linear] | type[PackedInt8Linear] | None:
-    """The int8 layer kind that is fast on this CPU, or None where float32 is faster than both."""
+    """The int8 layer kind that is fast on this CPU, or None where float32 is faster than both.
+
+    Where both kinds read moods fast enough, the one a whole message (its read and its reply) costs
+    clearly less on wins.
+    """
     slowdown = int8_slowdown()
+    packed_slowdown = packed_int8_slowdown()
+    if slowdown <= INT8_SLOWDOWN_LIMIT and packed_slowdown <= INT8_SLOWDOWN_LIMIT:
+        ratio = packed_message_cost_ratio()
+        if ratio > PACKED_MESSAGE_COST_LIMIT:
+            return Int8Linear
+        logger.info(
+            "fbgemm's int8 kernels cost a message %.2fx what torch._int_mm does on this CPU (faster for "
+            "one token at a time): using them",
+            ratio,
+        )
+        return PackedInt8Linear
     if slowdown <= INT8_SLOWDOWN_LIMIT:
         return Int8Linear
-    packed_slowdown = packed_int8_slowdown()
     if packed_slowdown <= INT8_SLOWDOWN_LIMIT:
         logger.info(
             "int8 products (_int_mm) are %.0fx slower than float32 on this CPU: using fbgemm's int8 "
@@ -244,24 +316,45 @@ def prepare_for_cpu(model: nn.Module, *, quantize: bool) -> str:
         # A private copy of the half-precision embedding, so the memory-mapped checkpoint can be released.
         model.set_input_embeddings(HalfEmbedding(embedding.weight.detach().clone()))
     del embedding
-    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    # The largest first: the output head alone takes ~1.9 s to pack on one core, the rest overlaps it.
-    linears.sort(key=lambda named: named[1].weight.numel(), reverse=True)
-
-    def convert(linear: nn.Linear) -> nn.Module:
-        return layer_kind(linear.weight.detach(), linear.bias.detach() if linear.bias is not None else None)
-
-    # Two layers at a time: fbgemm's weight packing runs on one core (and releases the GIL), so two
-    # layers pack at once.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for (name, _), converted in zip(
-            linears, pool.map(convert, [linear for _, linear in linears]), strict=True
-        ):
-            _set_submodule(model, name, converted)
-    del linears
+    _convert_linears(model, layer_kind)
     gc.collect()
     release_free_memory()
     return f"{layer_kind.__name__} ({layer_kind.numerics})"
+
+
+def _convert_linears(model: nn.Module, layer_kind: type[Int8Linear] | type[PackedInt8Linear]) -> None:
+    """Replace every ``nn.Linear`` of ``model`` by ``layer_kind`` (in :class:`RowBlocks` when large)."""
+    linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    # Blocks of rows, the largest first: the output head (151,936 rows) took ~1.9 s to pack on one core
+    # while the other core had run out of layers; its halves pack side by side.
+    tasks = [
+        (name, rows)
+        for name, linear in linears.items()
+        for rows in _row_blocks(linear.out_features, ROWS_PER_CONVERSION)
+    ]
+    tasks.sort(key=lambda task: (task[1].stop - task[1].start) * linears[task[0]].in_features, reverse=True)
+
+    def convert(task: tuple[str, slice]) -> nn.Module:
+        linear = linears[task[0]]
+        bias = linear.bias.detach()[task[1]] if linear.bias is not None else None
+        return layer_kind(linear.weight.detach()[task[1]], bias)
+
+    # Two blocks at a time: fbgemm's weight packing runs on one core (and releases the GIL), so two
+    # blocks pack at once.
+    converted: dict[str, list[tuple[int, nn.Module]]] = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for (name, rows), block in zip(tasks, pool.map(convert, tasks), strict=True):
+            converted.setdefault(name, []).append((rows.start, block))
+    for name, blocks in converted.items():
+        blocks.sort(key=lambda start_and_block: start_and_block[0])
+        _set_submodule(model, name, blocks[0][1] if len(blocks) == 1 else RowBlocks([b for _, b in blocks]))
+
+
+def _row_blocks(rows: int, largest: int) -> list[slice]:
+    """``rows`` cut into the fewest equal blocks of at most ``largest`` rows."""
+    count = -(-rows // largest)
+    size = -(-rows // count)
+    return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
 def _small_parameters_to_float(model: nn.Module) -> None:
