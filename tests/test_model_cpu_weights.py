@@ -199,3 +199,18 @@ def test_layers_converted_in_row_blocks_compute_the_same_numbers(
         for ids in ([[5, 17, 3, 99]], [[42]]):  # several tokens, and one (a decoding step)
             expected = whole._model(input_ids=torch.tensor(ids)).logits
             assert torch.allclose(blocks._model(input_ids=torch.tensor(ids)).logits, expected, atol=1e-5)
+
+
+def test_packed_int8_quantizes_scaled_tokens_as_fbgemm_does_for_the_range_minus_one_to_one() -> None:
+    """The fixed quantization equals fbgemm's own dynamic one when a +1/-1 row pins its range."""
+    generator = torch.Generator().manual_seed(11)
+    weight = torch.randn(40, 64, generator=generator) * 0.1
+    layer = cpu_weights.PackedInt8Linear(weight, None)
+    tokens = torch.randn(6, 64, generator=generator)
+    tokens[2] *= 300.0
+    tokens[4] = 0.0
+    scale = tokens.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
+    range_row = torch.zeros(1, 64)
+    range_row[0, 0], range_row[0, -1] = 1.0, -1.0
+    pinned = torch.ops.quantized.linear_dynamic(torch.cat([tokens / scale, range_row]), layer._packed, False)
+    assert torch.equal(layer(tokens), pinned[:-1] * scale)
