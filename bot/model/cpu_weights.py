@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 #: fbgemm's prepacked int8 product ran ~3x faster than float32.
 #: The checks use a quarter of an MLP matrix (1216 columns), with ratios there (38x and 0.7x) as far from
 #: the limit as at full size (22x and 0.4x); they took ~0.13 s for both on two threads there (one thread
-#: now, see ``_slowdown``: expect up to twice that), 0.02-0.1 s on an AVX-512 VNNI Xeon (0.3x and 0.5x).
+#: now, see ``_best_times``: expect up to twice that), 0.02-0.1 s on an AVX-512 VNNI Xeon (0.3x and 0.5x).
 INT8_SLOWDOWN_LIMIT = 2.0
 
 #: A message costs one mood read (one call with all its tokens) and a reply of about this many tokens,
