@@ -236,14 +236,22 @@ def int8_slowdown(rows: int = 32, inner: int = 896, columns: int = 1216, repeats
     return _slowdown(lambda: torch._int_mm(left, right), lambda: left_float @ right_float, repeats)
 
 
+def _packed_check_layer(inner: int, columns: int) -> tuple[torch.Tensor, PackedInt8Linear] | None:
+    """A random weight of the checks' shape and its :class:`PackedInt8Linear` (None without fbgemm)."""
+    weight = torch.randn(columns, inner) / inner**0.5
+    try:
+        return weight, PackedInt8Linear(weight, None)
+    except RuntimeError:  # no fbgemm in this torch build
+        return None
+
+
 def packed_int8_slowdown(rows: int = 32, inner: int = 896, columns: int = 1216, repeats: int = 3) -> float:
     """How many times slower a :class:`PackedInt8Linear` is than a float32 linear layer on this CPU."""
-    weight = torch.randn(columns, inner) / inner**0.5
-    hidden = torch.randn(rows, inner)
-    try:
-        packed = PackedInt8Linear(weight, None)
-    except RuntimeError:  # no fbgemm in this torch build
+    layer = _packed_check_layer(inner, columns)
+    if layer is None:
         return float("inf")
+    weight, packed = layer
+    hidden = torch.randn(rows, inner)
     return _slowdown(lambda: packed(hidden), lambda: nn.functional.linear(hidden, weight), repeats)
 
 
@@ -253,13 +261,12 @@ def packed_message_cost_ratio(inner: int = 896, columns: int = 1216, repeats: in
     A message is one mood read (32 tokens in one call) and a reply of ``REPLY_TOKENS_PER_MESSAGE``
     one-token steps.
     """
-    weight = torch.randn(columns, inner) / inner**0.5
-    batch, token = torch.randn(32, inner), torch.randn(1, inner)
-    try:
-        packed = PackedInt8Linear(weight, None)
-    except RuntimeError:  # no fbgemm in this torch build
+    layer = _packed_check_layer(inner, columns)
+    if layer is None:
         return float("inf")
+    weight, packed = layer
     exact = Int8Linear(weight, None)
+    batch, token = torch.randn(32, inner), torch.randn(1, inner)
     packed_batch, exact_batch, packed_token, exact_token = _best_times(
         [lambda: packed(batch), lambda: exact(batch), lambda: packed(token), lambda: exact(token)], repeats
     )
