@@ -44,7 +44,7 @@ INT8_SLOWDOWN_LIMIT = 2.0
 #: A message costs one mood read (one call with all its tokens) and a reply of about this many tokens,
 #: each a call with one token. Where both int8 kinds read fast enough, fbgemm's is used where such a
 #: message costs at most ``PACKED_MESSAGE_COST_LIMIT`` of ``torch._int_mm``'s: on an AVX-512 VNNI Xeon
-#: (with AMX) ``_int_mm`` was 1.3x faster for 32 tokens but 2.5x slower for one (the check: 0.61-0.66
+#: (with AMX) ``_int_mm`` was 1.3x faster for 32 tokens but 2.5x slower for one (the check: 0.61-0.76
 #: for a message), and replies ran at 13.5 tok/s with it, 20.7 with fbgemm's, mood reads at 110 ms and
 #: 129 ms.
 #: The margin keeps a CPU where the two are alike from switching kind (and numerics) between starts.
