@@ -20,7 +20,8 @@ Methods (letters for ``--methods``):
   (f) moodmate's method on the plain float32 model (the accuracy the int8 weights are measured against);
   (c) moodmate: ``LanguageModel.classify`` as the bot runs it (few-shot prefix KV cache, label rows only,
       batched, int8 weights).
-The default is ``abc``; the speed-up column compares every row's single-message p50 with (b)'s.
+The default is ``abc``; the speed-up column compares every row's single-message p50 with (b)'s. Read
+times are measured side by side (each message read by every method in turn), after the accuracy runs.
 """
 
 from __future__ import annotations
@@ -276,24 +277,42 @@ def evaluate(
     }
 
 
-def mood_latency(method: Method, texts: Sequence[str], batch: int) -> dict[str, float]:
-    method.read(texts[:2])  # warm-up
-    singles = []
-    for text in texts:
-        started = time.perf_counter()
-        method.read([text])
-        singles.append((time.perf_counter() - started) * 1000)
-    result = {"single_p50_ms": percentile(singles, 0.5), "single_p95_ms": percentile(singles, 0.95)}
-    if method.batched:
-        per_message = []
-        for start in range(0, len(texts) - batch + 1, batch):
+def mood_latencies(methods: Sequence[Method], texts: Sequence[str], batch: int) -> list[dict[str, float]]:
+    """Single-message (and, for batching methods, per-message batched) read times of every method.
+
+    The methods are timed side by side: each message is read by every method in turn, the order
+    rotating from message to message, so a slow or fast spell of the machine falls on all of them
+    alike and their ratios hold even when the machine's speed drifts (here it drifted by up to 30%
+    within minutes, which the earlier one-method-after-another timing carried into the ratios).
+    """
+    for method in methods:
+        method.read(texts[:2])  # warm-up
+    singles: list[list[float]] = [[] for _ in methods]
+    for index, text in enumerate(texts):
+        for which in _rotation(len(methods), index):
             started = time.perf_counter()
-            method.read(texts[start : start + batch])
-            per_message.append((time.perf_counter() - started) * 1000 / batch)
-        result.update(
-            batched_p50_ms=percentile(per_message, 0.5), batched_p95_ms=percentile(per_message, 0.95)
-        )
-    return result
+            methods[which].read([text])
+            singles[which].append((time.perf_counter() - started) * 1000)
+    results = [
+        {"single_p50_ms": percentile(times, 0.5), "single_p95_ms": percentile(times, 0.95)}
+        for times in singles
+    ]
+    batching = [which for which, method in enumerate(methods) if method.batched]
+    per_message: dict[int, list[float]] = {which: [] for which in batching}
+    for index, start in enumerate(range(0, len(texts) - batch + 1, batch)):
+        for turn in _rotation(len(batching), index):
+            which = batching[turn]
+            started = time.perf_counter()
+            methods[which].read(texts[start : start + batch])
+            per_message[which].append((time.perf_counter() - started) * 1000 / batch)
+    for which, times in per_message.items():
+        results[which].update(batched_p50_ms=percentile(times, 0.5), batched_p95_ms=percentile(times, 0.95))
+    return results
+
+
+def _rotation(count: int, index: int) -> list[int]:
+    """``range(count)`` started at ``index % count``: who goes first changes from round to round."""
+    return [(index + offset) % count for offset in range(count)] if count else []
 
 
 def reply_speed(model, max_new_tokens: int = 64) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -432,9 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {method.name} ...", file=sys.stderr)
         row: dict[str, object] = {"method": method.name}
         row.update(evaluate(method, tweets, waimai, args.batch))
-        row.update(mood_latency(method, chat_texts, args.batch))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
+    print(f"timing mood reads side by side over {len(chat_texts)} chat-length messages ...", file=sys.stderr)
+    for row, latency in zip(rows, mood_latencies(methods, chat_texts, args.batch), strict=True):
+        row.update(latency)
     replies = {} if args.skip_replies else reply_speed(model)
     # The same replies from the float32 weights (moodmate's decode loop), to compare speed and quality.
     plain_replies = {} if args.skip_replies or plain is model else reply_speed(plain)
