@@ -204,7 +204,7 @@ class Engine:
                 reply.cancel()
             await self._mark(stored.id, MessageStatus.FAILED)
             raise
-        reply_text = clean_reply(raw, model_text)
+        reply_text = clean_reply(raw, model_text, mood.label if mood is not None else None)
         if truncated:
             note = TRUNCATED_NOTE_ZH if is_chinese(text) else TRUNCATED_NOTE_EN
             reply_text = f"{reply_text}\n\n{note.format(chars=len(model_text))}"
@@ -299,8 +299,10 @@ def _throttled(progress: _ProgressRelay) -> Callable[[str], None] | None:
     def on_partial(text: str) -> None:
         nonlocal last_sent
         now = time.monotonic()
+        if now - last_sent < PARTIAL_INTERVAL_SECONDS:
+            return  # cleaned only when shown: the text so far grows with every token
         shown = clean_partial(text)
-        if shown and now - last_sent >= PARTIAL_INTERVAL_SECONDS:
+        if shown:
             last_sent = now
             progress.send(progress.sink.partial(shown))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.model.base import ChatTurn
-from bot.types import MOOD_LABELS
+from bot.types import MOOD_LABELS, MoodLabel
 
 SYSTEM_PROMPT_EN = (
     "You are moodmate, the user's warm and caring friend in a chat app. Reply as yourself in one to "
@@ -44,6 +44,16 @@ REPLY_EXAMPLES_ZH: tuple[ChatTurn, ...] = (
 FALLBACK_REPLY_EN = "I'm here and listening. Tell me a little more?"
 FALLBACK_REPLY_ZH = "我在这儿听着呢，能再多说一点吗？"
 
+#: What is said, by the mood just read, when nothing usable is left of a reply (see ``clean_reply``).
+FALLBACK_REPLIES: dict[MoodLabel, tuple[str, str]] = {
+    MoodLabel.POSITIVE: ("That's lovely to hear! Tell me a little more?", "真为你高兴！能多跟我说说吗？"),
+    MoodLabel.NEUTRAL: (FALLBACK_REPLY_EN, FALLBACK_REPLY_ZH),
+    MoodLabel.NEGATIVE: (
+        "I'm so sorry, that sounds hard. I'm here for you. Do you want to tell me more?",
+        "听起来真不容易，我在这儿陪着你。愿意多跟我说说吗？",
+    ),
+}
+
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 _ROLE_PREFIX = re.compile(r"^\s*(assistant|moodmate|bot|ai|助手)\s*[:：]\s*", re.IGNORECASE)
@@ -54,6 +64,32 @@ _TURN_MARKER = re.compile(
 _CLASSIFIER_WORDS = re.compile(
     r"(sentiment|classif|\blabel\b|positive\s*/\s*neutral|情感(分类|标签)|情绪标签)", re.IGNORECASE
 )
+# The bundled model's stock refusal ("I'm sorry, but I can't assist with that."), which it gave in 6 of
+# 112 sampled replies to 14 chat messages, mostly to sad or angry ones: a friend never answers so.
+# Matched as whole sentences (or a closing "but I can't help with that" clause) only, so "I can't
+# check the forecast, sorry!" stays.
+_APOSTROPHE = "['\u2019]"
+_CANNOT_HELP = (
+    rf"i\s*(?:can{_APOSTROPHE}?t|cannot|can not|(?:am|{_APOSTROPHE}m) (?:unable|not able) to)\s+"
+    r"(?:assist|help)(?:\s+you)?\s+with\s+(?:that|this)(?:\s+request)?"
+)
+_REFUSAL_SENTENCE = re.compile(
+    rf"^(?:(?:(?:i{_APOSTROPHE}?m|i am)\s+)?(?:so\s+|very\s+|really\s+)?sorry[,.!]?\s*(?:but\b)?[,\s]*)?"
+    rf"{_CANNOT_HELP}(?:[,.]?\s*sorry)?\W*$"
+    r"|^(?:很|非常)?(?:抱歉|对不起)?[，,。！!]?\s*(?:但是?|不过)?[，,]?\s*我(?:无法|不能)(?:协助|帮助|帮)(?:你|您)?"
+    r"(?:完成|处理|解决)?(?:这个|该|此)?(?:请求|问题|事情)?\W*$",
+    re.IGNORECASE,
+)
+# "That's hard, but I can't help you with that." keeps what comes before the refusal.
+_REFUSAL_CLAUSE = re.compile(rf"\s*[,;]?\s*but\s+{_CANNOT_HELP}\W*$", re.IGNORECASE)
+# What is left when a refusal's apology stood in a sentence of its own ("I'm sorry. I can't help ...").
+_BARE_APOLOGY = re.compile(
+    rf"^\W*(?:i{_APOSTROPHE}?m|i am)?\s*(?:so\s+|very\s+|really\s+)?sorry\W*$"
+    r"|^\W*(?:很|非常)?(?:抱歉|对不起)\W*$",
+    re.IGNORECASE,
+)
+_REFUSAL_HINT = re.compile(r"\b(?:can|cannot|unable|able)\b|无法|不能", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
 _BARE_LABEL = re.compile(
     r"^\W*(" + "|".join(label.value for label in MOOD_LABELS) + r"|积极|中性|消极)\W*$", re.IGNORECASE
 )
@@ -74,27 +110,46 @@ def reply_examples_for(text: str) -> tuple[ChatTurn, ...]:
     return REPLY_EXAMPLES_ZH if is_chinese(text) else REPLY_EXAMPLES_EN
 
 
-def fallback_reply_for(text: str) -> str:
-    return FALLBACK_REPLY_ZH if is_chinese(text) else FALLBACK_REPLY_EN
+def fallback_reply_for(text: str, mood: MoodLabel | None = None) -> str:
+    """A short kind sentence in the language of ``text``, fitting ``mood`` when it is known."""
+    english, chinese = FALLBACK_REPLIES[mood or MoodLabel.NEUTRAL]
+    return chinese if is_chinese(text) else english
+
+
+def without_refusals(reply: str) -> str:
+    """``reply`` without its stock-refusal sentences ("I'm sorry, but I can't help with that.")."""
+    if not _REFUSAL_HINT.search(reply):
+        return reply.strip()
+    sentences = [part.strip() for part in _SENTENCE_END.split(reply.strip()) if part.strip()]
+    kept = [
+        _REFUSAL_CLAUSE.sub(".", sentence) for sentence in sentences if not _REFUSAL_SENTENCE.match(sentence)
+    ]
+    if kept == sentences:
+        return reply.strip()
+    text = ("" if is_chinese(reply) else " ").join(kept)
+    return "" if _BARE_APOLOGY.match(text) else text
 
 
 def clean_partial(reply: str) -> str:
     """The part of a reply being written that is safe to show: no role prefix, no invented next
-    turn, no classifier talk (may be empty)."""
+    turn, no classifier talk, no stock refusal (may be empty)."""
     text = reply.replace("\r\n", "\n")
     marker = _TURN_MARKER.search(text)
     if marker is not None:
         text = text[: marker.start()]
     text = _ROLE_PREFIX.sub("", text.strip())
-    return "\n".join(line for line in text.split("\n") if not _CLASSIFIER_WORDS.search(line)).strip()
+    text = "\n".join(line for line in text.split("\n") if not _CLASSIFIER_WORDS.search(line)).strip()
+    return without_refusals(text)
 
 
-def clean_reply(reply: str, user_text: str) -> str:
-    """Strip role prefixes, invented next turns and classifier talk; never return a bare label.
+def clean_reply(reply: str, user_text: str, mood: MoodLabel | None = None) -> str:
+    """Strip role prefixes, invented next turns, classifier talk and stock refusals; never return a
+    bare label.
 
-    Falls back to a short kind sentence in the user's language when nothing usable is left.
+    Falls back to a short kind sentence in the user's language (fitting ``mood``, the mood just read)
+    when nothing usable is left.
     """
     text = clean_partial(reply)
     if not text or _BARE_LABEL.match(text):
-        return fallback_reply_for(user_text)
+        return fallback_reply_for(user_text, mood)
     return text

@@ -7,6 +7,7 @@ import pytest
 from bot.bootstrap import App
 from bot.model.fake import FakeModel
 from bot.prompts import (
+    FALLBACK_REPLIES,
     FALLBACK_REPLY_EN,
     FALLBACK_REPLY_ZH,
     REPLY_EXAMPLES_ZH,
@@ -16,6 +17,7 @@ from bot.prompts import (
     clean_reply,
     is_chinese,
 )
+from bot.types import MoodLabel
 from tests.conftest import message
 
 
@@ -63,3 +65,61 @@ def test_partial_text_is_cleaned_like_the_final_reply() -> None:
 def test_bare_label_or_empty_reply_becomes_a_kind_fallback(raw: str) -> None:
     assert clean_reply(raw, "hello") == FALLBACK_REPLY_EN
     assert clean_reply(raw, "你好呀") == FALLBACK_REPLY_ZH
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "I'm sorry, but I can't assist with that.",
+        "I'm sorry, but I can\u2019t help with that.",
+        "I can't help with that, sorry.",
+        "Sorry, I can't help with that.",
+        "I'm sorry. I cannot assist with this request.",
+        "抱歉，我无法协助完成这个请求。",
+        "很抱歉，我无法帮助你。",
+    ],
+)
+def test_a_stock_refusal_becomes_the_fallback_for_the_mood_just_read(raw: str) -> None:
+    english, chinese = FALLBACK_REPLIES[MoodLabel.NEGATIVE]
+    assert clean_reply(raw, "my cat died this morning", MoodLabel.NEGATIVE) == english
+    assert clean_reply(raw, "我男朋友跟我分手了", MoodLabel.NEGATIVE) == chinese
+    assert clean_reply(raw, "I got the job!", MoodLabel.POSITIVE) == FALLBACK_REPLIES[MoodLabel.POSITIVE][0]
+    assert clean_partial(raw) == ""
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("I'm sorry, that's a bit harsh. I can't help you with that.", "I'm sorry, that's a bit harsh."),
+        ("The bus was 3.5 hours late. I cannot help with that.", "The bus was 3.5 hours late."),
+        (
+            "That's a bit hard, but I can't help you with that. What worries you?",
+            "That's a bit hard. What worries you?",
+        ),
+        ("抱歉，我无法帮助你。不过我会一直陪着你。", "不过我会一直陪着你。"),
+    ],
+)
+def test_only_the_refusal_sentences_of_a_reply_are_dropped(raw: str, expected: str) -> None:
+    assert clean_reply(raw, "hi", MoodLabel.NEGATIVE) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "I can't check the forecast from here, sorry! Do you have plans outside tomorrow?",
+        "I'm sorry you had to go through that. I can't imagine how it felt.",
+        "虽然我无法帮你改变结果，但我会一直陪着你。",
+        "Can't help with that? Of course I can: tell me what happened.",
+    ],
+)
+def test_replies_that_only_mention_not_being_able_to_do_something_stay(raw: str) -> None:
+    assert clean_reply(raw, "hi", MoodLabel.NEGATIVE) == raw
+
+
+async def test_engine_answers_a_refusal_with_the_fallback_for_the_message_mood(
+    app: App, fake_model: FakeModel
+) -> None:
+    fake_model.reply_fn = lambda _system, _history: "I'm sorry, but I can't assist with that."
+    [reply] = await app.engine.handle(message("I'm so sad and tired today"))
+    assert reply.mood is not None and reply.mood.label is MoodLabel.NEGATIVE
+    assert reply.text == FALLBACK_REPLIES[MoodLabel.NEGATIVE][0]
