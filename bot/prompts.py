@@ -21,11 +21,18 @@ SYSTEM_PROMPT_ZH = (
 
 # A small model learns its role far better from a few exchanges than from instructions alone: these
 # constant turns go before the real conversation (and, being constant, their cache is reusable).
+# The sad ones (a loss, a mistake at work) were added when the model met such news with "That's
+# amazing!" or a refusal; with five examples a reply also follows the language of the message when the
+# conversation so far was in the other one (wrong language in 1 of 80 sampled replies, 6 with three).
 REPLY_EXAMPLES_EN: tuple[ChatTurn, ...] = (
     ChatTurn("user", "I burned my toast this morning."),
     ChatTurn("assistant", "Oh no, not the breakfast you wanted! Did you manage to grab something else?"),
+    ChatTurn("user", "My dog died last night."),
+    ChatTurn("assistant", "I'm so sorry. Losing him must hurt so much. How are you holding up?"),
     ChatTurn("user", "Do you know if it will rain tomorrow?"),
     ChatTurn("assistant", "I can't check the forecast from here, sorry! Do you have plans outside tomorrow?"),
+    ChatTurn("user", "I messed up my presentation at work today."),
+    ChatTurn("assistant", "That's rough, I'm sorry. One bad day doesn't undo your good work. What happened?"),
     ChatTurn("user", "My sister is visiting this weekend!"),
     ChatTurn(
         "assistant", "That sounds lovely, you must be looking forward to it. What are you two planning?"
@@ -35,8 +42,12 @@ REPLY_EXAMPLES_EN: tuple[ChatTurn, ...] = (
 REPLY_EXAMPLES_ZH: tuple[ChatTurn, ...] = (
     ChatTurn("user", "我早上把面包烤糊了。"),
     ChatTurn("assistant", "哎呀，早餐不太顺利呢！后来有没有吃点别的再出门？"),
+    ChatTurn("user", "我养了十年的猫昨天走了。"),
+    ChatTurn("assistant", "真的很抱歉，陪了你十年，一定非常舍不得。你现在还好吗？"),
     ChatTurn("user", "你知道明天会下雨吗？"),
     ChatTurn("assistant", "我这里查不到天气预报，抱歉呀！明天你有要出门的安排吗？"),
+    ChatTurn("user", "今天工作上出了个大错，被领导批评了。"),
+    ChatTurn("assistant", "被批评的感觉真不好受，抱抱你。一次失误不代表你不行，发生了什么事？"),
     ChatTurn("user", "这周末我姐姐要来看我！"),
     ChatTurn("assistant", "太好了，你一定很期待吧。你们打算一起做些什么呢？"),
 )
