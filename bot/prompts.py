@@ -22,8 +22,9 @@ SYSTEM_PROMPT_ZH = (
 # A small model learns its role far better from a few exchanges than from instructions alone: these
 # constant turns go before the real conversation (and, being constant, their cache is reusable).
 # The sad ones (a loss, a mistake at work) were added when the model met such news with "That's
-# amazing!" or a refusal; with five examples a reply also follows the language of the message when the
-# conversation so far was in the other one (wrong language in 1 of 80 sampled replies, 6 with three).
+# amazing!" or a refusal. With five examples a reply also follows the language of the message when the
+# conversation so far was in the other one: 1 of 112 sampled replies to 14 messages (4 of them after
+# four turns in the other language) came in the wrong language, against 6 of 112 with three examples.
 REPLY_EXAMPLES_EN: tuple[ChatTurn, ...] = (
     ChatTurn("user", "I burned my toast this morning."),
     ChatTurn("assistant", "Oh no, not the breakfast you wanted! Did you manage to grab something else?"),
