@@ -213,7 +213,9 @@ async def test_long_reply_is_split_below_the_limit_and_joins_back(launch: Launch
     server.send_text(chat, alice, "tell me a long story")
     await bot.replies(42, 3)
     await server.quiet()
-    texts = [call.params["text"] for call in bot.sent(42)]
+    # The chat as the user sees it (after edits): a reply that took longer than the stream delay was
+    # first shown as a preview, then edited into its first part.
+    texts = [sent["text"] for sent in server.sent_messages(42)]
     assert len(texts) >= 3
     assert all(len(text) <= 4096 for text in texts)
     assert strip_badge(texts[0]) + "".join(texts[1:]) == long_text
