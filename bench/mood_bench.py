@@ -287,32 +287,31 @@ def mood_latencies(methods: Sequence[Method], texts: Sequence[str], batch: int) 
     """
     for method in methods:
         method.read(texts[:2])  # warm-up
-    singles: list[list[float]] = [[] for _ in methods]
-    for index, text in enumerate(texts):
-        for which in _rotation(len(methods), index):
-            started = time.perf_counter()
-            methods[which].read([text])
-            singles[which].append((time.perf_counter() - started) * 1000)
+    singles = _times_in_turn(methods, [[text] for text in texts])
     results = [
         {"single_p50_ms": percentile(times, 0.5), "single_p95_ms": percentile(times, 0.95)}
         for times in singles
     ]
     batching = [which for which, method in enumerate(methods) if method.batched]
-    per_message: dict[int, list[float]] = {which: [] for which in batching}
-    for index, start in enumerate(range(0, len(texts) - batch + 1, batch)):
-        for turn in _rotation(len(batching), index):
-            which = batching[turn]
-            started = time.perf_counter()
-            methods[which].read(texts[start : start + batch])
-            per_message[which].append((time.perf_counter() - started) * 1000 / batch)
-    for which, times in per_message.items():
+    chunks = [texts[start : start + batch] for start in range(0, len(texts) - batch + 1, batch)]
+    for which, times in zip(batching, _times_in_turn([methods[i] for i in batching], chunks), strict=True):
         results[which].update(batched_p50_ms=percentile(times, 0.5), batched_p95_ms=percentile(times, 0.95))
     return results
 
 
-def _rotation(count: int, index: int) -> list[int]:
-    """``range(count)`` started at ``index % count``: who goes first changes from round to round."""
-    return [(index + offset) % count for offset in range(count)] if count else []
+def _times_in_turn(methods: Sequence[Method], calls: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Per method, its ms per message for each of ``calls``, which every method reads in turn.
+
+    Who goes first rotates from call to call.
+    """
+    times: list[list[float]] = [[] for _ in methods]
+    for index, messages in enumerate(calls):
+        for offset in range(len(methods)):
+            which = (index + offset) % len(methods)
+            started = time.perf_counter()
+            methods[which].read(messages)
+            times[which].append((time.perf_counter() - started) * 1000 / len(messages))
+    return times
 
 
 def reply_speed(model, max_new_tokens: int = 64) -> dict[str, object]:  # type: ignore[no-untyped-def]
