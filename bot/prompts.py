@@ -100,7 +100,6 @@ _BARE_APOLOGY = re.compile(
     r"|^\W*(?:很|非常)?(?:抱歉|对不起)\W*$",
     re.IGNORECASE,
 )
-_REFUSAL_HINT = re.compile(r"\b(?:can|cannot|unable|able)\b|无法|不能", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
 _BARE_LABEL = re.compile(
     r"^\W*(" + "|".join(label.value for label in MOOD_LABELS) + r"|积极|中性|消极)\W*$", re.IGNORECASE
@@ -130,8 +129,6 @@ def fallback_reply_for(text: str, mood: MoodLabel | None = None) -> str:
 
 def without_refusals(reply: str) -> str:
     """``reply`` without its stock-refusal sentences ("I'm sorry, but I can't help with that.")."""
-    if not _REFUSAL_HINT.search(reply):
-        return reply.strip()
     sentences = [part.strip() for part in _SENTENCE_END.split(reply.strip()) if part.strip()]
     kept = [
         _REFUSAL_CLAUSE.sub(".", sentence) for sentence in sentences if not _REFUSAL_SENTENCE.match(sentence)
