@@ -30,6 +30,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from bot.model.fused_projections import fuse_shared_input_projections
+
 logger = logging.getLogger(__name__)
 
 #: An int8 layer kind is used only where its matrix product is at most this many times slower than a
@@ -314,8 +316,9 @@ def prepare_for_cpu(model: nn.Module, *, quantize: bool) -> str:
     """Make ``model`` run fast on CPU: int8 linear layers when ``quantize``, else float32.
 
     The int8 layer kind is the one fast on this CPU (see :func:`choose_int8_layer`); where none is,
-    the model runs float32 weights. Returns what the linear layers now are: "float32" or the int8
-    layer kind's name and numerics.
+    the model runs float32 weights. With int8 layers, attention's query, key and value layers also
+    become one (see :mod:`bot.model.fused_projections`); float32 keeps the layers transformers built.
+    Returns what the linear layers now are: "float32" or the int8 layer kind's name and numerics.
     """
     layer_kind = choose_int8_layer() if quantize else None
     if layer_kind is None:
@@ -328,6 +331,7 @@ def prepare_for_cpu(model: nn.Module, *, quantize: bool) -> str:
         # A private copy of the half-precision embedding, so the memory-mapped checkpoint can be released.
         model.set_input_embeddings(HalfEmbedding(embedding.weight.detach().clone()))
     del embedding
+    fuse_shared_input_projections(model)
     _convert_linears(model, layer_kind)
     gc.collect()
     release_free_memory()
