@@ -52,6 +52,22 @@ def test_boolean_and_additive_masks_match_sdpa(monkeypatch: pytest.MonkeyPatch) 
         assert torch.allclose(output, expected, atol=1e-5)
 
 
+def test_a_boolean_mask_is_made_additive_once_per_pass_and_forgotten_with_it() -> None:
+    import gc
+
+    _, _, _, causal = _tensors()
+    mask = causal[None, None].clone()
+    first = cpu_attention._additive(mask, torch.float32)
+    assert cpu_attention._additive(mask, torch.float32) is first  # every layer of the pass shares it
+    assert torch.equal(first.isneginf(), ~mask) and first[mask].eq(0).all()
+    other = mask.clone()
+    assert cpu_attention._additive(other, torch.float32) is not first
+    assert cpu_attention._additive(other, torch.float64).dtype == torch.float64
+    del mask, other
+    gc.collect()
+    assert cpu_attention._last_additive is None
+
+
 def test_unsupported_options_and_single_token_decoding_go_to_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers.integrations import sdpa_attention
 

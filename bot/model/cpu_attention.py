@@ -6,15 +6,16 @@ runs after the cached few-shot prefix. For Qwen2.5-0.5B (14 query heads, 2 key/v
 and the flash kernel's handling of short queries over a long prefix took about half of a batched mood
 read. Here the query heads of one group are stacked into one matrix and multiplied with their shared
 keys and values directly: two batched matmuls per layer and no copies. Masks are built exactly as for
-SDPA (the same mask function is registered), so sliding windows and padding work unchanged; anything
-this path does not handle (dropout, soft-capping, attention sinks, position biases, attention weights
-as output) goes to transformers' SDPA function, and so does decoding one token at a time, where SDPA
-already runs on the key/value heads without copies.
+SDPA (the same mask function is registered), then added to the scores as 0 / -inf, so sliding windows
+and padding work unchanged; anything this path does not handle (dropout, soft-capping, attention
+sinks, position biases, attention weights as output) goes to transformers' SDPA function, and so does
+decoding one token at a time, where SDPA already runs on the key/value heads without copies.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ def grouped_attention(
     kv_heads, key_length = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     scale = dim**-0.5 if scaling is None else scaling
-    mask = _grouped_mask(attention_mask, batch, kv_heads, groups, query_length, key_length, query.device)
+    mask = _grouped_mask(attention_mask, batch, kv_heads, groups, query_length, key_length, query)
     grouped_query = query.reshape(batch, kv_heads, groups, query_length, dim)
     key_t = key.transpose(-1, -2)  # [B, Hkv, d, k]
     step = max(1, _MAX_SCORE_ELEMENTS // max(1, batch * heads * key_length))
@@ -70,12 +71,8 @@ def grouped_attention(
         stop = min(query_length, start + step)
         rows = grouped_query[:, :, :, start:stop].reshape(batch, kv_heads, groups * (stop - start), dim)
         scores = torch.matmul(rows, key_t).mul_(scale).view(batch, kv_heads, groups, stop - start, key_length)
-        if mask is not None:
-            part = mask[..., start:stop, :]
-            if part.dtype == torch.bool:  # in place: the scores are this step's own tensor
-                scores.masked_fill_(~part, float("-inf"))
-            else:
-                scores.add_(part)
+        if mask is not None:  # in place: the scores are this step's own tensor
+            scores.add_(mask[..., start:stop, :])
         probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
         flat = probabilities.view(batch, kv_heads, groups * (stop - start), key_length)
         outputs.append(torch.matmul(flat, value).view(batch, kv_heads, groups, stop - start, dim))
@@ -91,20 +88,51 @@ def _grouped_mask(
     groups: int,
     query_length: int,
     key_length: int,
-    device: torch.device,
+    like: torch.Tensor,
 ) -> torch.Tensor | None:
-    """The mask broadcastable to grouped scores ``[B, Hkv, groups, q, k]``, or None when none is needed."""
+    """The additive mask broadcastable to grouped scores ``[B, Hkv, groups, q, k]`` (None: none needed).
+
+    The mask has the dtype and device of ``like`` (the queries).
+    """
     if attention_mask is None:
         if query_length == 1:
             return None
         # Query i sits at position key_length - query_length + i and sees keys up to there.
-        positions = torch.arange(key_length, device=device)
-        last_visible = torch.arange(query_length, device=device) + (key_length - query_length)
-        return (positions[None, :] <= last_visible[:, None])[None, None, None]
-    mask = attention_mask[..., :key_length]  # a static cache's mask may be longer than the keys so far
+        causal = torch.full((query_length, key_length), float("-inf"), dtype=like.dtype, device=like.device)
+        return causal.triu_(key_length - query_length + 1)[None, None, None]
+    mask = _additive(attention_mask, like.dtype)[..., :key_length]  # a static cache's mask may be longer
     if mask.shape[1] == 1:
         return mask.unsqueeze(2)  # [B|1, 1, 1, q, k]
     return mask.reshape(mask.shape[0], kv_heads, groups, query_length, key_length)
+
+
+#: The last boolean mask turned additive (weakly held), its dtype and the result. Every layer of a
+#: forward pass gets the same mask tensor, so it is converted once per pass, and forgotten with the mask.
+_last_additive: tuple[weakref.ref[torch.Tensor], torch.dtype, torch.Tensor] | None = None
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``mask`` as 0 / -inf to add to scores (True = may attend), or as given when already additive.
+
+    Adding it gives the same scores, bit for bit, as filling the masked ones with -inf, about 10x faster
+    on scores of a mood read (a 25-token message after the 524-token prefix: 24 vs 230 µs a layer).
+    """
+    global _last_additive
+    if mask.dtype != torch.bool:
+        return mask
+    last = _last_additive
+    if last is not None and last[0]() is mask and last[1] == dtype:
+        return last[2]
+    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    _last_additive = (weakref.ref(mask, _forget_additive), dtype, additive)
+    return additive
+
+
+def _forget_additive(reference: weakref.ref[torch.Tensor]) -> None:
+    global _last_additive
+    last = _last_additive
+    if last is not None and last[0] is reference:
+        _last_additive = None
 
 
 def use_grouped_attention(model: nn.Module) -> bool:
