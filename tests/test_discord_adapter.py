@@ -282,7 +282,13 @@ async def test_a_5000_character_reply_is_split_with_balanced_code_fences(
     await fake.send_dm(world.bob, "barrier")  # all parts of the first reply are sent by then
     await replies_in(fake, fake.dm_channel_id(world.bob), count=3)
 
-    parts = [r.content or "" for r in message_posts(fake, channel)]
+    # The chat as the user sees it: a reply slower than the stream delay is first posted as a preview
+    # and later edited into its first part.
+    parts = [
+        message["content"]
+        for message in fake.messages.values()
+        if message["channel_id"] == channel and message["author"]["id"] == fake.bot.id
+    ]
     assert len(parts) >= 3
     assert all(len(part) <= 2000 for part in parts)
     assert all(part.count("```") % 2 == 0 for part in parts)
