@@ -54,12 +54,12 @@ class SharedInputProjections(nn.Module):
 class ProjectionSlice(nn.Module):
     """Stands in for one of the layers joined in a :class:`SharedInputProjections`."""
 
-    def __init__(self, group: SharedInputProjections, index: int, in_features: int) -> None:
+    def __init__(self, group: SharedInputProjections, index: int) -> None:
         super().__init__()
         # Not a registered child: the group belongs to the parent module, and is converted there once.
         object.__setattr__(self, "_group", group)
         self.index = index
-        self.in_features = in_features
+        self.in_features = group.fused.in_features
         self.out_features = group.sizes[index]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -117,4 +117,4 @@ def _join(module: nn.Module, names: Sequence[str], linears: Sequence[nn.Linear])
     group = SharedInputProjections(fused, sizes)
     module.add_module("fused_" + "".join(name.split("_")[0] for name in names), group)
     for index, name in enumerate(names):
-        setattr(module, name, ProjectionSlice(group, index, first.in_features))
+        setattr(module, name, ProjectionSlice(group, index))
