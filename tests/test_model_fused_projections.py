@@ -66,12 +66,17 @@ def test_layers_that_cannot_be_joined_are_left_alone(mismatch: str) -> None:
     assert all(isinstance(module, nn.Linear) for module in attention.children())
 
 
+@pytest.mark.parametrize(
+    "times",
+    [cpu_weights.KernelTimes(2.0, 4.0, 1.0, 3.0), cpu_weights.KernelTimes(4.0, 2.0, 1.0, 3.0)],
+    ids=["PackedInt8Linear", "HybridInt8Linear"],
+)
 def test_int8_tiny_model_joins_query_key_value_with_the_same_numbers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, times: cpu_weights.KernelTimes
 ) -> None:
     monkeypatch.setattr(cpu_weights, "int8_slowdown", lambda: 0.3)
     monkeypatch.setattr(cpu_weights, "packed_int8_slowdown", lambda: 0.4)
-    monkeypatch.setattr(cpu_weights, "packed_message_cost_ratio", lambda: 0.6)
+    monkeypatch.setattr(cpu_weights, "int8_kernel_times", lambda: times)
     directory = build_tiny_model(tmp_path / "m", dtype="float16")
     joined = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
     monkeypatch.setattr(fused_projections, "SHARED_INPUT_GROUPS", ())

@@ -1,4 +1,4 @@
-"""Make a loaded transformers model fast and small on a CPU: int8 linear layers, half-precision embedding.
+"""Make a loaded transformers model fast and small on a CPU: int8 linear layers, int8 embedding rows.
 
 Linear layers (the output head included) get int8 weights per output channel and int8 activations
 quantized **per token** at run time, so a token's result never depends on the other tokens of the call:
@@ -8,7 +8,11 @@ quantized **per token** at run time, so a token's result never depends on the ot
   token at a time on an AVX-512 VNNI Xeon) where ``_int_mm`` is slow or costs a message (its mood read
   and its reply, token by token) clearly more. fbgemm quantizes all tokens of a call with one scale;
   scaling each token to the same range first makes that scale per token again.
+* :class:`HybridInt8Linear` (fbgemm for one token, ``_int_mm`` for several) where each kernel is
+  clearly faster on its side, as on an AVX-512 VNNI Xeon with AMX.
 * float32 weights where neither int8 product beats float32.
+
+The token embedding becomes int8 rows with a scale each (:class:`Int8Embedding`).
 
 Plain fbgemm dynamic quantization (one 7-bit scale per call) let tokens with huge activations coarsen
 all others, and a message's mood depended on what it was batched with (label KL vs float32 0.071 with
@@ -25,7 +29,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -53,6 +57,15 @@ INT8_SLOWDOWN_LIMIT = 2.0
 REPLY_TOKENS_PER_MESSAGE = 60
 PACKED_MESSAGE_COST_LIMIT = 0.8
 
+#: :class:`HybridInt8Linear` is used where fbgemm runs one token in at most ``KERNEL_MARGIN`` of
+#: ``_int_mm``'s time and ``_int_mm`` runs a mood read's call in at most ``READ_PARITY_LIMIT`` of
+#: fbgemm's. The check's matrix stays in cache and runs on one thread, which hides most of ``_int_mm``'s
+#: lead: on the AVX-512 VNNI Xeon (with AMX) above it gave 0.54-0.71 and 0.8-1.0, while the bundled model
+#: (weights read from memory, two threads) read chat messages 1.14x faster with the hybrid, batches of
+#: 8 1.19x, 8-token messages alike (0.99x), and replied as fast.
+KERNEL_MARGIN = 0.8
+READ_PARITY_LIMIT = 1.1
+
 #: Layers with more output rows than this are converted in blocks, on both threads (only the output
 #: head of the bundled model: 151,936 rows, against 4,864 for the largest other layer).
 ROWS_PER_CONVERSION = 80_000
@@ -66,23 +79,30 @@ UNIT_RANGE_SCALE = 2.0 / 255
 UNIT_RANGE_ZERO_POINT = 128
 
 
-class HalfEmbedding(nn.Module):
-    """A token embedding kept in half precision that returns float32 vectors.
+class Int8Embedding(nn.Module):
+    """A token embedding kept as int8 rows (each with its own scale) that returns float32 vectors.
 
-    The weight is a plain attribute (not a parameter or buffer) so ``Module.float()`` never upcasts it.
+    A quarter of a float32 table's memory and half of a float16 one's (136 MB instead of 272 MB for
+    the bundled model's 151,936 tokens), so a checkpoint's table can be released after loading.
     """
+
+    #: How the rows are rounded; part of the prefix store's key (see :func:`prepare_for_cpu`).
+    numerics: ClassVar[str] = "int8 embedding rows"
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
-        self.half_weight = weight.detach()
         self.num_embeddings, self.embedding_dim = weight.shape
+        quantized, scales = _int8_per_channel(weight.detach())
+        self.register_buffer("weight_int8", quantized)
+        self.register_buffer("weight_scale", scales)
 
     @property
     def weight(self) -> torch.Tensor:  # some library code reads .weight.dtype/.shape
-        return self.half_weight
+        return self.weight_int8
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(input_ids, self.half_weight).float()
+        rows = nn.functional.embedding(input_ids, self.weight_int8).float()
+        return rows.mul_(self.weight_scale[input_ids].unsqueeze(-1))
 
 
 class Int8Linear(nn.Module):
@@ -107,9 +127,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         flat = hidden.reshape(-1, self.in_features)
-        scale = flat.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127.0
-        quantized = torch.round(flat / scale).to(torch.int8)
-        output = torch._int_mm(quantized, self.weight_int8.t()).float().mul_(scale).mul_(self.weight_scale)
+        output = _int_mm_per_token(flat, self.weight_int8, self.weight_scale)
         if self.bias is not None:
             output.add_(self.bias)
         return output.reshape(*hidden.shape[:-1], self.out_features)
@@ -147,24 +165,58 @@ class PackedInt8Linear(nn.Module):
                 quantized, scales.double(), torch.zeros(self.out_features, dtype=torch.long), 0
             )
         self._packed = torch.ops.quantized.linear_prepack(qweight, None)  # fbgemm's own copy
-        del qweight, quantized
+        del qweight
+        self._keep_int8_weights(quantized, scales)
         self.register_buffer("bias", bias.detach().float().clone() if bias is not None else None)
+
+    def _keep_int8_weights(self, quantized: torch.Tensor, scales: torch.Tensor) -> None:
+        """Nothing to keep: fbgemm has its own copy of the weights."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         flat = hidden.reshape(-1, self.in_features)
         if flat.shape[0] == 1:  # one token (a decoding step): fbgemm's range is already this token's own
             output = torch.ops.quantized.linear_dynamic(flat, self._packed, False)
         else:
-            scale = flat.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
-            output = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-                flat / scale, UNIT_RANGE_SCALE, UNIT_RANGE_ZERO_POINT, self._packed
-            ).mul_(scale)
+            output = self._several_tokens(flat)
         if self.bias is not None:
             output.add_(self.bias)
         return output.reshape(*hidden.shape[:-1], self.out_features)
 
+    def _several_tokens(self, flat: torch.Tensor) -> torch.Tensor:
+        scale = flat.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            flat / scale, UNIT_RANGE_SCALE, UNIT_RANGE_ZERO_POINT, self._packed
+        ).mul_(scale)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (fbgemm)"
+
+
+class HybridInt8Linear(PackedInt8Linear):
+    """:class:`PackedInt8Linear` for one token at a time, ``torch._int_mm`` for several.
+
+    For CPUs where each kernel wins one side. On a 2-core AVX-512 VNNI Xeon with AMX, through an MLP
+    matrix (896 x 4864, two threads) fbgemm ran one token in 205 µs against ``_int_mm``'s 380; cycling
+    through 24 such matrices, as a forward pass does, ``_int_mm`` ran 32 tokens in 689 µs against
+    fbgemm's 897 and 25 in 658 against 758 (8 tokens: 552 against 501). Mood reads and prompts run
+    several tokens per call, decoding steps one. Both use the same ±63 weights (quantized once); the
+    price is a second int8 copy of them (fbgemm packs its own), about 360 MB for the bundled model.
+    Several tokens get 8-bit activations per token, as in :class:`Int8Linear`.
+    """
+
+    numerics: ClassVar[str] = (
+        f"weights in ±{PACKED_WEIGHT_LIMIT}, 8-bit activations per token; torch._int_mm for several tokens"
+    )
+
+    def _keep_int8_weights(self, quantized: torch.Tensor, scales: torch.Tensor) -> None:
+        self.register_buffer("weight_int8", quantized)
+        self.register_buffer("weight_scale", scales)
+
+    def _several_tokens(self, flat: torch.Tensor) -> torch.Tensor:
+        return _int_mm_per_token(flat, self.weight_int8, self.weight_scale)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 (fbgemm + _int_mm)"
 
 
 class RowBlocks(nn.Module):
@@ -180,6 +232,15 @@ class RowBlocks(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.cat([block(hidden) for block in self.blocks], dim=-1)
+
+
+def _int_mm_per_token(
+    flat: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor
+) -> torch.Tensor:
+    """``flat [tokens, in] @ weight.T``, each token rounded to int8 by its own scale (``torch._int_mm``)."""
+    scale = flat.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127.0
+    quantized = torch.round(flat / scale).to(torch.int8)
+    return torch._int_mm(quantized, weight_int8.t()).float().mul_(scale).mul_(weight_scale)
 
 
 def _int8_per_channel(
@@ -257,43 +318,74 @@ def packed_int8_slowdown(rows: int = 32, inner: int = 896, columns: int = 1216, 
     return _slowdown(lambda: packed(hidden), lambda: nn.functional.linear(hidden, weight), repeats)
 
 
-def packed_message_cost_ratio(inner: int = 896, columns: int = 1216, repeats: int = 3) -> float:
-    """What a message's int8 products cost on :class:`PackedInt8Linear`, as a share of :class:`Int8Linear`'s.
+class KernelTimes(NamedTuple):
+    """Best seconds of fbgemm's kernel (packed) and ``torch._int_mm``: a mood read's call, one token."""
 
-    A message is one mood read (32 tokens in one call) and a reply of ``REPLY_TOKENS_PER_MESSAGE``
-    one-token steps.
-    """
+    packed_read: float
+    int_mm_read: float
+    packed_token: float
+    int_mm_token: float
+
+    def packed_message_cost_ratio(self) -> float:
+        """What a message costs on fbgemm's kernel as a share of ``_int_mm``'s.
+
+        A message is one mood read (32 tokens in one call) and a reply of ``REPLY_TOKENS_PER_MESSAGE``
+        one-token steps.
+        """
+        packed_cost = self.packed_read + REPLY_TOKENS_PER_MESSAGE * self.packed_token
+        return packed_cost / (self.int_mm_read + REPLY_TOKENS_PER_MESSAGE * self.int_mm_token)
+
+
+def int8_kernel_times(inner: int = 896, columns: int = 1216, repeats: int = 3) -> KernelTimes | None:
+    """Both int8 kernels timed for 32 tokens and for one, in turn (None without fbgemm)."""
     layer = _packed_check_layer(inner, columns)
     if layer is None:
-        return float("inf")
+        return None
     weight, packed = layer
     exact = Int8Linear(weight, None)
     batch, token = torch.randn(32, inner), torch.randn(1, inner)
-    packed_batch, exact_batch, packed_token, exact_token = _best_times(
-        [lambda: packed(batch), lambda: exact(batch), lambda: packed(token), lambda: exact(token)], repeats
+    products = [lambda: packed(batch), lambda: exact(batch), lambda: packed(token), lambda: exact(token)]
+    return KernelTimes(*_best_times(products, repeats))
+
+
+def kind_for_kernel_times(times: KernelTimes) -> type[Int8Linear] | type[PackedInt8Linear]:
+    """The int8 layer kind for a CPU where both kernels are fast enough (see ``choose_int8_layer``)."""
+    if (
+        times.packed_token < KERNEL_MARGIN * times.int_mm_token
+        and times.int_mm_read <= READ_PARITY_LIMIT * times.packed_read
+    ):
+        logger.info(
+            "fbgemm runs one token %.2fx faster than torch._int_mm on this CPU, which reads 32 tokens "
+            "%.2fx as fast: using fbgemm for decoding steps and _int_mm for several tokens",
+            times.int_mm_token / times.packed_token,
+            times.packed_read / times.int_mm_read,
+        )
+        return HybridInt8Linear
+    ratio = times.packed_message_cost_ratio()
+    if ratio > PACKED_MESSAGE_COST_LIMIT:
+        return Int8Linear
+    logger.info(
+        "fbgemm's int8 kernels cost a message %.2fx what torch._int_mm does on this CPU (faster for "
+        "one token at a time): using them",
+        ratio,
     )
-    packed_cost = packed_batch + REPLY_TOKENS_PER_MESSAGE * packed_token
-    return packed_cost / (exact_batch + REPLY_TOKENS_PER_MESSAGE * exact_token)
+    return PackedInt8Linear
 
 
 def choose_int8_layer() -> type[Int8Linear] | type[PackedInt8Linear] | None:
     """The int8 layer kind that is fast on this CPU, or None where float32 is faster than both.
 
-    Where both kinds read moods fast enough, the one a whole message (its read and its reply) costs
-    clearly less on wins.
+    Where both kernels read moods fast enough, fbgemm is clearly faster for one token and ``_int_mm``
+    about as fast for several, :class:`HybridInt8Linear` runs each on its side (see
+    ``READ_PARITY_LIMIT``); otherwise the one a whole message (its read and its reply) costs clearly
+    less on wins.
     """
     slowdown = int8_slowdown()
     packed_slowdown = packed_int8_slowdown()
     if slowdown <= INT8_SLOWDOWN_LIMIT and packed_slowdown <= INT8_SLOWDOWN_LIMIT:
-        ratio = packed_message_cost_ratio()
-        if ratio > PACKED_MESSAGE_COST_LIMIT:
-            return Int8Linear
-        logger.info(
-            "fbgemm's int8 kernels cost a message %.2fx what torch._int_mm does on this CPU (faster for "
-            "one token at a time): using them",
-            ratio,
-        )
-        return PackedInt8Linear
+        times = int8_kernel_times()
+        if times is not None:
+            return kind_for_kernel_times(times)
     if slowdown <= INT8_SLOWDOWN_LIMIT:
         return Int8Linear
     if packed_slowdown <= INT8_SLOWDOWN_LIMIT:
@@ -326,21 +418,27 @@ def prepare_for_cpu(model: nn.Module, *, quantize: bool) -> str:
         release_free_memory()
         return "float32"
     _small_parameters_to_float(model)
-    embedding = model.get_input_embeddings()
-    if embedding.weight.dtype != torch.float32:
-        # A private copy of the half-precision embedding, so the memory-mapped checkpoint can be released.
-        model.set_input_embeddings(HalfEmbedding(embedding.weight.detach().clone()))
-    del embedding
+    model.set_input_embeddings(Int8Embedding(model.get_input_embeddings().weight))
     fuse_shared_input_projections(model)
     _convert_linears(model, layer_kind)
     gc.collect()
     release_free_memory()
-    return f"{layer_kind.__name__} ({layer_kind.numerics})"
+    return f"{layer_kind.__name__} ({layer_kind.numerics}; {Int8Embedding.numerics})"
 
 
 def _convert_linears(model: nn.Module, layer_kind: type[Int8Linear] | type[PackedInt8Linear]) -> None:
-    """Replace every ``nn.Linear`` of ``model`` by ``layer_kind`` (in :class:`RowBlocks` when large)."""
+    """Replace every ``nn.Linear`` of ``model`` by ``layer_kind`` (in :class:`RowBlocks` when large).
+
+    With :class:`HybridInt8Linear` the output head becomes a :class:`PackedInt8Linear`: it only ever
+    computes one position's logits (a reply's next token; mood reads use their label rows), so a second
+    int8 copy of it (136 MB for the bundled model) would buy nothing.
+    """
+    head = model.get_output_embeddings()
     linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    kinds = {
+        name: PackedInt8Linear if layer_kind is HybridInt8Linear and linear is head else layer_kind
+        for name, linear in linears.items()
+    }
     # Blocks of rows, the largest first. fbgemm packed the output head (151,936 rows) in ~1.9 s on one
     # core of an AVX2 machine, after the other core had run out of layers; two halves packed side by
     # side in 0.83 s there.
@@ -354,7 +452,7 @@ def _convert_linears(model: nn.Module, layer_kind: type[Int8Linear] | type[Packe
     def convert(task: tuple[str, slice]) -> nn.Module:
         linear = linears[task[0]]
         bias = linear.bias.detach()[task[1]] if linear.bias is not None else None
-        return layer_kind(linear.weight.detach()[task[1]], bias)
+        return kinds[task[0]](linear.weight.detach()[task[1]], bias)
 
     # Two blocks at a time: fbgemm's weight packing runs on one core (and releases the GIL), so two
     # blocks pack at once.
