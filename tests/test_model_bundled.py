@@ -91,3 +91,11 @@ def test_second_turn_reuses_the_conversation(model: LanguageModel) -> None:
 def test_count_tokens(model: LanguageModel) -> None:
     assert model.count_tokens("hello world") == 2
     assert model.count_tokens("") == 0
+
+
+def test_the_tokenizer_runs_without_its_python_vocabulary_copies(model: LanguageModel) -> None:
+    tokenizer = model._tokenizer  # type: ignore[attr-defined]
+    assert type(tokenizer).__name__ == "Qwen2Tokenizer"
+    assert tokenizer._vocab is None and tokenizer._merges is None
+    ids = tokenizer.encode("我今天很开心 hello", add_special_tokens=False)
+    assert tokenizer.decode(ids) == "我今天很开心 hello" and len(tokenizer.get_vocab()) > 150_000

@@ -231,3 +231,20 @@ def test_model_without_chat_template_is_refused_in_one_sentence(tmp_path: Path) 
     config_path.write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(ModelNotFoundError, match="chat template"):
         loader.load_model(_settings(tmp_path, str(directory)), progress=False)
+
+
+def test_only_tokenizers_known_to_keep_build_copies_lose_them() -> None:
+    from bot.model.transformers_model import drop_build_copies
+
+    class Qwen2Tokenizer:  # the name is what counts
+        def __init__(self) -> None:
+            self._vocab, self._merges = {"a": 0}, [("a", "b")]
+
+    class OtherTokenizer(Qwen2Tokenizer):
+        pass
+
+    known, other = Qwen2Tokenizer(), OtherTokenizer()
+    drop_build_copies(known)
+    drop_build_copies(other)
+    assert known._vocab is None and known._merges is None
+    assert other._vocab == {"a": 0} and other._merges == [("a", "b")]
