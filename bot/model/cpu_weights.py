@@ -409,8 +409,9 @@ def prepare_for_cpu(model: nn.Module, *, quantize: bool) -> str:
 
     The int8 layer kind is the one fast on this CPU (see :func:`choose_int8_layer`); where none is,
     the model runs float32 weights. With int8 layers, attention's query, key and value layers also
-    become one (see :mod:`bot.model.fused_projections`); float32 keeps the layers transformers built.
-    Returns what the linear layers now are: "float32" or the int8 layer kind's name and numerics.
+    become one (see :mod:`bot.model.fused_projections`) and the token embedding becomes int8 rows;
+    float32 keeps the layers transformers built. Returns what the weights now are: "float32" or the
+    int8 layer kind's name and numerics, and the embedding's (part of the prefix store's key).
     """
     layer_kind = choose_int8_layer() if quantize else None
     if layer_kind is None:
