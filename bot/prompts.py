@@ -85,11 +85,23 @@ _CANNOT_HELP = (
     rf"i\s*(?:can{_APOSTROPHE}?t|cannot|can not|(?:am|{_APOSTROPHE}m) (?:unable|not able) to)\s+"
     r"(?:assist|help)(?:\s+you)?\s+with\s+(?:that|this)(?:\s+request)?"
 )
+# Its moralizing variant ("我不能支持或鼓励你进行这样的行为。", given to a sad message about an exam).
+_CANNOT_ENDORSE = (
+    rf"i\s*(?:can{_APOSTROPHE}?t|cannot|can not)\s+(?:support|encourage|condone)"
+    r"(?:\s+or\s+(?:support|encourage|condone))?\s+(?:this|that|such)\s+"
+    r"(?:kind of\s+)?(?:behaviou?r|actions?)"
+)
+_SORRY_BUT = (
+    rf"(?:(?:(?:i{_APOSTROPHE}?m|i am)\s+)?(?:so\s+|very\s+|really\s+)?sorry[,.!]?\s*(?:but\b)?[,\s]*)?"
+)
+_SORRY_BUT_ZH = r"(?:很|非常)?(?:抱歉|对不起)?[，,。！!]?\s*(?:但是?|不过)?[，,]?\s*"
 _REFUSAL_SENTENCE = re.compile(
-    rf"^(?:(?:(?:i{_APOSTROPHE}?m|i am)\s+)?(?:so\s+|very\s+|really\s+)?sorry[,.!]?\s*(?:but\b)?[,\s]*)?"
-    rf"{_CANNOT_HELP}(?:[,.]?\s*sorry)?\W*$"
-    r"|^(?:很|非常)?(?:抱歉|对不起)?[，,。！!]?\s*(?:但是?|不过)?[，,]?\s*我(?:无法|不能)(?:协助|帮助|帮)(?:你|您)?"
-    r"(?:完成|处理|解决)?(?:这个|该|此)?(?:请求|问题|事情)?\W*$",
+    rf"^{_SORRY_BUT}{_CANNOT_HELP}(?:[,.]?\s*sorry)?\W*$"
+    rf"|^{_SORRY_BUT}{_CANNOT_ENDORSE}\W*$"
+    rf"|^{_SORRY_BUT_ZH}我(?:无法|不能)(?:协助|帮助|帮)(?:你|您)?"
+    r"(?:完成|处理|解决)?(?:这个|该|此)?(?:请求|问题|事情)?\W*$"
+    rf"|^{_SORRY_BUT_ZH}我(?:无法|不能)(?:支持|鼓励)(?:或|和)?(?:支持|鼓励)?"
+    r"(?:你|您)?(?:进行|做)?(?:这样|这种|此类)的?(?:行为|事情|做法)\W*$",
     re.IGNORECASE,
 )
 # "That's hard, but I can't help you with that." keeps what comes before the refusal.

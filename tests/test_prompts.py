@@ -77,6 +77,8 @@ def test_bare_label_or_empty_reply_becomes_a_kind_fallback(raw: str) -> None:
         "I'm sorry. I cannot assist with this request.",
         "抱歉，我无法协助完成这个请求。",
         "很抱歉，我无法帮助你。",
+        "很抱歉，我不能支持或鼓励你进行这样的行为。",
+        "I'm sorry, but I can't support or encourage this kind of behavior.",
     ],
 )
 def test_a_stock_refusal_becomes_the_fallback_for_the_mood_just_read(raw: str) -> None:
@@ -97,6 +99,10 @@ def test_a_stock_refusal_becomes_the_fallback_for_the_mood_just_read(raw: str) -
             "That's a bit hard. What worries you?",
         ),
         ("抱歉，我无法帮助你。不过我会一直陪着你。", "不过我会一直陪着你。"),
+        (
+            "很抱歉，我不能支持或鼓励你进行这样的行为。考试是学习和进步的过程，需要时间和耐心。",
+            "考试是学习和进步的过程，需要时间和耐心。",
+        ),
     ],
 )
 def test_only_the_refusal_sentences_of_a_reply_are_dropped(raw: str, expected: str) -> None:
@@ -110,6 +116,8 @@ def test_only_the_refusal_sentences_of_a_reply_are_dropped(raw: str, expected: s
         "I'm sorry you had to go through that. I can't imagine how it felt.",
         "虽然我无法帮你改变结果，但我会一直陪着你。",
         "Can't help with that? Of course I can: tell me what happened.",
+        "I can't support this team any more, they lost again!",
+        "我不能支持你的每一个决定，但我会一直陪着你。",
     ],
 )
 def test_replies_that_only_mention_not_being_able_to_do_something_stay(raw: str) -> None:
