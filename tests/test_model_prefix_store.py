@@ -80,22 +80,23 @@ def test_a_second_load_reuses_the_stored_prefixes_and_reads_the_same(tmp_path: P
 
     from transformers.models.qwen2 import modeling_qwen2
 
-    passes: list[int] = []
+    prefix_lengths = {len(prefix.prefix_ids) for prefix in first._mood_prefixes.values()}
+    passes: list[int] = []  # input lengths of the decoder's passes
     original_forward = modeling_qwen2.Qwen2Model.forward
 
     @functools.wraps(original_forward)  # keeps the signature, whose cache keyword the model reads
-    def counting_forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        passes.append(1)
-        return original_forward(self, *args, **kwargs)
+    def counting_forward(self, input_ids=None, *args, **kwargs):  # type: ignore[no-untyped-def]
+        passes.append(input_ids.shape[-1])
+        return original_forward(self, input_ids, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(modeling_qwen2.Qwen2Model, "forward", counting_forward)
         second = TransformersModel.load(
             directory, name="tiny", quantize=False, threads=1, prefix_cache_dir=store_dir
         )
-        assert passes == []  # no prefix pass ran
+        assert not prefix_lengths & set(passes)  # no prefix pass ran (only the lean pass's check)
         TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
-        assert len(passes) == len(stored)  # without the store, one pass per prefix
+        assert prefix_lengths <= set(passes)  # without the store, one pass per prefix
     assert sorted(store_dir.iterdir()) == stored
     texts = ["I am happy today", "我很难过"]
     assert torch.equal(first.mood_log_probs(texts), second.mood_log_probs(texts))

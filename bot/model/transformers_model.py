@@ -8,9 +8,11 @@
 * Replies are sampled token by token with last-position logits only, streaming text out, reusing the
   KV cache of the conversation's unchanged prefix between turns.
 * With ``quantize`` the linear layers (including the output head) run with int8 weights and per-token
-  int8 activations, and the token embedding stays in half precision (see :mod:`bot.model.cpu_weights`),
+  int8 activations, and the token embedding becomes int8 rows (see :mod:`bot.model.cpu_weights`),
   which keeps RSS near a third of float32.
 * Attention runs on the key/value heads without per-head copies (see :mod:`bot.model.cpu_attention`).
+* Mood reads of Llama/Qwen2-style decoders skip transformers' forward-pass machinery (see
+  :mod:`bot.model.lean_pass`).
 * The few-shot prefixes' key/values can be kept on disk between runs (see :mod:`bot.model.prefix_store`).
 """
 
@@ -33,6 +35,7 @@ from bot.errors import ModelError, ModelNotFoundError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
 from bot.model.cpu_attention import use_grouped_attention
 from bot.model.cpu_weights import prepare_for_cpu, release_free_memory
+from bot.model.lean_pass import LeanReadPass
 from bot.model.loader import transformers_version
 from bot.model.mood_prompt import (
     FEW_SHOT,
@@ -49,8 +52,14 @@ from bot.types import Mood, MoodLabel
 
 logger = logging.getLogger(__name__)
 
-#: Inputs whose label distribution is the model's bias (contextual calibration).
+#: Inputs whose label distribution is the model's bias (contextual calibration); they also check the
+#: lean pass against transformers' at load.
 CONTENT_FREE_INPUTS: tuple[str, ...] = ("", "N/A", "…")
+
+#: How far (in label log-probability) the lean pass may read from transformers' pass at the load-time
+#: check. The two run the same arithmetic (equal bit for bit on the bundled model); the margin covers
+#: attention implementations other than grouped attention (e.g. SDPA) summing in another order.
+LEAN_PASS_TOLERANCE = 1e-4
 
 
 @dataclass(slots=True)
@@ -154,6 +163,7 @@ class TransformersModel:
             language: self._build_mood_prefix(language, examples, prompt_options, label_token_groups)
             for language, examples in examples_by_language.items()
         }
+        self._lean_pass = self._checked_lean_pass()
         self._calibration = {language: torch.zeros(len(LABELS)) for language in self._mood_prefixes}
         if calibrate:
             self._calibration = {
@@ -343,6 +353,30 @@ class TransformersModel:
             label_groups=label_token_groups[language],
         )
 
+    @torch.inference_mode()
+    def _checked_lean_pass(self) -> LeanReadPass | None:
+        """The lean pass for mood reads where the decoder has one and it reads as transformers' pass does."""
+        lean = LeanReadPass.for_decoder(self._decoder)
+        if lean is None:
+            return None
+        prefix = next(iter(self._mood_prefixes.values()))
+        sequences = [self._mood_token_ids(text, prefix) for text in CONTENT_FREE_INPUTS]
+        batch, lengths = self._padded(sequences, prefix)
+        expected = self._labels_from_hidden(self._decoder_last_states(batch, lengths, prefix), prefix)
+        try:
+            hidden = lean.last_hidden_states(batch, lengths, prefix.key_values)
+            found = self._labels_from_hidden(hidden, prefix)
+        except (RuntimeError, ValueError, IndexError, TypeError):
+            logger.warning("Mood reads keep transformers' forward pass: the lean pass failed", exc_info=True)
+            return None
+        if not torch.allclose(found, expected, atol=LEAN_PASS_TOLERANCE, rtol=0):
+            logger.warning(
+                "Mood reads keep transformers' forward pass: the lean pass differs by %.2g",
+                (found - expected).abs().max().item(),
+            )
+            return None
+        return lean
+
     # ------------------------------------------------------------------ mood
 
     def _mood_language(self, text: str) -> str:
@@ -357,19 +391,26 @@ class TransformersModel:
             ids = ids[:head] + ids[-(self.mood_token_budget - head) :]
         return ids + prefix.suffix_ids
 
-    @torch.inference_mode()
-    def _label_log_probs(self, sequences: list[list[int]], prefix: _MoodPrefix) -> torch.Tensor:
-        """Log-probabilities over the three labels (uncalibrated) for token sequences after ``prefix``."""
+    def _padded(self, sequences: list[list[int]], prefix: _MoodPrefix) -> tuple[torch.Tensor, list[int]]:
+        """``sequences`` right-padded into one batch, and their lengths."""
         lengths = [len(sequence) for sequence in sequences]
         width = max(lengths)
         pad = self._tokenizer.pad_token_id
         pad = prefix.suffix_ids[-1] if pad is None else pad
         # Right padding needs no attention mask: real tokens never attend to pads after them.
-        batch = torch.tensor([sequence + [pad] * (width - len(sequence)) for sequence in sequences])
-        cache = self._seeded_cache(prefix.key_values, batch=len(sequences))
+        return torch.tensor([sequence + [pad] * (width - len(sequence)) for sequence in sequences]), lengths
+
+    def _decoder_last_states(
+        self, batch: torch.Tensor, lengths: list[int], prefix: _MoodPrefix
+    ) -> torch.Tensor:
+        """transformers' forward pass of ``batch`` after ``prefix``: each row's last real hidden state."""
+        cache = self._seeded_cache(prefix.key_values, batch=len(lengths))
         hidden = self._run_decoder(batch, cache).last_hidden_state
-        last = hidden[torch.arange(len(sequences)), torch.tensor(lengths) - 1].float()
-        logits = last @ self._label_head.T
+        return hidden[torch.arange(len(lengths)), torch.tensor(lengths) - 1]
+
+    def _labels_from_hidden(self, last: torch.Tensor, prefix: _MoodPrefix) -> torch.Tensor:
+        """Log-probabilities over the three labels (uncalibrated) from last hidden states."""
+        logits = last.float() @ self._label_head.T
         if self._label_bias is not None:
             logits = logits + self._label_bias
         token_log_probs = torch.log_softmax(logits, dim=-1)
@@ -377,6 +418,16 @@ class TransformersModel:
             [torch.logsumexp(token_log_probs[:, group], dim=-1) for group in prefix.label_groups], dim=-1
         )
         return torch.log_softmax(per_label, dim=-1)
+
+    @torch.inference_mode()
+    def _label_log_probs(self, sequences: list[list[int]], prefix: _MoodPrefix) -> torch.Tensor:
+        """Log-probabilities over the three labels (uncalibrated) for token sequences after ``prefix``."""
+        batch, lengths = self._padded(sequences, prefix)
+        if self._lean_pass is not None:
+            last = self._lean_pass.last_hidden_states(batch, lengths, prefix.key_values)
+        else:
+            last = self._decoder_last_states(batch, lengths, prefix)
+        return self._labels_from_hidden(last, prefix)
 
     def _content_free_log_probs(self, prefix: _MoodPrefix) -> torch.Tensor:
         sequences = [self._mood_token_ids(text, prefix) for text in CONTENT_FREE_INPUTS]

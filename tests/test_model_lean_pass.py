@@ -1,0 +1,128 @@
+"""The lean mood-read pass: the same numbers as transformers' forward pass after a prefix cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from bot.model import lean_pass  # noqa: E402
+from bot.model.cpu_attention import use_grouped_attention  # noqa: E402
+from bot.model.lean_pass import LeanReadPass  # noqa: E402
+from bot.model.tiny import build_tiny_model  # noqa: E402
+from bot.model.transformers_model import TransformersModel, cache_keyword  # noqa: E402
+
+_SIZES = {
+    "vocab_size": 97,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
+def _decoder(kind: str, **overrides: object):  # type: ignore[no-untyped-def]
+    torch.manual_seed(5)
+    if kind == "qwen2":
+        config = transformers.Qwen2Config(**_SIZES, **overrides)
+        model = transformers.Qwen2ForCausalLM(config)
+    else:
+        config = transformers.LlamaConfig(**_SIZES, **overrides)
+        model = transformers.LlamaForCausalLM(config)
+    return model.eval()
+
+
+def _prefix_and_reference(model, rows: list[list[int]], prefix_ids: list[int]):  # type: ignore[no-untyped-def]
+    """Prefix key/values, the right-padded batch, and transformers' last hidden state per row."""
+    decoder = model.get_decoder()
+    keyword = cache_keyword(decoder)
+    width = max(len(row) for row in rows)
+    batch = torch.tensor([row + [0] * (width - len(row)) for row in rows])
+    with torch.inference_mode():
+        cache = transformers.DynamicCache(config=model.config)
+        decoder(input_ids=torch.tensor([prefix_ids]), use_cache=True, **{keyword: cache})
+        key_values = [(layer.keys, layer.values) for layer in cache.layers]
+        seeded = transformers.DynamicCache(config=model.config)
+        for index, (keys, values) in enumerate(key_values):
+            seeded.update(keys.expand(len(rows), -1, -1, -1), values.expand(len(rows), -1, -1, -1), index)
+        hidden = decoder(input_ids=batch, use_cache=True, **{keyword: seeded}).last_hidden_state
+    lengths = [len(row) for row in rows]
+    return key_values, batch, lengths, hidden[torch.arange(len(rows)), torch.tensor(lengths) - 1]
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_the_lean_pass_reads_bit_for_bit_as_transformers_does(kind: str) -> None:
+    model = _decoder(kind)
+    assert use_grouped_attention(model)
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17, 18, 19, 20, 21]]
+    key_values, batch, lengths, expected = _prefix_and_reference(model, rows, list(range(20, 50)))
+    lean = LeanReadPass.for_decoder(model.get_decoder())
+    assert lean is not None
+    found = lean.last_hidden_states(batch, lengths, key_values)
+    assert torch.equal(found, expected)
+    alone = lean.last_hidden_states(batch[1:2, : lengths[1]], lengths[1:2], key_values)
+    assert torch.allclose(alone, expected[1:2], atol=1e-5)  # alone or batched, the same read
+    assert [tensor.shape[2] for tensor in key_values[0]] == [30, 30]  # the prefix is left unchanged
+
+
+def test_with_sdpa_attention_the_lean_pass_agrees_within_rounding() -> None:
+    model = _decoder("qwen2")
+    assert model.config._attn_implementation == "sdpa"
+    rows = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
+    key_values, batch, lengths, expected = _prefix_and_reference(model, rows, list(range(20, 40)))
+    found = LeanReadPass.for_decoder(model.get_decoder()).last_hidden_states(batch, lengths, key_values)  # type: ignore[union-attr]
+    assert torch.allclose(found, expected, atol=1e-5)
+
+
+def test_decoders_built_otherwise_keep_transformers_pass() -> None:
+    sliding = _decoder("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    assert "sliding_attention" in sliding.config.layer_types
+    assert LeanReadPass.for_decoder(sliding.get_decoder()) is None
+    assert LeanReadPass.for_decoder(SimpleNamespace(config=SimpleNamespace(model_type="gpt2"))) is None  # type: ignore[arg-type]
+    decoder = _decoder("llama").get_decoder()
+    del decoder.layers[1].self_attn.o_proj
+    assert LeanReadPass.for_decoder(decoder) is None
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_the_models_mood_reads_use_the_lean_pass_and_read_the_same(tmp_path: Path, quantize: bool) -> None:
+    directory = build_tiny_model(tmp_path / "m")
+    model = TransformersModel.load(directory, name="tiny", quantize=quantize, threads=1)
+    assert isinstance(model._lean_pass, LeanReadPass)
+    texts = ["I am happy today", "我很难过", "What time is it? " * 4, "ok"]
+    lean = model.mood_log_probs(texts)
+    model._lean_pass = None
+    assert torch.equal(lean, model.mood_log_probs(texts))
+
+
+def test_a_lean_pass_that_reads_otherwise_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = build_tiny_model(tmp_path / "m")
+    real = LeanReadPass.last_hidden_states
+
+    def shifted(self, input_ids, lengths, key_values):  # type: ignore[no-untyped-def]
+        return real(self, input_ids, lengths, key_values) + 0.5
+
+    monkeypatch.setattr(lean_pass.LeanReadPass, "last_hidden_states", shifted)
+    with caplog.at_level(logging.WARNING, logger="bot.model.transformers_model"):
+        model = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
+    assert model._lean_pass is None
+    assert "lean pass differs" in caplog.text
+
+    def failing(self, input_ids, lengths, key_values):  # type: ignore[no-untyped-def]
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(lean_pass.LeanReadPass, "last_hidden_states", failing)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bot.model.transformers_model"):
+        model = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
+    assert model._lean_pass is None
+    assert "lean pass failed" in caplog.text
+    assert model.classify(["I am happy today"])[0].label is not None
