@@ -1,4 +1,4 @@
-"""The lean mood-read pass: the same numbers as transformers' forward pass after a prefix cache."""
+"""The lean pass: mood reads and reply steps with the same numbers as transformers' forward pass."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from bot.model import lean_pass  # noqa: E402
+from bot.model.base import ChatTurn  # noqa: E402
 from bot.model.cpu_attention import use_grouped_attention  # noqa: E402
-from bot.model.lean_pass import LeanReadPass  # noqa: E402
+from bot.model.lean_pass import LeanPass  # noqa: E402
 from bot.model.tiny import build_tiny_model  # noqa: E402
 from bot.model.transformers_model import TransformersModel, cache_keyword  # noqa: E402
 
@@ -62,7 +63,7 @@ def test_the_lean_pass_reads_bit_for_bit_as_transformers_does(kind: str) -> None
     assert use_grouped_attention(model)
     rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17, 18, 19, 20, 21]]
     key_values, batch, lengths, expected = _prefix_and_reference(model, rows, list(range(20, 50)))
-    lean = LeanReadPass.for_decoder(model.get_decoder())
+    lean = LeanPass.for_decoder(model.get_decoder())
     assert lean is not None
     found = lean.last_hidden_states(batch, lengths, key_values)
     assert torch.equal(found, expected)
@@ -71,58 +72,102 @@ def test_the_lean_pass_reads_bit_for_bit_as_transformers_does(kind: str) -> None
     assert [tensor.shape[2] for tensor in key_values[0]] == [30, 30]  # the prefix is left unchanged
 
 
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_reply_steps_extend_the_cache_bit_for_bit_as_transformers_does(kind: str) -> None:
+    model = _decoder(kind)
+    assert use_grouped_attention(model)
+    lean = LeanPass.for_decoder(model.get_decoder())
+    assert lean is not None
+    keyword = cache_keyword(model)
+    head = model.get_output_embeddings()
+    caches = [transformers.DynamicCache(config=model.config) for _ in range(2)]
+    steps = [
+        torch.tensor([list(range(30, 42))]),
+        torch.tensor([[7]]),
+        torch.tensor([[8]]),
+        torch.tensor([[3, 4]]),
+    ]
+    with torch.inference_mode():
+        for step in steps:  # a prompt, two decoding steps, then a next turn's tokens
+            expected = model(input_ids=step, use_cache=True, logits_to_keep=1, **{keyword: caches[0]}).logits
+            assert torch.equal(head(lean.extend(step, caches[1])), expected)
+    assert caches[1].get_seq_length() == caches[0].get_seq_length() == 16
+    for ours, theirs in zip(caches[1].layers, caches[0].layers, strict=True):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+
+
 def test_with_sdpa_attention_the_lean_pass_agrees_within_rounding() -> None:
     model = _decoder("qwen2")
     assert model.config._attn_implementation == "sdpa"
     rows = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
     key_values, batch, lengths, expected = _prefix_and_reference(model, rows, list(range(20, 40)))
-    found = LeanReadPass.for_decoder(model.get_decoder()).last_hidden_states(batch, lengths, key_values)  # type: ignore[union-attr]
+    found = LeanPass.for_decoder(model.get_decoder()).last_hidden_states(batch, lengths, key_values)  # type: ignore[union-attr]
     assert torch.allclose(found, expected, atol=1e-5)
 
 
 def test_decoders_built_otherwise_keep_transformers_pass() -> None:
     sliding = _decoder("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
     assert "sliding_attention" in sliding.config.layer_types
-    assert LeanReadPass.for_decoder(sliding.get_decoder()) is None
-    assert LeanReadPass.for_decoder(SimpleNamespace(config=SimpleNamespace(model_type="gpt2"))) is None  # type: ignore[arg-type]
+    assert LeanPass.for_decoder(sliding.get_decoder()) is None
+    assert LeanPass.for_decoder(SimpleNamespace(config=SimpleNamespace(model_type="gpt2"))) is None  # type: ignore[arg-type]
     decoder = _decoder("llama").get_decoder()
     del decoder.layers[1].self_attn.o_proj
-    assert LeanReadPass.for_decoder(decoder) is None
+    assert LeanPass.for_decoder(decoder) is None
 
 
 @pytest.mark.parametrize("quantize", [False, True])
 def test_the_models_mood_reads_use_the_lean_pass_and_read_the_same(tmp_path: Path, quantize: bool) -> None:
     directory = build_tiny_model(tmp_path / "m")
     model = TransformersModel.load(directory, name="tiny", quantize=quantize, threads=1)
-    assert isinstance(model._lean_pass, LeanReadPass)
+    assert isinstance(model._lean_pass, LeanPass)
     texts = ["I am happy today", "我很难过", "What time is it? " * 4, "ok"]
     lean = model.mood_log_probs(texts)
     model._lean_pass = None
     assert torch.equal(lean, model.mood_log_probs(texts))
 
 
-def test_a_lean_pass_that_reads_otherwise_is_not_used(
+def test_replies_are_the_same_with_the_lean_pass(tmp_path: Path) -> None:
+    directory = build_tiny_model(tmp_path / "m")
+    model = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
+    assert model._lean_pass is not None
+    first = [ChatTurn("user", "hello, what time is it?")]
+
+    def conversation() -> list[str]:
+        model._conversations.clear()
+        model._generator.manual_seed(3)
+        reply = model.generate("Be kind.", first, max_new_tokens=12)
+        later = [*first, ChatTurn("assistant", reply), ChatTurn("user", "thanks a lot")]
+        return [reply, model.generate("Be kind.", later, max_new_tokens=12)]  # reuses the first turn's cache
+
+    lean = conversation()
+    model._lean_pass = None
+    assert conversation() == lean
+    assert any(lean)
+
+
+def test_a_lean_pass_that_computes_otherwise_is_not_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     directory = build_tiny_model(tmp_path / "m")
-    real = LeanReadPass.last_hidden_states
+    real = LeanPass.extend
 
-    def shifted(self, input_ids, lengths, key_values):  # type: ignore[no-untyped-def]
-        return real(self, input_ids, lengths, key_values) + 0.5
+    def shifted(self, input_ids, cache):  # type: ignore[no-untyped-def]
+        return real(self, input_ids, cache) * 1.01
 
-    monkeypatch.setattr(lean_pass.LeanReadPass, "last_hidden_states", shifted)
+    monkeypatch.setattr(lean_pass.LeanPass, "extend", shifted)
     with caplog.at_level(logging.WARNING, logger="bot.model.transformers_model"):
         model = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
     assert model._lean_pass is None
     assert "lean pass differs" in caplog.text
 
-    def failing(self, input_ids, lengths, key_values):  # type: ignore[no-untyped-def]
+    def failing(self, input_ids, cache):  # type: ignore[no-untyped-def]
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(lean_pass.LeanReadPass, "last_hidden_states", failing)
+    monkeypatch.setattr(lean_pass.LeanPass, "extend", failing)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="bot.model.transformers_model"):
         model = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
     assert model._lean_pass is None
     assert "lean pass failed" in caplog.text
     assert model.classify(["I am happy today"])[0].label is not None
+    assert isinstance(model.generate("Be kind.", [ChatTurn("user", "hello")], max_new_tokens=4), str)

@@ -1,24 +1,26 @@
-"""Mood reads through the decoder's own layers, without transformers' forward-pass machinery.
+"""Mood reads and reply steps through the decoder's own layers, without transformers' forward pass.
 
 A mood read runs a few message tokens after a stored few-shot prefix and keeps only each message's
-last hidden state. transformers' forward pass also builds a cache object to keep the read's keys and
-values, a causal mask through its mask functions, and goes through decorators and keyword handling in
-every layer. :class:`LeanReadPass` calls the same modules in the same order (embedding,
-rotary table, each layer's norms, projections, attention and MLP, the final norm), so the numbers are
-the same bit for bit: on the bundled model with int8 weights, 200 dev messages' label log-probabilities
-were ``torch.equal`` to transformers' pass, alone and batched (so were SmolLM2's). Read in turn in one
-process, chat-length messages took 101 ms instead of 107 alone and 59 instead of 65 a message in
-batches of 8.
+last hidden state; a reply step runs one token (or a new turn's prompt) after the conversation's cache.
+transformers' forward pass also builds cache objects, a causal mask through its mask functions, and goes
+through decorators and keyword handling in every layer. :class:`LeanPass` calls the same modules in the
+same order (embedding, rotary table, each layer's norms, projections, attention and MLP, the final
+norm), so the numbers are the same bit for bit. On the bundled model with int8 weights:
+
+* 200 dev messages' label log-probabilities were ``torch.equal`` to transformers' pass, alone and
+  batched (so were SmolLM2's); read in turn in one process, chat-length messages took 101 ms instead
+  of 107 alone and 59 instead of 65 a message in batches of 8;
+* seeded replies were the same text, at 20.6 tokens/s instead of 18.5 (four runs each, in turn).
 
 It covers decoders built like Llama and Qwen2 (full causal attention, rotary positions, no norms on
-queries and keys); anything else keeps transformers' pass (:meth:`LeanReadPass.for_decoder` returns
-None). :class:`~bot.model.transformers_model.TransformersModel` also compares the two passes once at
-load and keeps transformers' pass if they differ.
+queries and keys); anything else keeps transformers' pass (:meth:`LeanPass.for_decoder` returns None).
+:class:`~bot.model.transformers_model.TransformersModel` also compares the two passes once at load and
+keeps transformers' pass if they differ.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -33,15 +35,15 @@ _LAYER_PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn
 _ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
 
 
-class LeanReadPass:
-    """Last hidden states of token sequences run after stored prefix key/values; nothing is cached."""
+class LeanPass:
+    """A Llama/Qwen2-style decoder's layers called directly: mood reads after a prefix, reply steps."""
 
     def __init__(self, decoder: nn.Module) -> None:
         self._decoder = decoder
         self._layers = list(decoder.layers[: decoder.config.num_hidden_layers])
 
     @classmethod
-    def for_decoder(cls, decoder: nn.Module) -> LeanReadPass | None:
+    def for_decoder(cls, decoder: nn.Module) -> LeanPass | None:
         """A pass over ``decoder`` (a model's ``get_decoder()``), or None where it is not built for one."""
         config = getattr(decoder, "config", None)
         if getattr(config, "model_type", None) not in LEAN_MODEL_TYPES:
@@ -73,30 +75,61 @@ class LeanReadPass:
         row's real tokens, which never attend to them, so they need no mask. ``key_values`` are the
         prefix's per-layer keys and values (``[1, kv_heads, prefix, head_dim]``), left unchanged.
         """
-        batch, width = input_ids.shape
-        prefix_length = key_values[0][0].shape[2]
+        batch = input_ids.shape[0]
+
+        def after_prefix(index: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            keys, values = key_values[index]
+            return (
+                torch.cat((keys.expand(batch, -1, -1, -1), key), dim=-2),
+                torch.cat((values.expand(batch, -1, -1, -1), value), dim=-2),
+            )
+
+        hidden = self._run(input_ids, key_values[0][0].shape[2], after_prefix)
+        return self._decoder.norm(hidden[torch.arange(batch), torch.tensor(lengths) - 1])
+
+    @torch.inference_mode()
+    def extend(self, input_ids: torch.Tensor, cache) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        """Run ``input_ids [batch, width]`` after what ``cache`` (a transformers cache) holds.
+
+        Their keys and values are appended to ``cache``, as transformers' pass appends them; returns the
+        final-norm hidden state of the last position, ``[batch, 1, hidden]``.
+        """
+
+        def appended(index: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return cache.update(key, value, index)
+
+        hidden = self._run(input_ids, cache.get_seq_length(), appended)
+        return self._decoder.norm(hidden[:, -1:])
+
+    def _run(self, input_ids: torch.Tensor, past: int, join: KeyValueJoin) -> torch.Tensor:
+        """The last layer's output for ``input_ids`` at positions ``past``, ``past + 1``, …"""
+        width = input_ids.shape[1]
         hidden = self._decoder.embed_tokens(input_ids)
-        positions = torch.arange(prefix_length, prefix_length + width).unsqueeze(0)
-        cos, sin = self._decoder.rotary_emb(hidden, positions)
+        cos, sin = self._decoder.rotary_emb(hidden, torch.arange(past, past + width).unsqueeze(0))
         rotary = (cos.unsqueeze(1), sin.unsqueeze(1))
-        # Token i sits at position prefix + i and sees the prefix and the message up to itself.
-        mask = torch.full((width, prefix_length + width), float("-inf"), dtype=hidden.dtype)
-        mask = mask.triu_(prefix_length + 1)[None, None]
-        for layer, (keys, values) in zip(self._layers, key_values, strict=True):
-            hidden = _layer_forward(layer, hidden, rotary, keys, values, mask)
-        hidden = self._decoder.norm(hidden)
-        return hidden[torch.arange(batch), torch.tensor(lengths) - 1]
+        mask = None  # one token sees every key before it
+        if width > 1:  # token i sits at position past + i and sees the keys up to there
+            mask = torch.full((width, past + width), float("-inf"), dtype=hidden.dtype)
+            mask = mask.triu_(past + 1)[None, None]
+        for index, layer in enumerate(self._layers):
+            hidden = _layer_forward(layer, index, hidden, rotary, join, mask)
+        return hidden
+
+
+#: Joins a layer's new keys and values to those before them: ``(layer index, keys, values)`` to the
+#: keys and values the new tokens attend to.
+KeyValueJoin = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 
 
 def _layer_forward(
     layer: nn.Module,
+    index: int,
     hidden: torch.Tensor,
     rotary: tuple[torch.Tensor, torch.Tensor],
-    prefix_keys: torch.Tensor,
-    prefix_values: torch.Tensor,
-    mask: torch.Tensor,
+    join: KeyValueJoin,
+    mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    """One decoder layer, as transformers' Llama/Qwen2 layer computes it after a prefix cache."""
+    """One decoder layer, as transformers' Llama/Qwen2 layer computes it."""
     attention = layer.self_attn
     batch, width, _ = hidden.shape
     heads_shape = (batch, width, -1, attention.head_dim)
@@ -107,8 +140,7 @@ def _layer_forward(
     cos, sin = rotary
     query = (query * cos) + (_rotate_half(query) * sin)
     key = (key * cos) + (_rotate_half(key) * sin)
-    keys = torch.cat((prefix_keys.expand(batch, -1, -1, -1), key), dim=-2)
-    values = torch.cat((prefix_values.expand(batch, -1, -1, -1), value), dim=-2)
+    keys, values = join(index, key, value)
     output, _ = grouped_attention(attention, query, keys, values, mask, scaling=attention.scaling)
     hidden = hidden + attention.o_proj(output.reshape(batch, width, -1).contiguous())
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
