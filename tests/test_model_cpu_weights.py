@@ -187,6 +187,7 @@ def test_a_message_costs_one_batched_read_and_a_reply_a_token_at_a_time() -> Non
         *((times, kind) for kind, times in KERNEL_TIMES_FOR.items()),
         # _int_mm as fast for reads (the check hides its lead on real weights): the hybrid
         (cpu_weights.KernelTimes(4.0, 4.2, 1.0, 3.0), cpu_weights.HybridInt8Linear),
+        (cpu_weights.KernelTimes(4.0, 4.8, 1.0, 3.0), cpu_weights.HybridInt8Linear),
         # _int_mm clearly slower for reads: fbgemm alone, no second copy of the weights
         (cpu_weights.KernelTimes(2.0, 3.0, 1.0, 3.0), cpu_weights.PackedInt8Linear),
         # fbgemm only a little faster for one token
