@@ -95,15 +95,24 @@ def _grouped_mask(
     The mask has the dtype and device of ``like`` (the queries).
     """
     if attention_mask is None:
-        if query_length == 1:
-            return None
-        # Query i sits at position key_length - query_length + i and sees keys up to there.
-        causal = torch.full((query_length, key_length), float("-inf"), dtype=like.dtype, device=like.device)
-        return causal.triu_(key_length - query_length + 1)[None, None, None]
+        causal = causal_mask(query_length, key_length, like)
+        return None if causal is None else causal.unsqueeze(2)
     mask = _additive(attention_mask, like.dtype)[..., :key_length]  # a static cache's mask may be longer
     if mask.shape[1] == 1:
         return mask.unsqueeze(2)  # [B|1, 1, 1, q, k]
     return mask.reshape(mask.shape[0], kv_heads, groups, query_length, key_length)
+
+
+def causal_mask(query_length: int, key_length: int, like: torch.Tensor) -> torch.Tensor | None:
+    """The additive causal mask ``[1, 1, q, k]`` for queries at the end of the keys (None for one query).
+
+    Query i sits at position ``key_length - query_length + i`` and sees the keys up to there. The mask
+    has the dtype and device of ``like``.
+    """
+    if query_length == 1:
+        return None
+    causal = torch.full((query_length, key_length), float("-inf"), dtype=like.dtype, device=like.device)
+    return causal.triu_(key_length - query_length + 1)[None, None]
 
 
 #: The last boolean mask turned additive (weakly held), its dtype and the result. Every layer of a

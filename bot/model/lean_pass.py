@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from bot.model.cpu_attention import grouped_attention
+from bot.model.cpu_attention import causal_mask, grouped_attention
 
 #: ``config.model_type`` values whose decoder layers are built as this pass expects.
 LEAN_MODEL_TYPES = frozenset({"llama", "qwen2"})
@@ -107,10 +107,7 @@ class LeanPass:
         hidden = self._decoder.embed_tokens(input_ids)
         cos, sin = self._decoder.rotary_emb(hidden, torch.arange(past, past + width).unsqueeze(0))
         rotary = (cos.unsqueeze(1), sin.unsqueeze(1))
-        mask = None  # one token sees every key before it
-        if width > 1:  # token i sits at position past + i and sees the keys up to there
-            mask = torch.full((width, past + width), float("-inf"), dtype=hidden.dtype)
-            mask = mask.triu_(past + 1)[None, None]
+        mask = causal_mask(width, past + width, hidden)
         for index, layer in enumerate(self._layers):
             hidden = _layer_forward(layer, index, hidden, rotary, join, mask)
         return hidden
