@@ -21,8 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("chat", help="chat in the terminal (reads stdin; piped input works too)")
     commands.add_parser("run", help="run every chat platform whose token is set")
-    classify = commands.add_parser("classify", help="label messages read one per line", add_help=False)
-    classify.add_argument("rest", nargs=argparse.REMAINDER)
+    # Its own parser (bot/model/classify_cli.py) reads every argument after "classify".
+    commands.add_parser("classify", help="label messages read one per line", add_help=False)
     commands.add_parser("stats", help="print usage counts (never message text)")
     return parser
 
@@ -35,12 +35,14 @@ def _configure_logging(settings: Settings, level: str, verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``moodmate`` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "classify":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "classify":
             from bot.model.classify_cli import main as classify_main
 
-            rest = list(args.rest)
             if args.model:
                 rest = ["--model", args.model, *rest]
             return classify_main(rest)

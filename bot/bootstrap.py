@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
@@ -106,7 +107,8 @@ async def bootstrap(
     if model is None:
         from bot.model.loader import load_model
 
-        model = await asyncio.to_thread(load_model, settings)
+        # Progress bars only on a terminal: a service's log gets no carriage-return noise.
+        model = await asyncio.to_thread(load_model, settings, progress=sys.stderr.isatty())
     worker = InferenceWorker(
         model,
         queue_size=settings.queue_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
@@ -65,22 +66,26 @@ def format_line(
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``moodmate classify``; returns the process exit code."""
     args = _parser().parse_args(argv)
-    from bot.model.loader import load_model
-    from bot.settings import Settings
-
-    try:
-        overrides = {"model": args.model} if args.model else {}
-        settings = Settings(**overrides)
-        model = load_model(settings, progress=sys.stderr.isatty())
-    except MoodmateError as error:
-        print(f"moodmate classify: {error}", file=sys.stderr)
-        return 2
-    try:
+    for stream in (sys.stdin, sys.stdout):  # messages are UTF-8 whatever the locale says
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(encoding="utf-8", errors="replace")
+    try:  # before the model loads: a wrong path should not cost a model load
         source: TextIO = (
             sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")  # noqa: SIM115
         )
     except OSError as error:
         print(f"moodmate classify: cannot read {args.file}: {error.strerror}", file=sys.stderr)
+        return 2
+    from bot.bootstrap import load_settings
+    from bot.model.loader import load_model
+
+    try:
+        settings = load_settings(**({"model": args.model} if args.model else {}))
+        model = load_model(settings, progress=sys.stderr.isatty())
+    except MoodmateError as error:
+        if source is not sys.stdin:
+            source.close()
+        print(f"moodmate classify: {error}", file=sys.stderr)
         return 2
     try:
         classify_stream(model, source, sys.stdout, as_json=args.json, batch_size=max(1, args.batch_size))

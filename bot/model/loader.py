@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -88,16 +89,32 @@ def load_model(settings: Settings, *, progress: bool = True) -> LanguageModel:
     started = time.perf_counter()
     source = resolve_model(settings.model)
     directory = prepare_model_directory(source, Path(settings.cache_dir), progress=progress)
-    model = TransformersModel.load(
-        directory if directory is not None else source.name,
-        name=source.name,
-        quantize=settings.quantize,
-        threads=settings.threads,
-        max_input_chars=settings.max_input_chars,
-        prefix_cache_dir=Path(settings.cache_dir) / "prefix-kv",
-    )
+    with _transformers_progress(progress):
+        model = TransformersModel.load(
+            directory if directory is not None else source.name,
+            name=source.name,
+            quantize=settings.quantize,
+            threads=settings.threads,
+            max_input_chars=settings.max_input_chars,
+            prefix_cache_dir=Path(settings.cache_dir) / "prefix-kv",
+        )
     logger.info("Model %s loaded in %.1f s", source.name, time.perf_counter() - started)
     return model
+
+
+@contextlib.contextmanager
+def _transformers_progress(enabled: bool) -> Iterator[None]:
+    """Hide transformers' own progress bars ("Loading weights") while loading, unless ``enabled``."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    if was_enabled and not enabled:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def prepare_model_directory(source: ModelSource, cache_dir: Path, *, progress: bool = True) -> Path | None:
