@@ -118,3 +118,15 @@ def test_changed_int8_rounding_misses_the_stored_prefixes(
         directory, name="tiny", quantize=True, threads=1, prefix_cache_dir=store_dir
     )
     assert len(set(store_dir.iterdir()) - stored) == len(model._mood_prefixes)
+
+
+def test_a_save_keeps_only_the_most_recently_used_files(tmp_path: Path) -> None:
+    store = PrefixStore(tmp_path, "model", max_files=2)
+    for number, prefix in enumerate(([1], [2])):
+        store.save(prefix, _key_values(length=1))
+        os.utime(store.path_for(prefix), ns=(10**18 + number, 10**18 + number))  # [1] older than [2]
+    assert store.load([1]) is not None  # a hit marks [1] as used now, so [2] is the oldest
+    store.save([3], _key_values(length=1))
+    assert store.load([1]) is not None and store.load([3]) is not None
+    assert store.load([2]) is None
+    assert len(list(tmp_path.iterdir())) == 2

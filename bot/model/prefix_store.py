@@ -2,7 +2,9 @@
 
 A file is named by a hash of everything its tensors depend on: the model's weights (see
 :func:`weights_identity`), how they run (float32 or which int8 layer kind), the library versions and the
-prefix's token ids. A changed prompt, model or library simply misses and writes a new file.
+prefix's token ids. A changed prompt, model or library simply misses and writes a new file; each
+hit marks its file as used, and a save keeps only the most recently used files (``MAX_FILES``), so
+the files of old prompts, models and versions do not pile up.
 """
 
 from __future__ import annotations
@@ -20,13 +22,18 @@ logger = logging.getLogger(__name__)
 
 KeyValues = list[tuple[torch.Tensor, torch.Tensor]]
 
+#: Most prefix files kept in one directory (each model and prompt language uses one; ~9 MB for the
+#: bundled Qwen model's English prefix).
+MAX_FILES = 16
+
 
 class PrefixStore:
     """Saves and finds the key/values of token-id prefixes for one model as it runs (``identity``)."""
 
-    def __init__(self, directory: Path, identity: str) -> None:
+    def __init__(self, directory: Path, identity: str, *, max_files: int = MAX_FILES) -> None:
         self.directory = directory
         self.identity = identity
+        self.max_files = max_files
 
     def path_for(self, prefix_ids: Sequence[int]) -> Path:
         material = f"{self.identity}|{','.join(map(str, prefix_ids))}"
@@ -50,6 +57,8 @@ class PrefixStore:
         if not key_values or key_values[0][0].shape[-2] != len(prefix_ids):
             logger.warning("Ignoring the prefix cache %s: it does not fit its prefix", path)
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # used now: pruning removes the least recently used files first
         return key_values
 
     def save(self, prefix_ids: Sequence[int], key_values: KeyValues) -> None:
@@ -70,6 +79,21 @@ class PrefixStore:
             logger.warning("Could not save the prefix cache %s (%s)", path, error)
             with contextlib.suppress(OSError):
                 temporary.unlink()
+            return
+        self._prune()
+
+    def _prune(self) -> None:
+        """Delete the least recently used prefix files beyond ``max_files`` (another process may have
+        just used one: it then recomputes its prefix once)."""
+        used: list[tuple[int, Path]] = []
+        for child in self.directory.glob("*.safetensors"):
+            with contextlib.suppress(OSError):
+                used.append((child.stat().st_mtime_ns, child))
+        used.sort(reverse=True)
+        for _, stale in used[self.max_files :]:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+                logger.info("Removed the least recently used prefix cache %s", stale.name)
 
 
 def weights_identity(location: Path | str, commit: str | None) -> str | None:
