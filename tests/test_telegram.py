@@ -630,6 +630,44 @@ async def test_group_reply_to_the_bot_and_addressed_commands_are_answered(
     assert "/mood" in third.params["text"]
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "sent at once"])
+async def test_in_a_forum_topic_every_part_and_typing_stay_in_that_topic(
+    stream: bool, launch: Launch, server: FakeTelegramServer
+):
+    sentence = "This sentence is part of a very long answer. "
+    long_text = (sentence * 200).strip()  # ~9,000 characters: three messages
+    model = FakeModel(reply_fn=lambda system, history: long_text, token_delay=0.002)
+    options: dict[str, Any] = {"typing_interval": 1.0}  # groups allow ~20 requests a minute
+    options["stream_delay"] = 0.3 if stream else None
+    bot = await launch(model, adapter_options=options)
+    alice = server.user(42, "Alice", "alice")
+    forum = server.group_chat(GROUP_ID, forum=True)
+    server.send_text(forum, alice, f"@{BOT_USERNAME} tell me everything", topic=7)
+    await bot.replies(GROUP_ID, 3, timeout=10)
+    await server.quiet()
+    sent = bot.sent(GROUP_ID)
+    assert len(sent) == 3
+    # Where Telegram put each message: without a thread id, parts after the first would be in General.
+    stored = [server.message(GROUP_ID, call.result["message_id"]) for call in sent]
+    assert [message and message.get("message_thread_id") for message in stored] == [7, 7, 7]
+    typing = bot.sent(GROUP_ID, "sendChatAction")
+    assert typing and all(call.params.get("message_thread_id") == "7" for call in typing)
+
+
+async def test_outside_forums_no_thread_is_named(launch: Launch, server: FakeTelegramServer):
+    bot = await launch(FakeModel(reply_fn=echo))
+    alice = server.user(42, "Alice", "alice")
+    group = server.group_chat(GROUP_ID)
+    first = server.send_text(group, alice, f"hi @{BOT_USERNAME}")
+    [reply] = await bot.replies(GROUP_ID)
+    # In a supergroup, Telegram gives a reply the thread id of its reply thread, which is no topic.
+    thread_reply = server.send_text(group, alice, f"@{BOT_USERNAME} and again", reply_to=first)
+    thread_reply["message_thread_id"] = first["message_id"]
+    second = (await bot.replies(GROUP_ID, 2))[-1]
+    assert reply.ok and second.ok
+    assert "message_thread_id" not in reply.params and "message_thread_id" not in second.params
+
+
 async def test_two_people_in_one_group_have_separate_histories(launch: Launch, server: FakeTelegramServer):
     model = FakeModel(reply_fn=echo)
     bot = await launch(model)

@@ -78,7 +78,7 @@ from telegram.ext import (
     filters,
 )
 
-from adapters.telegram.addressing import BotIdentity, is_addressed, strip_bot_mention
+from adapters.telegram.addressing import BotIdentity, is_addressed, strip_bot_mention, topic_of
 from adapters.telegram.config import Allowlist, api_urls
 from adapters.telegram.formatting import reply_texts
 from adapters.telegram.outbox import (
@@ -279,9 +279,13 @@ class TelegramAdapter:
             text = strip_bot_mention(message.text, message.entities, me)
             private = message.chat.type == ChatType.PRIVATE
             reply_to = None if private else message.message_id
+            thread_id = topic_of(message)
             if not text.strip() and not private:
                 await self._send_safely(
-                    message.chat.id, EMPTY_MENTION_REPLY.format(mention=me.mention), reply_to=reply_to
+                    message.chat.id,
+                    EMPTY_MENTION_REPLY.format(mention=me.mention),
+                    reply_to=reply_to,
+                    thread_id=thread_id,
                 )
                 return
             assert message.from_user is not None
@@ -295,7 +299,7 @@ class TelegramAdapter:
                 chat_is_private=private,
                 message_id=str(message.message_id),
             )
-            await self._answer(incoming, reply_to=reply_to)
+            await self._answer(incoming, reply_to=reply_to, thread_id=thread_id)
 
     async def _on_other(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message
@@ -304,7 +308,10 @@ class TelegramAdapter:
         with self._tracked():
             private = message.chat.type == ChatType.PRIVATE
             await self._send_safely(
-                message.chat.id, NON_TEXT_REPLY, reply_to=None if private else message.message_id
+                message.chat.id,
+                NON_TEXT_REPLY,
+                reply_to=None if private else message.message_id,
+                thread_id=topic_of(message),
             )
 
     async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -338,7 +345,7 @@ class TelegramAdapter:
                 addressed_to_bot=True,
                 chat_is_private=chat is None or chat.type == ChatType.PRIVATE,
             )
-            await self._answer(incoming, reply_to=None)
+            await self._answer(incoming, reply_to=None, thread_id=topic_of(message))
 
     def _accepts(self, message: Message) -> bool:
         """From a person on the allowlist, and (in groups) addressed to the bot."""
@@ -355,37 +362,49 @@ class TelegramAdapter:
 
     # ------------------------------------------------------------------ answering
 
-    async def _answer(self, incoming: IncomingMessage, *, reply_to: int | None) -> None:
+    async def _answer(
+        self, incoming: IncomingMessage, *, reply_to: int | None, thread_id: int | None
+    ) -> None:
+        """Answer ``incoming`` in its chat (replying to ``reply_to``, in forum topic ``thread_id``)."""
         assert self._outbox is not None and self._typing is not None
         chat_id = int(incoming.chat_id)
         sink: TelegramReplySink
         if self._stream_delay is None:
-            sink = TelegramReplySink(self._outbox, chat_id, reply_to=reply_to)
+            sink = TelegramReplySink(self._outbox, chat_id, reply_to=reply_to, thread_id=thread_id)
         else:
             sink = StreamingReplySink(
                 self._outbox,
                 chat_id,
                 reply_to=reply_to,
+                thread_id=thread_id,
                 stream_delay=self._stream_delay,
                 edit_interval=self._edit_interval if incoming.chat_is_private else self._group_edit_interval,
             )
         try:
-            async with self._typing.showing(chat_id):  # "typing…" lasts until the final text is sent
+            # "typing…" lasts until the final text is sent
+            async with self._typing.showing(chat_id, thread_id=thread_id):
                 replies = await self.engine.handle(incoming, sink)
                 await sink.close()
                 in_progress = sink.in_progress
                 for reply in replies:
-                    if await self._send_reply(incoming, reply, reply_to=reply_to, in_progress=in_progress):
+                    sent = await self._send_reply(
+                        incoming, reply, reply_to=reply_to, thread_id=thread_id, in_progress=in_progress
+                    )
+                    if sent:
                         in_progress = None
                 if in_progress is not None:  # shown while written, but no reply took its place
                     await self._outbox.delete(chat_id, in_progress.message_id)
         except PlatformError as error:
             logger.warning("Telegram: could not deliver a reply: %s", error)
             if not isinstance(error, TelegramForbiddenError):
-                await self._send_safely(chat_id, MoodmateError.user_message, reply_to=reply_to)
+                await self._send_safely(
+                    chat_id, MoodmateError.user_message, reply_to=reply_to, thread_id=thread_id
+                )
         except Exception:
             logger.exception("Telegram: unexpected error while answering a message")
-            await self._send_safely(chat_id, MoodmateError.user_message, reply_to=reply_to)
+            await self._send_safely(
+                chat_id, MoodmateError.user_message, reply_to=reply_to, thread_id=thread_id
+            )
         finally:
             await sink.close()
 
@@ -396,7 +415,7 @@ class TelegramAdapter:
         reply_to = None
         if not message.chat_is_private and message.message_id and message.message_id.isdigit():
             reply_to = int(message.message_id)
-        await self._send_reply(message, reply, reply_to=reply_to, in_progress=None)
+        await self._send_reply(message, reply, reply_to=reply_to, thread_id=None, in_progress=None)
 
     async def _send_reply(
         self,
@@ -404,6 +423,7 @@ class TelegramAdapter:
         reply: Reply,
         *,
         reply_to: int | None,
+        thread_id: int | None,
         in_progress: InProgress | None,
     ) -> bool:
         """Send ``reply``; True if it took the place of ``in_progress`` (edited or replaced it)."""
@@ -411,18 +431,26 @@ class TelegramAdapter:
         chat_id = int(incoming.chat_id)
         if reply.private and not incoming.chat_is_private:
             try:
-                await self._post(int(incoming.user_id), reply, reply_to=None, in_progress=None)
+                await self._post(
+                    int(incoming.user_id), reply, reply_to=None, thread_id=None, in_progress=None
+                )
             except TelegramForbiddenError:
                 note = PRIVATE_BLOCKED_NOTE.format(mention=self.identity.mention)
-                await self._outbox.text(chat_id, note, reply_to=reply_to)
+                await self._outbox.text(chat_id, note, reply_to=reply_to, thread_id=thread_id)
                 return False
-            await self._outbox.text(chat_id, PRIVATE_SENT_NOTE, reply_to=reply_to)
+            await self._outbox.text(chat_id, PRIVATE_SENT_NOTE, reply_to=reply_to, thread_id=thread_id)
             return False
-        await self._post(chat_id, reply, reply_to=reply_to, in_progress=in_progress)
+        await self._post(chat_id, reply, reply_to=reply_to, thread_id=thread_id, in_progress=in_progress)
         return in_progress is not None
 
     async def _post(
-        self, chat_id: int, reply: Reply, *, reply_to: int | None, in_progress: InProgress | None
+        self,
+        chat_id: int,
+        reply: Reply,
+        *,
+        reply_to: int | None,
+        thread_id: int | None,
+        in_progress: InProgress | None,
     ) -> None:
         """Send one reply: its text parts (the last one carrying any buttons), then its files.
 
@@ -440,12 +468,16 @@ class TelegramAdapter:
         for index in range(first_new, len(texts)):
             buttons = markup if index == len(texts) - 1 else None
             await self._outbox.text(
-                chat_id, texts[index], reply_to=reply_to if index == 0 else None, markup=buttons
+                chat_id,
+                texts[index],
+                reply_to=reply_to if index == 0 else None,
+                thread_id=thread_id,
+                markup=buttons,
             )
         if in_progress is not None and first_new == 0:
             await self._outbox.delete(chat_id, in_progress.message_id)  # the reply was sent anew
         for attachment in reply.attachments:
-            await self._outbox.attachment(chat_id, attachment)
+            await self._outbox.attachment(chat_id, attachment, thread_id=thread_id)
 
     async def _finish_in_place(
         self, chat_id: int, in_progress: InProgress, text: str, markup: InlineKeyboardMarkup | None
@@ -463,12 +495,14 @@ class TelegramAdapter:
             return False
         return True
 
-    async def _send_safely(self, chat_id: int, text: str, *, reply_to: int | None) -> None:
+    async def _send_safely(
+        self, chat_id: int, text: str, *, reply_to: int | None, thread_id: int | None = None
+    ) -> None:
         """Send a short notice; a failure is logged, never raised."""
         if self._outbox is None:
             return
         try:
-            await self._outbox.text(chat_id, text, reply_to=reply_to)
+            await self._outbox.text(chat_id, text, reply_to=reply_to, thread_id=thread_id)
         except PlatformError as error:
             logger.warning("Telegram: could not send a notice: %s", error)
 

@@ -1,4 +1,5 @@
-"""Deciding whether a Telegram message is meant for the bot, and removing the bot's @mention.
+"""Deciding whether a Telegram message is meant for the bot, removing the bot's @mention, and
+finding the forum topic to answer in.
 
 In private chats every message is for the bot. In groups and supergroups a message is for the bot
 only when it mentions ``@botname`` (or a text mention of the bot), replies to one of the bot's
@@ -12,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from telegram import Message, MessageEntity
+from telegram import MaybeInaccessibleMessage, Message, MessageEntity
 from telegram.constants import ChatType, MessageEntityType
 
 
@@ -30,6 +31,17 @@ class BotIdentity:
 
 def is_private(message: Message) -> bool:
     return message.chat.type == ChatType.PRIVATE
+
+
+def topic_of(message: MaybeInaccessibleMessage | None) -> int | None:
+    """The forum topic ``message`` was written in (its ``message_thread_id``), or None outside topics.
+
+    Answers must name it: without a thread id (or a reply), a message to a forum lands in General.
+    Outside forums a reply's ``message_thread_id`` names its reply thread, which sends do not take.
+    """
+    if isinstance(message, Message) and message.is_topic_message:
+        return message.message_thread_id
+    return None
 
 
 def is_addressed(message: Message, bot: BotIdentity) -> bool:

@@ -134,13 +134,15 @@ class Outbox:
         text: str,
         *,
         reply_to: int | None = None,
+        thread_id: int | None = None,
         markup: InlineKeyboardMarkup | None = None,
         retry: bool = True,
     ) -> Message:
-        """Send one plain-text message (``text`` must already fit one message)."""
+        """Send one plain-text message (``text`` must already fit one message) to ``chat_id``, in the
+        forum topic ``thread_id`` if given."""
         reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
         try:
-            return await self._send_text(chat_id, text, reply, markup, retry=retry)
+            return await self._send_text(chat_id, text, reply, markup, thread_id=thread_id, retry=retry)
         except PlatformError as error:
             if not _is_too_long(error):
                 raise
@@ -151,7 +153,12 @@ class Outbox:
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
             sent = await self._send_text(
-                chat_id, part, reply if index == 0 else None, markup if last else None, retry=retry
+                chat_id,
+                part,
+                reply if index == 0 else None,
+                markup if last else None,
+                thread_id=thread_id,
+                retry=retry,
             )
         assert sent is not None
         return sent
@@ -163,12 +170,14 @@ class Outbox:
         reply: ReplyParameters | None,
         markup: InlineKeyboardMarkup | None,
         *,
+        thread_id: int | None,
         retry: bool,
     ) -> Message:
         return await self._request(
             lambda: self.bot.send_message(
                 chat_id,
                 text,
+                message_thread_id=thread_id,
                 reply_parameters=reply,
                 reply_markup=markup,
                 link_preview_options=_NO_PREVIEW,
@@ -226,7 +235,12 @@ class Outbox:
             logger.info("Could not delete a message: %s", error)
 
     async def attachment(
-        self, chat_id: int, attachment: Attachment, *, caption: str | None = None
+        self,
+        chat_id: int,
+        attachment: Attachment,
+        *,
+        caption: str | None = None,
+        thread_id: int | None = None,
     ) -> Message:
         """A PNG or JPEG as a photo (falling back to a document if Telegram refuses it); anything
         else as a document with its file name."""
@@ -238,6 +252,7 @@ class Outbox:
                         chat_id,
                         InputFile(attachment.content, filename=attachment.filename),
                         caption=caption,
+                        message_thread_id=thread_id,
                     ),
                     "send a photo",
                 )
@@ -250,6 +265,7 @@ class Outbox:
                 chat_id,
                 InputFile(attachment.content, filename=attachment.filename),
                 caption=caption,
+                message_thread_id=thread_id,
             ),
             "send a document",
         )
@@ -263,47 +279,55 @@ class Outbox:
         except PlatformError:
             logger.warning("Could not answer a callback query", exc_info=True)
 
-    async def typing(self, chat_id: int) -> None:
+    async def typing(self, chat_id: int, *, thread_id: int | None = None) -> None:
         """Show "typing…" once (not retried: the indicator loop renews it every few seconds)."""
         await self._request(
-            lambda: self.bot.send_chat_action(chat_id, ChatAction.TYPING), "show typing", retry=False
+            lambda: self.bot.send_chat_action(chat_id, ChatAction.TYPING, message_thread_id=thread_id),
+            "show typing",
+            retry=False,
         )
 
 
-class TypingIndicators:
-    """One "typing…" loop per chat, shared by all replies being prepared there.
+#: Where "typing…" shows: a chat, and a forum topic in it (None: the chat itself, or General).
+Place = tuple[int, int | None]
 
-    Every loop is a task kept in ``self.tasks``; it ends when the last reply in its chat is sent.
+
+class TypingIndicators:
+    """One "typing…" loop per chat (and forum topic), shared by all replies being prepared there.
+
+    Every loop is a task kept in ``self.tasks``; it ends when the last reply in its place is sent.
     """
 
     def __init__(self, outbox: Outbox, interval: float = TYPING_INTERVAL_SECONDS) -> None:
         self._outbox = outbox
         self._interval = interval
-        self._users: dict[int, int] = {}
-        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self._users: dict[Place, int] = {}
+        self.tasks: dict[Place, asyncio.Task[None]] = {}
 
     @contextlib.asynccontextmanager
-    async def showing(self, chat_id: int) -> AsyncIterator[None]:
-        """Keep "typing…" visible in ``chat_id`` while the block runs."""
-        self._users[chat_id] = self._users.get(chat_id, 0) + 1
-        if chat_id not in self.tasks:
-            self.tasks[chat_id] = asyncio.create_task(self._loop(chat_id), name=f"telegram-typing-{chat_id}")
+    async def showing(self, chat_id: int, *, thread_id: int | None = None) -> AsyncIterator[None]:
+        """Keep "typing…" visible in ``chat_id`` (in topic ``thread_id``) while the block runs."""
+        place = (chat_id, thread_id)
+        self._users[place] = self._users.get(place, 0) + 1
+        if place not in self.tasks:
+            self.tasks[place] = asyncio.create_task(self._loop(place), name=f"telegram-typing-{chat_id}")
         try:
             yield
         finally:
-            self._users[chat_id] -= 1
-            if self._users[chat_id] <= 0:
-                del self._users[chat_id]
-                task = self.tasks.pop(chat_id, None)
+            self._users[place] -= 1
+            if self._users[place] <= 0:
+                del self._users[place]
+                task = self.tasks.pop(place, None)
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
-    async def _loop(self, chat_id: int) -> None:
+    async def _loop(self, place: Place) -> None:
+        chat_id, thread_id = place
         while True:
             try:
-                await self._outbox.typing(chat_id)
+                await self._outbox.typing(chat_id, thread_id=thread_id)
             except PlatformError as error:
                 logger.debug("Could not show typing: %s", error)
             await asyncio.sleep(self._interval)

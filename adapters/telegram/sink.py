@@ -38,10 +38,13 @@ class InProgress:
 class TelegramReplySink(ReplySink):
     """Tells the user their place in the queue (once per message)."""
 
-    def __init__(self, outbox: Outbox, chat_id: int, *, reply_to: int | None = None) -> None:
+    def __init__(
+        self, outbox: Outbox, chat_id: int, *, reply_to: int | None = None, thread_id: int | None = None
+    ) -> None:
         self._outbox = outbox
         self._chat_id = chat_id
         self._reply_to = reply_to
+        self._thread_id = thread_id
         self._lock = asyncio.Lock()
         self._closed = False
         self._queue_notice_sent = False
@@ -57,7 +60,10 @@ class TelegramReplySink(ReplySink):
             self._queue_notice_sent = True
             try:
                 await self._outbox.text(
-                    self._chat_id, QUEUE_NOTICE.format(position=position), reply_to=self._reply_to
+                    self._chat_id,
+                    QUEUE_NOTICE.format(position=position),
+                    reply_to=self._reply_to,
+                    thread_id=self._thread_id,
                 )
             except PlatformError as error:
                 logger.warning("Could not send a queue notice: %s", error)
@@ -89,10 +95,11 @@ class StreamingReplySink(TelegramReplySink):
         chat_id: int,
         *,
         reply_to: int | None = None,
+        thread_id: int | None = None,
         stream_delay: float = STREAM_DELAY_SECONDS,
         edit_interval: float = EDIT_INTERVAL_SECONDS,
     ) -> None:
-        super().__init__(outbox, chat_id, reply_to=reply_to)
+        super().__init__(outbox, chat_id, reply_to=reply_to, thread_id=thread_id)
         self._stream_delay = stream_delay
         self._edit_interval = edit_interval
         self._badge = ""
@@ -130,7 +137,9 @@ class StreamingReplySink(TelegramReplySink):
 
     async def _show(self, preview: str) -> None:
         if self.in_progress is None:
-            sent = await self._outbox.text(self._chat_id, preview, reply_to=self._reply_to, retry=False)
+            sent = await self._outbox.text(
+                self._chat_id, preview, reply_to=self._reply_to, thread_id=self._thread_id, retry=False
+            )
             self.in_progress = InProgress(sent.message_id, preview)
         else:
             await self._outbox.edit(self._chat_id, self.in_progress.message_id, preview, retry=False)

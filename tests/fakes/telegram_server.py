@@ -249,11 +249,16 @@ class FakeTelegramServer:
         return chat
 
     @staticmethod
-    def group_chat(chat_id: int, title: str = "Friends", *, supergroup: bool = True) -> dict[str, Any]:
-        """A group or supergroup ``Chat`` (ids are negative)."""
+    def group_chat(
+        chat_id: int, title: str = "Friends", *, supergroup: bool = True, forum: bool = False
+    ) -> dict[str, Any]:
+        """A group or supergroup ``Chat`` (ids are negative); ``forum``: a supergroup with topics."""
         if chat_id >= 0:
             raise ValueError("group chat ids are negative")
-        return {"id": chat_id, "type": "supergroup" if supergroup else "group", "title": title}
+        chat = {"id": chat_id, "type": "supergroup" if supergroup or forum else "group", "title": title}
+        if forum:
+            chat["is_forum"] = True
+        return chat
 
     def register_chat(self, chat: dict[str, Any]) -> None:
         """Make a chat known, as if its people had talked to the bot before."""
@@ -276,9 +281,16 @@ class FakeTelegramServer:
         *,
         entities: list[dict[str, Any]] | None = None,
         reply_to: dict[str, Any] | None = None,
+        topic: int | None = None,
     ) -> dict[str, Any]:
-        """A person sends ``text``; entities are detected like Telegram does unless given."""
+        """A person sends ``text`` (in forum topic ``topic``, a thread id); entities are detected like
+        Telegram does unless given."""
         message = self._new_message(chat, user)
+        if topic is not None:
+            if not chat.get("is_forum"):
+                raise ValueError("topics exist only in forum supergroups")
+            message["message_thread_id"] = topic
+            message["is_topic_message"] = True
         message["text"] = text
         found = detect_entities(text) if entities is None else entities
         if found:
@@ -629,20 +641,35 @@ class FakeTelegramServer:
         return chat
 
     def _bot_message(self, chat: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        topic = self._topic_for(chat, params)
         message = self._new_message(chat, self.bot_user)
         reply_to = _reply_target(params)
         if reply_to is not None:
             target = self._messages.get((chat["id"], reply_to[0]))
             if target is not None:
                 message["reply_to_message"] = {k: v for k, v in target.items() if k != "reply_to_message"}
+                if topic is None and target.get("is_topic_message"):
+                    topic = target["message_thread_id"]  # a reply goes to its target's topic
             elif not reply_to[1]:
                 raise ApiError(400, "Bad Request: message to be replied not found")
+        if topic is not None:  # otherwise, in a forum, the message lands in General
+            message["message_thread_id"] = topic
+            message["is_topic_message"] = True
         markup = params.get("reply_markup")
         if markup is not None:
             _check_markup(markup)
             if markup.get("inline_keyboard"):
                 message["reply_markup"] = {"inline_keyboard": markup["inline_keyboard"]}
         return message
+
+    @staticmethod
+    def _topic_for(chat: dict[str, Any], params: dict[str, Any]) -> int | None:
+        """The ``message_thread_id`` a send names: only forum supergroups have topics."""
+        if params.get("message_thread_id") in (None, ""):
+            return None
+        if not chat.get("is_forum"):
+            raise ApiError(400, "Bad Request: message thread not found")
+        return _as_int(params["message_thread_id"], "message_thread_id")
 
     def _edit_target(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("inline_message_id"):
@@ -798,7 +825,7 @@ class FakeTelegramServer:
         return message
 
     async def _send_chat_action(self, params: dict[str, Any], files: dict[str, UploadedFile]) -> bool:
-        self._chat_for(params)
+        self._topic_for(self._chat_for(params), params)
         if params.get("action") not in CHAT_ACTIONS:
             raise ApiError(400, "Bad Request: wrong parameter action in request")
         return True
