@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 STREAM_DELAY_SECONDS = 2.0
 #: At most one edit of the in-progress message per this many seconds (private chats).
 EDIT_INTERVAL_SECONDS = 1.5
-#: In groups Telegram allows about 20 messages a minute, edits and "typing…" included.
+#: In groups Telegram allows about 20 messages a minute, so edits there are spaced further apart
+#: (with "typing…" renewed every 4 s that is still ~30 requests a minute while a reply is written;
+#: the bot's rate limiter paces them, and a 429 delays rather than drops).
 GROUP_EDIT_INTERVAL_SECONDS = 4.0
 
 QUEUE_NOTICE = "⏳ You're number {position} in line; I'll answer as soon as it's your turn."
