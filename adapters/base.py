@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from bot.errors import MoodmateError
 from bot.types import IncomingMessage, Reply
 
 
@@ -20,4 +21,9 @@ class PlatformAdapter(Protocol):
 
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Send ``reply`` to the chat ``message`` came from (used to answer messages after a restart)."""
+        ...
+
+    async def wait_lost(self) -> MoodmateError:
+        """Return once the platform is lost for good while running (e.g. the token was revoked:
+        the SDK stopped retrying), with why; never returns while it works."""
         ...

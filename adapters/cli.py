@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bot.errors import ConfigurationError
+from bot.errors import ConfigurationError, MoodmateError
 from bot.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         print(f"moodmate: {error}", file=sys.stderr)
         return 2
+    except MoodmateError as error:  # e.g. a platform unreachable at start, or lost while running
+        print(f"moodmate: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 1

@@ -9,7 +9,7 @@ import signal
 
 from adapters.base import PlatformAdapter
 from bot.bootstrap import App
-from bot.errors import ConfigurationError
+from bot.errors import ConfigurationError, MoodmateError
 from bot.settings import Settings
 from bot.types import IncomingMessage, Platform, Reply
 
@@ -49,9 +49,15 @@ def build_adapters(app: App) -> dict[Platform, PlatformAdapter]:
 
 
 async def serve(app: App, adapters: dict[Platform, PlatformAdapter], stop: asyncio.Event) -> None:
-    """Start the app and adapters, answer messages left pending by a crash, run until ``stop``."""
+    """Start the app and adapters, answer messages left pending by a crash, run until ``stop``.
+
+    If a platform is lost for good while running (its SDK gave up, e.g. on a revoked token),
+    everything stops and that error is raised: a process that can no longer hear anyone should
+    exit (non-zero) so that a supervisor restarts it, rather than look healthy.
+    """
     await app.start()
     started: list[PlatformAdapter] = []
+    watches: dict[asyncio.Task[MoodmateError], Platform] = {}
     try:
         for platform, adapter in adapters.items():
             logger.info("Starting %s", platform.value)
@@ -65,13 +71,27 @@ async def serve(app: App, adapters: dict[Platform, PlatformAdapter], stop: async
             await adapter.deliver(message, reply)
 
         recovery = asyncio.create_task(app.engine.recover_pending(deliver), name="moodmate-recovery")
+        for platform, adapter in adapters.items():
+            watches[asyncio.create_task(adapter.wait_lost(), name=f"moodmate-{platform.value}-watch")] = (
+                platform
+            )
+        stopping = asyncio.create_task(stop.wait(), name="moodmate-stop")
         logger.info("moodmate is running on %s", ", ".join(p.value for p in adapters))
-        await stop.wait()
+        done, _ = await asyncio.wait({stopping, *watches}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
         if not recovery.done():
             recovery.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await recovery
+        lost = [task for task in done if task in watches]
+        if lost:
+            error = lost[0].result()
+            logger.error("%s stopped working for good (%s); moodmate stops", watches[lost[0]].value, error)
+            raise error
     finally:
+        for watch in watches:
+            watch.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
         logger.info("Shutting down")
         for adapter in reversed(started):
             try:

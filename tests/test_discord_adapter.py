@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -595,6 +596,19 @@ async def test_a_dropped_gateway_is_resumed(
     assert len(fake.resume_payloads) == 1 and fake.identify_count == 1
     await fake.send_dm(world.alice, "still there after the hiccup?")
     await replies_in(fake, fake.dm_channel_id(world.alice))
+
+
+async def test_a_gateway_that_refuses_the_token_while_running_is_reported_as_lost(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    watch = asyncio.create_task(bot.adapter.wait_lost())
+    await fake.close_gateway(4000)  # discord.py resumes after a hiccup like this one...
+    await fake.wait_ready()
+    assert not watch.done()
+    await fake.close_gateway(4004)  # ...but not after "authentication failed": it gives up
+    error = await asyncio.wait_for(watch, 10)
+    assert isinstance(error, ConfigurationError) and "DISCORD_TOKEN" in str(error)
 
 
 async def test_a_private_answer_asked_for_in_a_server_goes_to_dms(

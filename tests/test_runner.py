@@ -10,7 +10,7 @@ import pytest
 
 from adapters.runner import NO_TOKEN_MESSAGE, configured_platforms, serve
 from bot.bootstrap import bootstrap
-from bot.errors import ConfigurationError
+from bot.errors import ConfigurationError, MoodmateError, PlatformError
 from bot.model.fake import FakeModel
 from bot.types import IncomingMessage, Platform, Reply
 from storage import open_repository
@@ -23,6 +23,7 @@ class RecordingAdapter:
     def __init__(self) -> None:
         self.events: list[str] = []
         self.delivered: list[tuple[str, str]] = []
+        self.lost = asyncio.Event()
 
     async def start(self) -> None:
         self.events.append("start")
@@ -32,6 +33,10 @@ class RecordingAdapter:
 
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         self.delivered.append((message.chat_id, reply.text))
+
+    async def wait_lost(self) -> MoodmateError:
+        await self.lost.wait()
+        return PlatformError("the platform is gone")
 
 
 def test_no_token_is_one_clear_sentence(tmp_path: Path) -> None:
@@ -68,6 +73,22 @@ async def test_serve_recovers_pending_messages_and_stops_cleanly(tmp_path: Path)
     await check.initialize()
     assert await check.pending_messages() == []
     await check.close()
+
+
+async def test_a_platform_lost_for_good_stops_everything_with_its_error(tmp_path: Path) -> None:
+    app = await bootstrap(make_settings(tmp_path), model=FakeModel())
+    healthy, failing = RecordingAdapter(), RecordingAdapter()
+    server = asyncio.create_task(
+        serve(app, {Platform.TELEGRAM: healthy, Platform.DISCORD: failing}, asyncio.Event())
+    )
+    for _ in range(200):
+        if failing.events:
+            break
+        await asyncio.sleep(0.01)
+    failing.lost.set()
+    with pytest.raises(PlatformError, match="the platform is gone"):
+        await asyncio.wait_for(server, 10)
+    assert healthy.events == ["start", "stop"] and failing.events == ["start", "stop"]
 
 
 def test_load_script_loses_nothing_and_is_fair(tmp_path: Path) -> None:

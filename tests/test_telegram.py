@@ -18,7 +18,7 @@ import pytest
 
 from adapters.runner import build_adapters, serve
 from adapters.telegram import TelegramAdapter
-from adapters.telegram.adapter import NON_TEXT_REPLY, PRIVATE_SENT_NOTE
+from adapters.telegram.adapter import NON_TEXT_REPLY, PRIVATE_SENT_NOTE, TOKEN_REVOKED
 from adapters.telegram.sink import QUEUE_NOTICE
 from bot.bootstrap import App, bootstrap
 from bot.errors import ConfigurationError, MoodmateError
@@ -48,6 +48,8 @@ class Running:
     server: FakeTelegramServer
     app: App
     settings: Settings
+    #: ``serve`` running the bot (as ``moodmate run`` does).
+    task: asyncio.Task[None]
 
     async def user_id(self, telegram_id: int) -> int | None:
         user = await self.app.repository.get_user("telegram", str(telegram_id))
@@ -108,12 +110,13 @@ async def launch(tmp_path: Path, server: FakeTelegramServer) -> AsyncIterator[La
             await asyncio.sleep(0.01)
         if task.done():
             task.result()
-        return Running(server, app, settings)
+        return Running(server, app, settings, task)
 
     yield start
     for stop, task in running:
         stop.set()
-        await asyncio.wait_for(task, 20)
+        if not task.done():  # a test may have awaited it already
+            await asyncio.wait_for(task, 20)
 
 
 def alice_in_private(server: FakeTelegramServer) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -150,6 +153,18 @@ async def test_server_root_url_is_accepted_as_base_url(launch: Launch, server: F
     server.send_text(chat, alice, "hello there")
     [reply] = await bot.replies(42)
     assert strip_badge(reply.params["text"]) == "echo: hello there"
+
+
+async def test_a_token_refused_while_polling_stops_moodmate_instead_of_leaving_it_deaf(
+    launch: Launch, server: FakeTelegramServer
+):
+    bot = await launch(FakeModel(reply_fn=echo))
+    server.fail_next("getUpdates", code=401, description="Unauthorized")
+    alice, chat = alice_in_private(server)
+    server.send_text(chat, alice, "hello")  # ends the long poll in flight; the next one is refused
+    with pytest.raises(ConfigurationError, match="TELEGRAM_TOKEN") as caught:
+        await asyncio.wait_for(bot.task, 10)
+    assert str(caught.value) == TOKEN_REVOKED
 
 
 async def test_invalid_token_is_one_clear_configuration_error(tmp_path: Path, server: FakeTelegramServer):

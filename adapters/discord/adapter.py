@@ -87,6 +87,8 @@ class DiscordAdapter:
         self._inflight: set[asyncio.Task[object]] = set()
         self._sent_ids: OrderedDict[int, None] = OrderedDict()
         self._stopping = False
+        self._lost = asyncio.Event()
+        self._lost_because: MoodmateError = PlatformError("The Discord gateway connection ended.")
         #: Progressive display (``settings.stream_replies``): when a reply starts showing, and how often.
         self.stream_delay = STREAM_DELAY_SECONDS
         self.edit_interval = EDIT_INTERVAL_SECONDS
@@ -106,6 +108,7 @@ class DiscordAdapter:
         if not token:
             raise ConfigurationError(MISSING_TOKEN)
         self._stopping = False
+        self._lost.clear()
         self._endpoints = EndpointOverride(
             self.settings.discord_api_base_url, self.settings.discord_gateway_url
         )
@@ -188,12 +191,19 @@ class DiscordAdapter:
         return platform_error(error, "connect to the gateway")
 
     def _on_connection_end(self, task: asyncio.Task[None]) -> None:
+        """discord.py reconnects by itself; its connection ends only when it gives up (e.g. 4004)."""
         if self._stopping or task.cancelled():
             return
         error = task.exception()
         if error is not None:
-            problem = self._connection_failure(error)
-            logger.error("Discord connection lost for good: %s", problem, exc_info=error)
+            self._lost_because = self._connection_failure(error)
+            logger.error("Discord connection lost for good: %s", self._lost_because, exc_info=error)
+        self._lost.set()
+
+    async def wait_lost(self) -> MoodmateError:
+        """Return once discord.py has given up on the gateway (it reconnects by itself otherwise)."""
+        await self._lost.wait()
+        return self._lost_because
 
     async def _shutdown_client(self) -> None:
         client, self._client = self._client, None

@@ -62,7 +62,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 from telegram import BotCommand, InlineKeyboardMarkup, Message, Update
@@ -77,6 +78,7 @@ from telegram.ext import (
     MessageHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
 from adapters.telegram.addressing import BotIdentity, is_addressed, strip_bot_mention, topic_of
 from adapters.telegram.config import Allowlist, api_urls
@@ -114,6 +116,10 @@ ALLOWED_UPDATES = (Update.MESSAGE, Update.CALLBACK_QUERY)
 NON_TEXT_REPLY = "I can only read text messages for now. Tell me in words how you're doing?"
 EMPTY_MENTION_REPLY = "Yes? Write your message after mentioning me, e.g. {mention} how was your day?"
 PRIVATE_SENT_NOTE = "I've sent that to you in a private chat."
+TOKEN_REVOKED = (
+    "Telegram stopped accepting TELEGRAM_TOKEN while polling (was it revoked or changed with "
+    "@BotFather?); put the current token in TELEGRAM_TOKEN."
+)
 PRIVATE_BLOCKED_NOTE = (
     "That answer is about your own data, so I only send it privately, but I can't message you yet. "
     "Open a chat with {mention}, press Start, then ask again."
@@ -155,6 +161,7 @@ class TelegramAdapter:
         self._typing: TypingIndicators | None = None
         self._me: BotIdentity | None = None
         self._handling: set[asyncio.Task[Any]] = set()
+        self._lost = asyncio.Event()  # set by the getUpdates request when the token is refused
 
     @property
     def identity(self) -> BotIdentity:
@@ -174,11 +181,13 @@ class TelegramAdapter:
             raise ConfigurationError("TELEGRAM_TOKEN is not set; get a token from @BotFather.")
         urls = api_urls(self.settings.telegram_api_base_url)
         _keep_token_out_of_logs()
+        self._lost.clear()
         application = (
             ApplicationBuilder()
             .token(token)
             .base_url(urls.base_url)
             .base_file_url(urls.base_file_url)
+            .get_updates_request(PollingRequest(self._lost.set))
             .rate_limiter(AIORateLimiter(max_retries=FLOOD_RETRIES))
             .concurrent_updates(True)
             .job_queue(None)
@@ -233,6 +242,11 @@ class TelegramAdapter:
             raise PlatformError(f"Could not start receiving Telegram updates: {error.message}") from error
         self._application = application
         logger.info("Telegram: polling as @%s", self._me.username)
+
+    async def wait_lost(self) -> MoodmateError:
+        """Return once polling has stopped for good: PTB gives up only when the token is refused."""
+        await self._lost.wait()
+        return ConfigurationError(TOKEN_REVOKED)
 
     async def stop(self) -> None:
         """Stop polling, let replies in progress finish (within a grace period), shut down."""
@@ -518,6 +532,22 @@ class TelegramAdapter:
             yield
         finally:
             self._handling.discard(task)
+
+
+class PollingRequest(HTTPXRequest):
+    """PTB's request for getUpdates (one connection, as PTB builds it), calling ``on_refused`` when the
+    Bot API refuses the token (401, or 404 for a token it does not know): PTB raises ``InvalidToken``
+    for those and ends its polling loop for good, so the adapter would otherwise go silently deaf."""
+
+    def __init__(self, on_refused: Callable[[], object]) -> None:
+        super().__init__(connection_pool_size=1)
+        self._on_refused = on_refused
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        status, payload = await super().do_request(*args, **kwargs)
+        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.NOT_FOUND):
+            self._on_refused()
+        return status, payload
 
 
 def _log_polling_error(error: TelegramError) -> None:
