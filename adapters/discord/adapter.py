@@ -529,10 +529,11 @@ class DiscordAdapter:
             # Answers are about the person's own data: only a DM with moodmate may show them openly.
             ephemeral = not _in_bot_dm(interaction)
             try:
+                # First: the allowlist check may ask Discord (membership), and Discord allows 3 s.
+                await self._acknowledge(interaction, ephemeral=ephemeral, thinking=True)
                 if not await self._interaction_allowed(interaction):
                     await self._refuse(interaction)
                     return
-                await self._acknowledge(interaction, ephemeral=ephemeral, thinking=True)
                 replies = await self._run_for_interaction(interaction, text)
                 if not replies:
                     await call_discord("finish a command", interaction.delete_original_response)
@@ -547,10 +548,10 @@ class DiscordAdapter:
         async with self._tracked():
             ephemeral = bool(interaction.message is not None and interaction.message.flags.ephemeral)
             try:
+                await self._acknowledge(interaction, ephemeral=ephemeral, thinking=False)
                 if not await self._interaction_allowed(interaction):
                     await self._refuse(interaction)
                     return
-                await self._acknowledge(interaction, ephemeral=ephemeral, thinking=False)
                 replies = await self._run_for_interaction(interaction, command)
                 for index, reply in enumerate(replies):
                     if index == 0:
@@ -580,9 +581,10 @@ class DiscordAdapter:
 
     @staticmethod
     async def _refuse(interaction: discord.Interaction) -> None:
+        """Tell (only) the person that moodmate is not enabled here; the interaction is acknowledged."""
         await call_discord(
             "answer an interaction",
-            lambda: interaction.response.send_message(NOT_HERE, ephemeral=True, allowed_mentions=NO_MENTIONS),
+            lambda: interaction.followup.send(NOT_HERE, ephemeral=True, allowed_mentions=NO_MENTIONS),
         )
 
     @staticmethod
