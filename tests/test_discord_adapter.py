@@ -140,6 +140,23 @@ async def test_dm_gets_a_reply_with_its_mood(
     ]
 
 
+async def test_a_send_whose_answer_was_lost_is_retried_without_a_duplicate(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot()
+    channel = fake.dm_channel_id(world.alice)
+    fake.lose_answers("POST", f"/channels/{channel}/messages")
+    await fake.send_dm(world.alice, "hello there")
+    first, retry = await replies_in(fake, channel, count=2)
+    # The same nonce (with enforce_nonce) on the retry: Discord returns the message it already made.
+    assert first.payload["nonce"] == retry.payload["nonce"] and retry.payload["enforce_nonce"] is True
+    assert retry.response["id"] == first.response["id"]
+    made = [
+        m for m in fake.messages.values() if m["channel_id"] == channel and m["author"]["id"] == fake.bot.id
+    ]
+    assert len(made) == 1
+
+
 async def test_typing_indicator_runs_before_the_reply(
     fake: FakeDiscordServer, world: World, start_bot: StartBot
 ) -> None:

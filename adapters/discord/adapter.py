@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 
@@ -499,8 +500,11 @@ class DiscordAdapter:
                 content: str | None = content,
                 last: bool = last,
                 first: bool = index == 0 and first_is_reply_start,
+                nonce: int = secrets.randbits(63),
             ) -> None:
-                kwargs: dict[str, object] = {"allowed_mentions": NO_MENTIONS}
+                # One nonce for every attempt (discord.py sends it with enforce_nonce): a retry after
+                # an answer lost on its way back gets the message already created, not a second one.
+                kwargs: dict[str, object] = {"allowed_mentions": NO_MENTIONS, "nonce": nonce}
                 if first and reference is not None:
                     kwargs["reference"] = reference
                     kwargs["mention_author"] = False

@@ -362,6 +362,10 @@ class FakeDiscordServer:
         self.connection_queries: list[dict[str, str]] = []
         self._rate_limits: list[_RateLimitRule] = []
         self._failures: list[_FailureRule] = []
+        #: (method, path pattern, how many more): requests acted on whose answer is then lost.
+        self._lost_answers: list[list[Any]] = []
+        #: (channel id, nonce) -> id of the message created with that nonce (for enforce_nonce).
+        self._nonces: dict[tuple[str, str], str] = {}
         self._connection: _GatewayConnection | None = None
         self._ready = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -512,6 +516,18 @@ class FakeDiscordServer:
         self._failures.append(
             _FailureRule(method.upper(), re.compile(path_pattern), times, status, code, message)
         )
+
+    def lose_answers(self, method: str, path_pattern: str, *, times: int = 1) -> None:
+        """Act on the next ``times`` matching calls, then close the connection without answering
+        (the client sees a network error, as when Discord's answer is lost on its way back)."""
+        self._lost_answers.append([method.upper(), re.compile(path_pattern), times])
+
+    def _take_lost_answer(self, method: str, path: str) -> bool:
+        for rule in self._lost_answers:
+            if rule[2] > 0 and rule[0] == method and rule[1].fullmatch(path):
+                rule[2] -= 1
+                return True
+        return False
 
     def _take_failure(self, method: str, path: str) -> web.Response | None:
         for rule in self._failures:
@@ -936,6 +952,9 @@ class FakeDiscordServer:
         if response.content_type == "application/json" and isinstance(response.body, bytes):
             recorded.response = json.loads(response.body)
         await self._record(recorded)
+        if rule is None and failure is None and self._take_lost_answer(method, path):
+            assert request.transport is not None
+            request.transport.close()  # done, but the answer never arrives
         return response
 
     @staticmethod
@@ -1163,7 +1182,19 @@ class FakeDiscordServer:
         invalid = self._validate_message(recorded.payload, recorded.files)
         if invalid is not None:
             return invalid
-        return json_response(self._bot_message(channel_id, recorded.payload or {}, recorded.files))
+        payload = recorded.payload or {}
+        nonce = payload.get("nonce")
+        if nonce is not None and payload.get("enforce_nonce"):
+            # Discord: a message with the same nonce from the same author in the past few minutes
+            # is returned instead of creating another.
+            earlier = self._nonces.get((channel_id, str(nonce)))
+            if earlier is not None and earlier in self.messages:
+                return json_response(self.messages[earlier])
+        message = self._bot_message(channel_id, payload, recorded.files)
+        if nonce is not None:
+            message["nonce"] = str(nonce)
+            self._nonces[(channel_id, str(nonce))] = message["id"]
+        return json_response(message)
 
     def _existing_message(
         self, method: str, channel_id: str, message_id: str, recorded: RecordedRequest
