@@ -703,6 +703,21 @@ async def test_stop_lets_a_reply_in_progress_finish(
     assert not fake.connected
 
 
+async def test_a_reply_cut_off_by_stop_leaves_no_unfinished_preview(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("adapters.discord.adapter.STOP_GRACE_SECONDS", 0.3)
+    bot = await start_bot(FakeModel(reply_fn=lambda system, history: slow_reply(60), token_delay=0.1))
+    bot.adapter.stream_delay = 0.2
+    await fake.send_dm(world.alice, "tell me a long story")
+    [preview] = await replies_in(fake, fake.dm_channel_id(world.alice))
+    await bot.adapter.stop()
+
+    assert _sent_id(fake, preview) not in fake.messages  # deleted
+    pending = await bot.app.repository.pending_messages()
+    assert [item.message.text for item in pending] == ["tell me a long story"]  # answered after a restart
+
+
 # --- progressive display -------------------------------------------------------------------------
 
 SLOW_WORDS = 26

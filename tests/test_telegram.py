@@ -838,3 +838,24 @@ async def test_stop_does_not_wait_for_a_slow_reply_which_stays_pending(
     finally:
         await adapter.stop()
         await app.stop()
+
+
+async def test_a_reply_cut_off_by_stop_leaves_no_unfinished_preview(
+    tmp_path: Path, server: FakeTelegramServer
+):
+    settings = make_settings(tmp_path, telegram_token=server.token, telegram_api_base_url=server.base_url)
+    app = await bootstrap(settings, model=slow_words(60, token_delay=0.1))
+    await app.start()
+    adapter = TelegramAdapter(settings, app.engine, stop_grace=0.3, stream_delay=0.2)
+    try:
+        await adapter.start()
+        alice, chat = alice_in_private(server)
+        server.send_text(chat, alice, "tell me a long story")
+        [preview] = await server.wait_for("sendMessage", timeout=5)
+        await adapter.stop()
+        assert server.message(42, preview.result["message_id"]) is None  # deleted
+        pending = await app.repository.pending_messages()
+        assert [item.message.text for item in pending] == ["tell me a long story"]  # answered after a restart
+    finally:
+        await adapter.stop()
+        await app.stop()

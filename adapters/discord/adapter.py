@@ -349,6 +349,12 @@ class DiscordAdapter:
             try:
                 try:
                     replies = await self.engine.handle(incoming, sink)
+                except asyncio.CancelledError:
+                    # Stopped while writing: the message stays pending and is answered after the
+                    # restart, so its unfinished preview must not stay in the channel.
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self._delete_quietly(await sink.finish()), STOP_GRACE_SECONDS)
+                    raise
                 except Exception:
                     logger.exception("The engine failed on a Discord message")
                     replies = [Reply(MoodmateError.user_message, kind=ReplyKind.ERROR)]

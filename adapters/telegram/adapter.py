@@ -397,7 +397,18 @@ class TelegramAdapter:
         try:
             # "typing…" lasts until the final text is sent
             async with self._typing.showing(chat_id, thread_id=thread_id):
-                replies = await self.engine.handle(incoming, sink)
+                try:
+                    replies = await self.engine.handle(incoming, sink)
+                except asyncio.CancelledError:
+                    # Stopped while writing: the message stays pending and is answered after the
+                    # restart, so its unfinished preview must not stay in the chat.
+                    await sink.close()
+                    if sink.in_progress is not None:
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(
+                                self._outbox.delete(chat_id, sink.in_progress.message_id), self._stop_grace
+                            )
+                    raise
                 await sink.close()
                 in_progress = sink.in_progress
                 for reply in replies:
