@@ -157,6 +157,31 @@ async def test_a_send_whose_answer_was_lost_is_retried_without_a_duplicate(
     assert len(made) == 1
 
 
+async def test_a_dm_refused_with_403_is_not_followed_by_an_apology_there(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    await start_bot()
+    channel = fake.dm_channel_id(world.alice)
+    fake.fail(
+        "POST",
+        f"/channels/{channel}/messages",
+        status=403,
+        code=50007,
+        message="Cannot send messages to this user",
+    )
+    await fake.send_dm(world.alice, "hello there")
+
+    def posted_here(request: RecordedRequest) -> bool:
+        return request.is_message_post and request.channel_id == channel
+
+    for _ in range(100):  # wait_for counts successful requests only
+        if any(posted_here(r) for r in fake.requests):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert [r.status for r in fake.requests if posted_here(r)] == [403]  # an apology would meet it too
+
+
 async def test_typing_indicator_runs_before_the_reply(
     fake: FakeDiscordServer, world: World, start_bot: StartBot
 ) -> None:
@@ -380,6 +405,18 @@ async def test_mood_slash_command_is_deferred_then_answered_ephemerally(
     assert followup.files[0].data.startswith(b"\x89PNG")
     assert message_posts(fake, world.general)[1:] == []  # nothing public in the channel
     assert bot.model.classify_inputs == ["what a wonderful morning"]
+
+
+async def test_a_slash_command_in_a_stale_form_gets_an_answer(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    bot = await start_bot()
+    # A choice the client cached from an older version of the command.
+    interaction = await fake.invoke_command("mood", world.alice, world.general, {"period": "14d"})
+    [callback] = await fake.wait_for(lambda r: interaction["token"] in r.path)
+    assert callback.payload["type"] == 4 and callback.payload["data"]["flags"] == 64
+    assert "/help" in callback.payload["data"]["content"]
+    assert bot.model.classify_inputs == []
 
 
 async def test_slash_command_in_a_dm_is_not_ephemeral(

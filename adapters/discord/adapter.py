@@ -41,7 +41,14 @@ from adapters.discord.client import MoodmateClient
 from adapters.discord.endpoints import EndpointOverride
 from adapters.discord.formatting import readable_mentions, reply_text, split_for_discord, strip_bot_mentions
 from adapters.discord.progress import ChannelReplySink, TypingIndicator
-from adapters.discord.sending import NO_MENTIONS, ActionButtons, call_discord, files_for, platform_error
+from adapters.discord.sending import (
+    NO_MENTIONS,
+    ActionButtons,
+    DiscordForbiddenError,
+    call_discord,
+    files_for,
+    platform_error,
+)
 from adapters.discord.streaming import EDIT_INTERVAL_SECONDS, STREAM_DELAY_SECONDS, StreamingReplySink
 from bot.engine import Engine
 from bot.errors import ConfigurationError, MoodmateError, PlatformError
@@ -398,6 +405,8 @@ class DiscordAdapter:
                     await self._replace_in_progress(shown, message.channel, reply, reference)
                 else:
                     await self._send_to_channel(message.channel, reply, reference=reference)
+        except DiscordForbiddenError as error:  # DMs closed, or no permission to post here
+            logger.warning("Discord would not take a reply here (%s)", error)
         except PlatformError:
             logger.exception("Could not send a reply on Discord")
             await self._apologise_in_channel(message.channel, reference)

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 import discord
 from discord import app_commands
 
+from adapters.discord.sending import NO_MENTIONS
+
 logger = logging.getLogger(__name__)
 
 #: Runs the core command ``text`` for the person behind ``interaction``.
@@ -24,6 +26,16 @@ EXPORT_FORMATS = [
     app_commands.Choice(name="CSV", value="csv"),
     app_commands.Choice(name="JSON", value="json"),
 ]
+#: Errors of a command the client still shows but moodmate no longer has (or no longer in that form:
+#: a removed command, an option or choice that changed since the client cached the commands).
+STALE_COMMAND_ERRORS = (
+    app_commands.CommandNotFound,
+    app_commands.CommandSignatureMismatch,
+    app_commands.TransformerError,
+)
+UNKNOWN_COMMAND = (
+    "I don't know that command in this form (Discord may still be showing an older version of it). Try /help."
+)
 ON_OFF = [app_commands.Choice(name="on", value="on"), app_commands.Choice(name="off", value="off")]
 
 
@@ -81,6 +93,17 @@ def build_command_tree(client: discord.Client, run: RunCommand) -> app_commands.
 
     @tree.error
     async def on_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        logger.error("Slash command failed: %s", type(error).__name__, exc_info=error)
+        if isinstance(error, STALE_COMMAND_ERRORS):
+            logger.warning("A slash command moodmate does not have in that form: %s", type(error).__name__)
+        else:
+            logger.error("Slash command failed: %s", type(error).__name__, exc_info=error)
+        if interaction.response.is_done():
+            return
+        try:  # never leave the person with "The application did not respond"
+            await interaction.response.send_message(
+                UNKNOWN_COMMAND, ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+        except (discord.DiscordException, OSError) as failure:
+            logger.warning("Could not answer a failed slash command (%s)", type(failure).__name__)
 
     return tree

@@ -29,8 +29,15 @@ ATTEMPTS = 4
 MAX_BUTTONS = 25
 
 
+class DiscordForbiddenError(PlatformError):
+    """Discord refused with 403: DMs closed (50007), missing permissions (50013), ...; the same
+    channel will refuse an apology too."""
+
+
 def platform_error(error: BaseException, action: str) -> PlatformError:
     """One PlatformError for any discord.py or connection failure while doing ``action``."""
+    if isinstance(error, discord.Forbidden):
+        return DiscordForbiddenError(f"Discord refused to {action} (HTTP 403, code {error.code}).")
     if isinstance(error, discord.HTTPException):
         return PlatformError(f"Discord refused to {action} (HTTP {error.status}, code {error.code}).")
     return PlatformError(f"Could not {action} on Discord ({type(error).__name__}).")
