@@ -579,6 +579,7 @@ async def test_deliver_sends_a_recovered_reply_to_the_original_channel(
     fake: FakeDiscordServer, world: World, start_bot: StartBot
 ) -> None:
     bot = await start_bot()
+    earlier = fake.create_message(world.general, world.alice, "earlier message")
     recovered = IncomingMessage(
         platform=Platform.DISCORD,
         chat_id=world.general,
@@ -586,11 +587,13 @@ async def test_deliver_sends_a_recovered_reply_to_the_original_channel(
         display_name="Alice",
         text="earlier message",
         chat_is_private=False,
+        message_id=earlier["id"],
     )
     await bot.adapter.deliver(recovered, Reply("Sorry I missed this @everyone", kind=ReplyKind.NOTICE))
     [sent] = message_posts(fake, world.general)
     assert sent.content == "*Alice:*\nSorry I missed this @everyone"
-    assert sent.payload["allowed_mentions"] == {"parse": []}
+    assert sent.payload["allowed_mentions"] == {"parse": [], "replied_user": False}
+    assert str(sent.payload["message_reference"]["message_id"]) == earlier["id"]
 
 
 # --- startup ------------------------------------------------------------------------------------

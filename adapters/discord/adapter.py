@@ -538,7 +538,13 @@ class DiscordAdapter:
             int(message.chat_id)
         )
         heading = "" if message.chat_is_private else f"*{escape_markdown(message.display_name)}:*\n"
-        await self._send_to_channel(channel, reply, heading=heading)  # type: ignore[arg-type]
+        reference = None
+        if not message.chat_is_private and message.message_id and message.message_id.isdigit():
+            # As a reply to the message it answers (sent plainly if that message is gone).
+            reference = discord.MessageReference(
+                message_id=int(message.message_id), channel_id=int(message.chat_id), fail_if_not_exists=False
+            )
+        await self._send_to_channel(channel, reply, heading=heading, reference=reference)  # type: ignore[arg-type]
 
     # --- slash commands and buttons --------------------------------------------------------------
 
