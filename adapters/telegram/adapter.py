@@ -10,9 +10,11 @@ Behaviour and decisions:
   (``/mood``, ``/mood@botname``). Everything else is ignored before the engine sees it, so it is
   neither answered nor stored. The bot's mention is removed from the text. Each person has their
   own conversation per group (chat id = the group, user id = the sender). Replies quote the message
-  they answer. A reply about the user's own data (``Reply.private``: /mood, /export, /forget, ...)
-  is sent to the user's private chat instead, with a short note in the group; if Telegram refuses
-  (the user never started the bot) the group is told how to open the private chat.
+  they answer; in forum groups every message of an answer (and "typing…") names the topic it was
+  asked in, since Telegram puts a message without one in General. A reply about the user's own
+  data (``Reply.private``: /mood, /export, /forget, ...) is sent to the user's private chat
+  instead, with a short note in the group; if Telegram refuses (the user never started the bot)
+  the group is told how to open the private chat.
 * **Text is sent as plain text** (no ``parse_mode``): model output is shown exactly as written and
   can never cause "can't parse entities". Link previews are off.
 * **Commands** are parsed by the core; the menu is registered with setMyCommands at start-up.
@@ -400,14 +402,7 @@ class TelegramAdapter:
                 try:
                     replies = await self.engine.handle(incoming, sink)
                 except asyncio.CancelledError:
-                    # Stopped while writing: the message stays pending and is answered after the
-                    # restart, so its unfinished preview must not stay in the chat.
-                    await sink.close()
-                    if sink.in_progress is not None:
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(
-                                self._outbox.delete(chat_id, sink.in_progress.message_id), self._stop_grace
-                            )
+                    await self._discard_preview(chat_id, sink)
                     raise
                 await sink.close()
                 in_progress = sink.in_progress
@@ -432,6 +427,16 @@ class TelegramAdapter:
             )
         finally:
             await sink.close()
+
+    async def _discard_preview(self, chat_id: int, sink: TelegramReplySink) -> None:
+        """Stopped while a reply was written: the message stays pending and is answered in full
+        after the restart, so the unfinished preview must not stay in the chat."""
+        await sink.close()
+        if sink.in_progress is not None and self._outbox is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self._outbox.delete(chat_id, sink.in_progress.message_id), self._stop_grace
+                )
 
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Send ``reply`` to where ``message`` came from (used for messages answered after a restart)."""
