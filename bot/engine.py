@@ -158,7 +158,9 @@ class Engine:
             chat = await self.repository.ensure_chat(
                 message.platform.value, message.chat_id, message.chat_is_private, user.id
             )
-            stored = await self.repository.add_message(user.id, chat.id, "user", text)
+            stored = await self.repository.add_message(
+                user.id, chat.id, "user", text, platform_message_id=message.message_id
+            )
             return [await self._answer(user, chat, stored, text, sink)]
         finally:
             self._pending[key] -= 1
@@ -318,4 +320,5 @@ def _incoming_from(item: PendingMessage) -> IncomingMessage:
         text=item.message.text or "",
         addressed_to_bot=True,
         chat_is_private=item.chat.is_private,
+        message_id=item.message.platform_message_id,
     )

@@ -5,14 +5,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import Connection, inspect, select
+from sqlalchemy import Connection, inspect, select, text
 
 from storage.tables import SCHEMA_VERSION, Base, SchemaInfo
 
 logger = logging.getLogger(__name__)
 
+
+def _add_platform_message_id(connection: Connection) -> None:
+    """1 -> 2: messages remember the platform's id of a user's message."""
+    columns = {column["name"] for column in inspect(connection).get_columns("messages")}
+    if "platform_message_id" not in columns:
+        connection.execute(text("ALTER TABLE messages ADD COLUMN platform_message_id VARCHAR(64)"))
+
+
 #: Steps from version N to N+1, keyed by N. Version 1 is the first schema (created by create_all).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_platform_message_id}
 
 
 def migrate(connection: Connection) -> None:

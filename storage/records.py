@@ -48,6 +48,8 @@ class MessageRecord:
     created_at: datetime
     in_history: bool
     reply_to_id: int | None = None
+    #: The platform's id of a user's message, when the adapter gave one.
+    platform_message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

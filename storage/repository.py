@@ -48,6 +48,7 @@ class Repository(Protocol):
         status: MessageStatus = MessageStatus.PENDING,
         reply_to_id: int | None = None,
         created_at: datetime | None = None,
+        platform_message_id: str | None = None,
     ) -> MessageRecord: ...
 
     async def set_message_status(self, message_id: int, status: MessageStatus) -> None: ...

@@ -134,6 +134,7 @@ def _message(row: MessageRow) -> MessageRecord:
         created_at=row.created_at,
         in_history=row.in_history,
         reply_to_id=row.reply_to_id,
+        platform_message_id=row.platform_message_id,
     )
 
 
@@ -230,9 +231,11 @@ class SqlAlchemyRepository:
         status: MessageStatus = MessageStatus.PENDING,
         reply_to_id: int | None = None,
         created_at: datetime | None = None,
+        platform_message_id: str | None = None,
     ) -> MessageRecord:
         async with self._sessions.begin() as session:
             row = MessageRow(
+                platform_message_id=platform_message_id,
                 user_id=user_id,
                 chat_id=chat_id,
                 role=role,

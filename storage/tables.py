@@ -19,7 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: Bump when the schema changes and add a step to ``storage.migrations.MIGRATIONS``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -100,6 +100,8 @@ class MessageRow(Base):
         ForeignKey("messages.id", ondelete="SET NULL"), nullable=True
     )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False, default=utcnow)
+    #: The platform's own id of a user's message (to answer it as a reply after a restart).
+    platform_message_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class MoodRow(Base):

@@ -202,15 +202,19 @@ async def test_pending_messages_are_answered_or_apologised_after_a_restart(tmp_p
     crashed = await bootstrap(settings, model=FakeModel())
     user = await crashed.repository.ensure_user("console", "u1", "Ada")
     chat = await crashed.repository.ensure_chat("console", "c1", True, user.id)
-    await crashed.repository.add_message(user.id, chat.id, "user", "fresh and happy")
+    await crashed.repository.add_message(
+        user.id, chat.id, "user", "fresh and happy", platform_message_id="501"
+    )
     old = datetime.now(UTC) - timedelta(hours=2)
     await crashed.repository.add_message(user.id, chat.id, "user", "old one", created_at=old)
     await crashed.repository.close()
 
     delivered = []
+    message_ids = []
 
     async def deliver(incoming, reply) -> None:  # type: ignore[no-untyped-def]
         delivered.append((incoming.chat_id, incoming.text, reply.kind))
+        message_ids.append(incoming.message_id)  # so the answer can reply to the message it answers
 
     app = await bootstrap(settings, model=FakeModel())
     async with app:
@@ -218,7 +222,18 @@ async def test_pending_messages_are_answered_or_apologised_after_a_restart(tmp_p
         statuses = [m.status for m in await app.repository.messages_for_user(user.id) if m.role == "user"]
     assert (report.answered, report.apologised, report.failed) == (1, 1, 0)
     assert delivered == [("c1", "fresh and happy", ReplyKind.CHAT), ("c1", "old one", ReplyKind.NOTICE)]
+    assert message_ids == ["501", None]
     assert statuses == ["answered", "apologised"]
+
+
+async def test_the_platform_id_of_a_message_is_stored_with_it(app: App) -> None:
+    from dataclasses import replace
+
+    await app.engine.handle(replace(message("hello"), message_id="m-77"))
+    user = await app.repository.get_user("console", "u1")
+    assert user is not None
+    [stored] = [m for m in await app.repository.messages_for_user(user.id) if m.role == "user"]
+    assert stored.platform_message_id == "m-77"
 
 
 async def test_message_texts_never_reach_info_logs(app: App, caplog) -> None:  # type: ignore[no-untyped-def]

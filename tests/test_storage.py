@@ -60,6 +60,42 @@ async def test_history_is_per_user_per_chat_oldest_first(repository: Repository)
     assert [row.text for row in await repository.history(ada.id, group.id, 2)] == ["ada two", "re: ada two"]
 
 
+async def test_a_message_keeps_its_platform_id_for_pending_recovery(repository: Repository) -> None:
+    user, chat = await _user_and_chat(repository)
+    stored = await repository.add_message(user.id, chat.id, "user", "hi", platform_message_id="4711")
+    assert stored.platform_message_id == "4711"
+    [pending] = await repository.pending_messages()
+    assert pending.message.platform_message_id == "4711"
+
+
+async def test_a_version_1_database_is_migrated_and_keeps_its_messages(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    repository = open_repository(f"sqlite+aiosqlite:///{path}")
+    await repository.initialize()
+    user, chat = await _user_and_chat(repository)
+    await repository.add_message(user.id, chat.id, "user", "from before the upgrade")
+    await repository.close()
+    with sqlite3.connect(path) as old:  # make it the schema of version 1
+        old.execute("ALTER TABLE messages DROP COLUMN platform_message_id")
+        old.execute("UPDATE schema_info SET version = 1")
+
+    repository = open_repository(f"sqlite+aiosqlite:///{path}")
+    await repository.initialize()
+    try:
+        [pending] = await repository.pending_messages()
+        assert (
+            pending.message.text == "from before the upgrade" and pending.message.platform_message_id is None
+        )
+        added = await repository.add_message(user.id, chat.id, "user", "after", platform_message_id="9")
+        assert added.platform_message_id == "9"
+    finally:
+        await repository.close()
+    with sqlite3.connect(path) as upgraded:
+        assert upgraded.execute("SELECT version FROM schema_info").fetchone() == (2,)
+
+
 async def test_pending_and_failed_messages_stay_out_of_history(repository: Repository) -> None:
     user, chat = await _user_and_chat(repository)
     await repository.add_message(user.id, chat.id, "user", "still pending")

@@ -156,7 +156,7 @@ async def test_server_root_url_is_accepted_as_base_url(launch: Launch, server: F
 
 
 async def test_a_token_refused_while_polling_stops_moodmate_instead_of_leaving_it_deaf(
-    launch: Launch, server: FakeTelegramServer
+    launch: Launch, server: FakeTelegramServer, caplog: pytest.LogCaptureFixture
 ):
     bot = await launch(FakeModel(reply_fn=echo))
     server.fail_next("getUpdates", code=401, description="Unauthorized")
@@ -165,6 +165,10 @@ async def test_a_token_refused_while_polling_stops_moodmate_instead_of_leaving_i
     with pytest.raises(ConfigurationError, match="TELEGRAM_TOKEN") as caught:
         await asyncio.wait_for(bot.task, 10)
     assert str(caught.value) == TOKEN_REVOKED
+    stopping = [r for r in caplog.records if r.name.startswith("adapters") and r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in stopping] == [
+        f"telegram stopped working for good ({TOKEN_REVOKED}); moodmate stops"
+    ]  # and stopping went cleanly
 
 
 async def test_invalid_token_is_one_clear_configuration_error(tmp_path: Path, server: FakeTelegramServer):
@@ -778,6 +782,29 @@ async def test_a_message_left_pending_by_a_crash_is_answered_after_start(
     bot = await launch(FakeModel(reply_fn=echo), prepare=leave_a_pending_message)
     [reply] = await bot.replies(42)
     assert strip_badge(reply.params["text"]) == "echo: I am happy you are back"
+
+
+async def test_a_pending_message_from_a_forum_topic_is_answered_there_as_a_reply(
+    launch: Launch, server: FakeTelegramServer
+):
+    alice = server.user(42, "Alice", "alice")
+    forum = server.group_chat(GROUP_ID, forum=True)
+    asked = server.send_text(forum, alice, f"@{BOT_USERNAME} tell me everything", topic=7, deliver=False)
+
+    async def leave_it_pending(app: App) -> None:  # as a crash after storing it would
+        user = await app.repository.ensure_user("telegram", "42", "Alice")
+        chat = await app.repository.ensure_chat("telegram", str(GROUP_ID), False, user.id)
+        await app.repository.add_message(
+            user.id, chat.id, "user", "tell me everything", platform_message_id=str(asked["message_id"])
+        )
+
+    long_text = ("This sentence is part of a very long answer. " * 200).strip()  # three messages
+    bot = await launch(FakeModel(reply_fn=lambda system, history: long_text), prepare=leave_it_pending)
+    await bot.replies(GROUP_ID, 3, timeout=10)
+    sent = bot.sent(GROUP_ID)
+    assert sent[0].params["reply_parameters"]["message_id"] == asked["message_id"]
+    stored = [server.message(GROUP_ID, call.result["message_id"]) for call in sent]
+    assert [message and message.get("message_thread_id") for message in stored] == [7, 7, 7]
 
 
 # ---------------------------------------------------------------------- the real model

@@ -205,7 +205,10 @@ class DiscordAdapter:
         error = task.exception()
         if error is not None:
             self._lost_because = self._connection_failure(error)
-            logger.error("Discord connection lost for good: %s", self._lost_because, exc_info=error)
+            known = isinstance(self._lost_because, ConfigurationError)  # a token or intent refused
+            logger.error(
+                "Discord connection lost for good: %s", self._lost_because, exc_info=None if known else error
+            )
         self._lost.set()
 
     async def wait_lost(self) -> MoodmateError:

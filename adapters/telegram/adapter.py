@@ -261,7 +261,10 @@ class TelegramAdapter:
     async def _shutdown(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
         try:
             if application.updater is not None and application.updater.running:
-                await application.updater.stop()
+                try:
+                    await application.updater.stop()
+                except TelegramError as error:  # how polling ended (a refused token): already reported
+                    logger.debug("Telegram polling had ended with %s", type(error).__name__)
             await self._drain()
             if application.running:
                 await application.stop()
@@ -497,13 +500,15 @@ class TelegramAdapter:
                 first_new = 1
         for index in range(first_new, len(texts)):
             buttons = markup if index == len(texts) - 1 else None
-            await self._outbox.text(
+            sent = await self._outbox.text(
                 chat_id,
                 texts[index],
                 reply_to=reply_to if index == 0 else None,
                 thread_id=thread_id,
                 markup=buttons,
             )
+            if thread_id is None:  # a reply lands in its target's topic (recovered answers): follow it
+                thread_id = topic_of(sent)
         if in_progress is not None and first_new == 0:
             await self._outbox.delete(chat_id, in_progress.message_id)  # the reply was sent anew
         for attachment in reply.attachments:

@@ -282,9 +282,11 @@ class FakeTelegramServer:
         entities: list[dict[str, Any]] | None = None,
         reply_to: dict[str, Any] | None = None,
         topic: int | None = None,
+        deliver: bool = True,
     ) -> dict[str, Any]:
         """A person sends ``text`` (in forum topic ``topic``, a thread id); entities are detected like
-        Telegram does unless given."""
+        Telegram does unless given. ``deliver=False``: the message is only in the chat, as one whose
+        update the bot already fetched before it crashed."""
         message = self._new_message(chat, user)
         if topic is not None:
             if not chat.get("is_forum"):
@@ -298,7 +300,8 @@ class FakeTelegramServer:
         if reply_to is not None:
             message["reply_to_message"] = reply_to
         self._store(message)
-        self.inject_update("message", message)
+        if deliver:
+            self.inject_update("message", message)
         return message
 
     def send_sticker(self, chat: dict[str, Any], user: dict[str, Any], emoji: str = "😀") -> dict[str, Any]:
