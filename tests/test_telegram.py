@@ -4,6 +4,7 @@ wiring and ``serve``) drives python-telegram-bot, which talks HTTP to a fake Bot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -840,15 +841,28 @@ async def test_a_refused_reply_ends_in_an_apology_not_silence(launch: Launch, se
     assert attempts[1].params["text"] == MoodmateError.user_message
 
 
+@contextlib.asynccontextmanager
+async def bare_adapter(
+    tmp_path: Path, server: FakeTelegramServer, model: FakeModel, **options: Any
+) -> AsyncIterator[tuple[App, TelegramAdapter]]:
+    """The app and a started Telegram adapter without the runner, so a test can stop the adapter."""
+    settings = make_settings(tmp_path, telegram_token=server.token, telegram_api_base_url=server.base_url)
+    app = await bootstrap(settings, model=model)
+    await app.start()
+    adapter = TelegramAdapter(settings, app.engine, **options)
+    try:
+        await adapter.start()
+        yield app, adapter
+    finally:
+        await adapter.stop()
+        await app.stop()
+
+
 async def test_stop_does_not_wait_for_a_slow_reply_which_stays_pending(
     tmp_path: Path, server: FakeTelegramServer
 ):
-    settings = make_settings(tmp_path, telegram_token=server.token, telegram_api_base_url=server.base_url)
-    app = await bootstrap(settings, model=FakeModel(reply_delay=1.5))
-    await app.start()
-    adapter = TelegramAdapter(settings, app.engine, stop_grace=0.2, typing_interval=0.1)
-    try:
-        await adapter.start()
+    model = FakeModel(reply_delay=1.5)
+    async with bare_adapter(tmp_path, server, model, stop_grace=0.2, typing_interval=0.1) as (app, adapter):
         alice, chat = alice_in_private(server)
         server.send_text(chat, alice, "this will take a while")
         await server.wait_for("sendChatAction")
@@ -862,20 +876,13 @@ async def test_stop_does_not_wait_for_a_slow_reply_which_stays_pending(
         assert not server.calls_to("sendMessage")
         pending = await app.repository.pending_messages()
         assert [item.message.text for item in pending] == ["this will take a while"]
-    finally:
-        await adapter.stop()
-        await app.stop()
 
 
 async def test_a_reply_cut_off_by_stop_leaves_no_unfinished_preview(
     tmp_path: Path, server: FakeTelegramServer
 ):
-    settings = make_settings(tmp_path, telegram_token=server.token, telegram_api_base_url=server.base_url)
-    app = await bootstrap(settings, model=slow_words(60, token_delay=0.1))
-    await app.start()
-    adapter = TelegramAdapter(settings, app.engine, stop_grace=0.3, stream_delay=0.2)
-    try:
-        await adapter.start()
+    model = slow_words(60, token_delay=0.1)
+    async with bare_adapter(tmp_path, server, model, stop_grace=0.3, stream_delay=0.2) as (app, adapter):
         alice, chat = alice_in_private(server)
         server.send_text(chat, alice, "tell me a long story")
         [preview] = await server.wait_for("sendMessage", timeout=5)
@@ -883,6 +890,3 @@ async def test_a_reply_cut_off_by_stop_leaves_no_unfinished_preview(
         assert server.message(42, preview.result["message_id"]) is None  # deleted
         pending = await app.repository.pending_messages()
         assert [item.message.text for item in pending] == ["tell me a long story"]  # answered after a restart
-    finally:
-        await adapter.stop()
-        await app.stop()
