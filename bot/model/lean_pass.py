@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # Qwen2's is the same
 
 from bot.model.cpu_attention import causal_mask, grouped_attention
 
@@ -105,8 +106,7 @@ class LeanPass:
         """The last layer's output for ``input_ids`` at positions ``past``, ``past + 1``, …"""
         width = input_ids.shape[1]
         hidden = self._decoder.embed_tokens(input_ids)
-        cos, sin = self._decoder.rotary_emb(hidden, torch.arange(past, past + width).unsqueeze(0))
-        rotary = (cos.unsqueeze(1), sin.unsqueeze(1))
+        rotary = self._decoder.rotary_emb(hidden, torch.arange(past, past + width).unsqueeze(0))
         mask = causal_mask(width, past + width, hidden)
         for index, layer in enumerate(self._layers):
             hidden = _layer_forward(layer, index, hidden, rotary, join, mask)
@@ -134,15 +134,8 @@ def _layer_forward(
     query = attention.q_proj(normed).view(heads_shape).transpose(1, 2)
     key = attention.k_proj(normed).view(heads_shape).transpose(1, 2)
     value = attention.v_proj(normed).view(heads_shape).transpose(1, 2)
-    cos, sin = rotary
-    query = (query * cos) + (_rotate_half(query) * sin)
-    key = (key * cos) + (_rotate_half(key) * sin)
+    query, key = apply_rotary_pos_emb(query, key, *rotary)
     keys, values = join(index, key, value)
     output, _ = grouped_attention(attention, query, keys, values, mask, scaling=attention.scaling)
     hidden = hidden + attention.o_proj(output.reshape(batch, width, -1).contiguous())
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-
-
-def _rotate_half(states: torch.Tensor) -> torch.Tensor:
-    half = states.shape[-1] // 2
-    return torch.cat((-states[..., half:], states[..., :half]), dim=-1)
