@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -79,22 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     from bot.bootstrap import load_settings
     from bot.model.loader import load_model
 
-    try:
-        settings = load_settings(**({"model": args.model} if args.model else {}))
-        model = load_model(settings, progress=sys.stderr.isatty())
-    except MoodmateError as error:
-        if source is not sys.stdin:
-            source.close()
-        print(f"moodmate classify: {error}", file=sys.stderr)
-        return 2
-    try:
-        classify_stream(model, source, sys.stdout, as_json=args.json, batch_size=max(1, args.batch_size))
-    except MoodmateError as error:
-        print(f"moodmate classify: {error}", file=sys.stderr)
-        return 1
-    finally:
-        if source is not sys.stdin:
-            source.close()
+    with contextlib.nullcontext(source) if source is sys.stdin else source:
+        try:
+            settings = load_settings(**({"model": args.model} if args.model else {}))
+            model = load_model(settings, progress=sys.stderr.isatty())
+        except MoodmateError as error:
+            print(f"moodmate classify: {error}", file=sys.stderr)
+            return 2
+        try:
+            classify_stream(model, source, sys.stdout, as_json=args.json, batch_size=max(1, args.batch_size))
+        except MoodmateError as error:
+            print(f"moodmate classify: {error}", file=sys.stderr)
+            return 1
     return 0
 
 
