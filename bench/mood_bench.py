@@ -47,10 +47,6 @@ LABELS = ("positive", "neutral", "negative")
 ZERO_SHOT_INSTRUCTION = (
     "Classify the sentiment of the user's message. Answer with one word: positive, neutral or negative."
 )
-CHAT_SYSTEM = (
-    "You are Moodmate, a warm and supportive friend in a chat. Reply briefly (one to three sentences), "
-    "kindly and naturally, in the same language as the user."
-)
 CHATS: tuple[tuple[str, ...], ...] = (
     (
         "I had a rough day at work, my boss yelled at me in front of everyone.",
@@ -315,7 +311,9 @@ def _times_in_turn(methods: Sequence[Method], calls: Sequence[Sequence[str]]) ->
 
 
 def reply_speed(model, max_new_tokens: int = 64) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Time-to-first-token and tokens/s of replies written with the bot's own reply prompt."""
     from bot.model.base import ChatTurn
+    from bot.prompts import clean_reply, reply_turns, system_prompt_for
 
     ttfts, rates, samples = [], [], []
     model._generator.manual_seed(7)  # the same sampling draws for every model compared
@@ -325,14 +323,15 @@ def reply_speed(model, max_new_tokens: int = 64) -> dict[str, object]:  # type: 
             history.append(ChatTurn("user", user_text))
             first: list[float] = []
             started = time.perf_counter()
-            reply = model.generate(
-                CHAT_SYSTEM,
-                history,
+            raw = model.generate(
+                system_prompt_for(user_text),
+                reply_turns(history),
                 max_new_tokens=max_new_tokens,
                 on_text=lambda _piece, first=first: first or first.append(time.perf_counter()),
             )
             elapsed = time.perf_counter() - started
-            tokens = model.count_tokens(reply)
+            tokens = model.count_tokens(raw)
+            reply = clean_reply(raw, user_text)  # what the user is shown, and what history keeps
             if first:
                 ttfts.append((first[0] - started) * 1000)
                 if elapsed - (first[0] - started) > 0 and tokens > 1:

@@ -19,7 +19,7 @@ from bot.commands import CommandContext, parse_command
 from bot.errors import MoodmateError
 from bot.inference import InferenceWorker, WorkerStoppedError
 from bot.model.base import ChatTurn
-from bot.prompts import clean_partial, clean_reply, is_chinese, reply_examples_for, system_prompt_for
+from bot.prompts import clean_partial, clean_reply, is_chinese, reply_turns, system_prompt_for
 from bot.settings import Settings
 from bot.text import is_blank, sanitize, truncate
 from bot.types import IncomingMessage, Mood, Platform, Reply, ReplyKind
@@ -190,7 +190,7 @@ class Engine:
             reply = self.worker.submit_reply(
                 owner,
                 system_prompt_for(model_text),
-                [*reply_examples_for(model_text), *history],
+                reply_turns(history),
                 max_new_tokens=self.settings.max_reply_tokens,
                 on_partial=_throttled(progress),
             )

@@ -5,17 +5,20 @@ from __future__ import annotations
 import pytest
 
 from bot.bootstrap import App
+from bot.model.base import ChatTurn
 from bot.model.fake import FakeModel
 from bot.prompts import (
     FALLBACK_REPLIES,
     FALLBACK_REPLY_EN,
     FALLBACK_REPLY_ZH,
+    REPLY_EXAMPLES_EN,
     REPLY_EXAMPLES_ZH,
     SYSTEM_PROMPT_EN,
     SYSTEM_PROMPT_ZH,
     clean_partial,
     clean_reply,
     is_chinese,
+    reply_turns,
 )
 from bot.types import MoodLabel
 from tests.conftest import message
@@ -40,6 +43,27 @@ async def test_chinese_message_gets_chinese_prompt_and_examples(app: App, fake_m
     (zh_system, zh_history), (en_system, _en_history) = fake_model.generate_inputs
     assert zh_system == SYSTEM_PROMPT_ZH and en_system == SYSTEM_PROMPT_EN
     assert tuple(zh_history[: len(REPLY_EXAMPLES_ZH)]) == REPLY_EXAMPLES_ZH
+
+
+async def test_examples_go_before_a_first_message_and_a_change_of_language_only(
+    app: App, fake_model: FakeModel
+) -> None:
+    for text in ("I got a new job!", "I start on Monday.", "我好紧张。", "我怕做不好。", "Thanks, see you"):
+        await app.engine.handle(message(text))
+    prompts = [history for _system, history in fake_model.generate_inputs]
+    assert prompts[0] == (*REPLY_EXAMPLES_EN, ChatTurn("user", "I got a new job!"))
+    assert [turn.role for turn in prompts[1]] == ["user", "assistant", "user"]  # the conversation alone
+    assert prompts[1][0].content == "I got a new job!" and prompts[1][-1].content == "I start on Monday."
+    assert prompts[2][: len(REPLY_EXAMPLES_ZH)] == REPLY_EXAMPLES_ZH  # changed to Chinese
+    assert prompts[2][len(REPLY_EXAMPLES_ZH) :] == prompts[1] + prompts[2][-2:]
+    assert prompts[3][0] == ChatTurn("user", "I got a new job!")  # still Chinese: no examples
+    assert prompts[4][: len(REPLY_EXAMPLES_EN)] == REPLY_EXAMPLES_EN  # back to English
+
+
+def test_reply_turns_follow_the_user_messages_language() -> None:
+    opening = [ChatTurn("assistant", "Hi!"), ChatTurn("user", "我很开心！")]  # no earlier user message
+    assert reply_turns(opening) == [*REPLY_EXAMPLES_ZH, *opening]
+    assert reply_turns([]) == list(REPLY_EXAMPLES_EN)
 
 
 @pytest.mark.parametrize(

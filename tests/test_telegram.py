@@ -26,10 +26,9 @@ from bot.errors import ConfigurationError, MoodmateError
 from bot.model.base import ChatTurn
 from bot.model.fake import FakeModel
 from bot.moodlog import read_csv_export
-from bot.prompts import reply_examples_for
 from bot.settings import Settings
 from bot.types import Platform
-from tests.conftest import make_settings
+from tests.conftest import conversation, make_settings
 from tests.fakes.telegram_server import ApiCall, FakeTelegramServer, image_size
 
 # PTB itself warns about its own RetryAfter.retry_after type change; nothing to do on our side.
@@ -694,18 +693,17 @@ async def test_two_people_in_one_group_have_separate_histories(launch: Launch, s
     alice = server.user(42, "Alice", "alice")
     bob = server.user(43, "Bob", "bob")
     group = server.group_chat(GROUP_ID)
-    conversation = [
+    said = [
         (alice, "I adopted a cat"),
         (bob, "my train was late again"),
         (alice, "she sleeps all day"),
         (bob, "and it rained"),
     ]
-    for count, (person, text) in enumerate(conversation, start=1):
+    for count, (person, text) in enumerate(said, start=1):
         server.send_text(group, person, f"@{BOT_USERNAME} {text}")
         await bot.replies(GROUP_ID, count)
-    examples = len(reply_examples_for("I adopted a cat"))  # constant turns before the conversation
-    alice_history = [turn.content for turn in model.generate_inputs[2][1][examples:]]
-    bob_history = [turn.content for turn in model.generate_inputs[3][1][examples:]]
+    alice_history = [turn.content for turn in conversation(model.generate_inputs[2][1])]
+    bob_history = [turn.content for turn in conversation(model.generate_inputs[3][1])]
     assert alice_history == ["I adopted a cat", "echo: I adopted a cat", "she sleeps all day"]
     assert bob_history == ["my train was late again", "echo: my train was late again", "and it rained"]
     for telegram_id, mine in ((42, "I adopted a cat"), (43, "my train was late again")):
