@@ -60,7 +60,7 @@ async def test_examples_go_before_a_first_message_and_a_change_of_language_only(
     assert prompts[4][: len(REPLY_EXAMPLES_EN)] == REPLY_EXAMPLES_EN  # back to English
 
 
-def test_reply_turns_follow_the_user_messages_language() -> None:
+def test_examples_lead_when_the_history_has_no_earlier_user_message() -> None:
     opening = [ChatTurn("assistant", "Hi!"), ChatTurn("user", "我很开心！")]  # no earlier user message
     assert reply_turns(opening) == [*REPLY_EXAMPLES_ZH, *opening]
     assert reply_turns([]) == list(REPLY_EXAMPLES_EN)
