@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # --- storage -----------------------------------------------------------------------------
     database_url: str = Field("sqlite+aiosqlite:///moodmate.db", validation_alias=_env("DATABASE_URL"))
     message_retention_days: int = Field(0, ge=0, validation_alias=_env("MESSAGE_RETENTION_DAYS"))
+    #: How long a process's claim on a message it answers holds unless renewed (it renews it
+    #: every third of that while it works); a crashed process's messages are taken over after it.
+    claim_lease_seconds: float = Field(60.0, ge=1, validation_alias=_env("MOODMATE_CLAIM_LEASE_SECONDS"))
+    #: The name this process claims messages under; empty: host name, process id and a random part.
+    instance_id: str = Field("", max_length=64, validation_alias=_env("MOODMATE_INSTANCE_ID"))
 
     # --- operators ---------------------------------------------------------------------------
     admin_ids: IdList = Field(frozenset(), validation_alias=_env("MOODMATE_ADMIN_IDS"))

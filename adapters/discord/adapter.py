@@ -397,6 +397,7 @@ class DiscordAdapter:
         in_server: bool,
     ) -> None:
         """Send ``replies``; the first one that goes to the channel replaces ``in_progress``."""
+        unsent = list(replies)
         try:
             for reply in replies:
                 if reply.private and in_server:
@@ -408,10 +409,16 @@ class DiscordAdapter:
                     await self._replace_in_progress(shown, message.channel, reply, reference)
                 else:
                     await self._send_to_channel(message.channel, reply, reference=reference)
+                unsent.remove(reply)
+                await self.engine.delivered(reply)  # Discord accepted it
         except DiscordForbiddenError as error:  # DMs closed, or no permission to post here
             logger.warning("Discord would not take a reply here (%s)", error)
+            for reply in unsent:
+                await self.engine.not_delivered(reply)
         except PlatformError:
             logger.exception("Could not send a reply on Discord")
+            for reply in unsent:
+                await self.engine.not_delivered(reply)
             await self._apologise_in_channel(message.channel, reference)
         finally:
             await self._delete_quietly(in_progress)
@@ -533,6 +540,21 @@ class DiscordAdapter:
                 self._remember_sent(await channel.send(content, **kwargs))  # type: ignore[arg-type]
 
             await call_discord("send a message", send)
+
+    async def admits(self, message: IncomingMessage) -> bool:
+        """Whether the allowlists admit ``message`` now (checked again at recovery). A server channel
+        this process cannot see is refused when any allowlist is set."""
+        try:
+            user_id, channel_id = int(message.user_id), int(message.chat_id)
+        except ValueError:
+            return False
+        if message.chat_is_private:
+            return await self.policy.allows_dm(user_id, channel_id)
+        channel = self._client.get_channel(channel_id) if self._client is not None else None
+        guild = getattr(channel, "guild", None)
+        if channel is None or guild is None:
+            return not self.policy.restricted
+        return self.policy.allows_guild_channel(guild.id, channel_id, _parent_id(channel))
 
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Send ``reply`` to the channel ``message`` came from (answers recovered after a restart)."""

@@ -399,6 +399,7 @@ class TelegramAdapter:
                 stream_delay=self._stream_delay,
                 edit_interval=self._edit_interval if incoming.chat_is_private else self._group_edit_interval,
             )
+        unsent: list[Reply] = []
         try:
             # "typing…" lasts until the final text is sent
             async with self._typing.showing(chat_id, thread_id=thread_id):
@@ -407,29 +408,38 @@ class TelegramAdapter:
                 except asyncio.CancelledError:
                     await self._discard_preview(chat_id, sink)
                     raise
+                unsent = list(replies)
                 await sink.close()
                 in_progress = sink.in_progress
                 for reply in replies:
                     sent = await self._send_reply(
                         incoming, reply, reply_to=reply_to, thread_id=thread_id, in_progress=in_progress
                     )
+                    unsent.remove(reply)
+                    await self.engine.delivered(reply)  # Telegram accepted it
                     if sent:
                         in_progress = None
                 if in_progress is not None:  # shown while written, but no reply took its place
                     await self._outbox.delete(chat_id, in_progress.message_id)
         except PlatformError as error:
             logger.warning("Telegram: could not deliver a reply: %s", error)
+            await self._not_delivered(unsent)
             if not isinstance(error, TelegramForbiddenError):
                 await self._send_safely(
                     chat_id, MoodmateError.user_message, reply_to=reply_to, thread_id=thread_id
                 )
         except Exception:
             logger.exception("Telegram: unexpected error while answering a message")
+            await self._not_delivered(unsent)
             await self._send_safely(
                 chat_id, MoodmateError.user_message, reply_to=reply_to, thread_id=thread_id
             )
         finally:
             await sink.close()
+
+    async def _not_delivered(self, replies: list[Reply]) -> None:
+        for reply in replies:
+            await self.engine.not_delivered(reply)
 
     async def _discard_preview(self, chat_id: int, sink: TelegramReplySink) -> None:
         """Stopped while a reply was written: the message stays pending and is answered in full
@@ -440,6 +450,13 @@ class TelegramAdapter:
                 await asyncio.wait_for(
                     self._outbox.delete(chat_id, sink.in_progress.message_id), self._stop_grace
                 )
+
+    async def admits(self, message: IncomingMessage) -> bool:
+        """Whether the allowlists admit ``message``'s sender now (checked again at recovery)."""
+        try:
+            return self._allowlist.allows(int(message.user_id), int(message.chat_id))
+        except ValueError:
+            return False
 
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Send ``reply`` to where ``message`` came from (used for messages answered after a restart)."""
