@@ -18,12 +18,11 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import and_, delete, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from bot.errors import ConfigurationError, StorageError
-from storage.migrations import migrate
 from storage.records import (
     UNFINISHED,
     ChatRecord,
@@ -47,6 +46,8 @@ LOCK_RETRIES = 5
 LOCK_BACKOFF_SECONDS = 0.05
 #: Driver loggers that print statements and their parameters (message texts) at DEBUG.
 DRIVER_LOGGERS = ("aiosqlite", "asyncpg")
+#: Alembic reports every plugin and step at INFO; moodmate logs one line per migration itself.
+QUIET_LOGGERS = (*DRIVER_LOGGERS, "alembic")
 #: How long a first start waits for another process that is migrating the same SQLite file.
 MIGRATION_LOCK_TIMEOUT_SECONDS = 120.0
 _FINISHED = tuple(status.value for status in MessageStatus if status not in UNFINISHED)
@@ -93,7 +94,7 @@ def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
 def quiet_driver_loggers() -> None:
     """Keep the drivers' loggers (which print every statement with its texts at DEBUG) at WARNING."""
-    for name in DRIVER_LOGGERS:
+    for name in QUIET_LOGGERS:
         driver_logger = logging.getLogger(name)
         if driver_logger.level == logging.NOTSET:
             driver_logger.setLevel(logging.WARNING)
@@ -192,44 +193,61 @@ class SqlAlchemyRepository:
     async def initialize(self) -> None:
         """Create or migrate the schema, one process at a time; a database that cannot be opened
         raises :class:`ConfigurationError` naming what to fix."""
-        path = sqlite_path(self._url)
         try:
-            if path is None:
-                await self._migrate()
-                return
-            from filelock import FileLock
-
-            lock = FileLock(f"{path}.lock", timeout=MIGRATION_LOCK_TIMEOUT_SECONDS)
-            await asyncio.to_thread(lock.acquire)
-            try:
-                await self._migrate()
-            finally:
-                lock.release()
-        except (OSError, InterfaceError, DBAPIError) as error:
+            async with self._engine.connect():
+                pass
+        except (OSError, SQLAlchemyError) as error:
             raise ConfigurationError(self._unreachable(error)) from None
-        except StorageError as error:
-            if isinstance(error.__cause__, OperationalError | InterfaceError):
-                raise ConfigurationError(self._unreachable(error.__cause__)) from None
-            raise
+        path = sqlite_path(self._url)
+        if path is None:
+            await self._migrate()
+            return
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(f"{path}.lock", timeout=MIGRATION_LOCK_TIMEOUT_SECONDS)
+        try:
+            await asyncio.to_thread(lock.acquire)
+        except Timeout:
+            raise ConfigurationError(
+                f"Another process has been migrating {describe(self._url)} for "
+                f"{MIGRATION_LOCK_TIMEOUT_SECONDS:.0f} s; stop it, or delete {path}.lock if no process runs."
+            ) from None
+        try:
+            await self._migrate()
+        finally:
+            lock.release()
 
     @_translated
     async def _migrate(self) -> None:
+        from storage.migrations import migrate  # Alembic is imported only to migrate
+
         async with self._engine.begin() as connection:
             await connection.run_sync(migrate)
 
     def _unreachable(self, error: BaseException) -> str:
-        cause = getattr(error, "orig", None) or error
-        reason = type(cause).__name__
+        cause: BaseException = getattr(error, "orig", None) or error
+        while cause.__cause__ is not None and type(cause).__name__ == "Error":
+            cause = cause.__cause__  # SQLAlchemy's asyncpg adapter wraps asyncpg's own error
         text = str(cause).lower()
         if "password" in text or "authentication" in text:
             hint = "the server refused the user name or password in DATABASE_URL"
+        elif "role" in text and "does not exist" in text:
+            hint = "the server has no such user; fix the user name in DATABASE_URL"
         elif "does not exist" in text:
             hint = "that database does not exist on the server; create it (createdb) or fix DATABASE_URL"
+        elif type(cause).__name__ == "gaierror":
+            hint = "the host name in DATABASE_URL does not resolve; fix it"
+        elif isinstance(cause, ConnectionRefusedError):
+            hint = (
+                "nothing accepts connections there; start the server or fix the host and port in DATABASE_URL"
+            )
+        elif isinstance(cause, TimeoutError):
+            hint = "the server did not answer in time; check the host and port in DATABASE_URL"
         elif self._url.get_backend_name() == "sqlite":
-            hint = "check that the file can be created and written there"
+            hint = f"check that the file can be created and written there ({type(cause).__name__})"
         else:
-            hint = "start the server or fix the host and port in DATABASE_URL"
-        return f"Could not open {describe(self._url)} ({reason}): {hint}."
+            hint = f"{type(cause).__name__}; check the server and DATABASE_URL"
+        return f"Could not open {describe(self._url)}: {hint}."
 
     async def close(self) -> None:
         await self._engine.dispose()

@@ -11,7 +11,7 @@ from bot.errors import ConfigurationError
 
 SQLITE_DRIVER = "sqlite+aiosqlite"
 POSTGRES_DRIVER = "postgresql+asyncpg"
-EXAMPLES = "e.g. sqlite:///moodmate.db or postgresql://user:password@localhost:5432/moodmate"
+EXAMPLES = "sqlite:///moodmate.db or postgresql://user:password@localhost:5432/moodmate"
 
 
 def database_url(setting: str) -> URL:
@@ -42,7 +42,7 @@ def database_url(setting: str) -> URL:
         return url.set(drivername=POSTGRES_DRIVER)
     raise ConfigurationError(
         f"DATABASE_URL uses {url.drivername!r}, which moodmate does not support; use SQLite or "
-        f"PostgreSQL, {EXAMPLES}."
+        f"PostgreSQL, e.g. {EXAMPLES}."
     )
 
 
