@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bot.commands import CommandContext, parse_command
-from bot.errors import MoodmateError
+from bot.errors import DuplicateMessageError, MoodmateError
 from bot.inference import InferenceWorker, WorkerStoppedError
 from bot.model.base import ChatTurn
 from bot.prompts import clean_partial, clean_reply, is_chinese, reply_turns, system_prompt_for
@@ -47,8 +47,10 @@ PROGRESS_DRAIN_SECONDS = 5.0
 HISTORY_ROWS = 40
 #: How long a delivered-but-unconfirmed reply keeps its claim renewed before recovery may re-send it.
 DELIVERY_HOLD_SECONDS = 900.0
-#: How often a message waits for an earlier one of the same user that another process answers.
-TURN_POLL_SECONDS = 0.1
+#: How often a message looks again whether an earlier one of the same user (answered by another
+#: process) is finished: first after this, then half as long again each time, at most TURN_POLL_MAX.
+TURN_POLL_SECONDS = 0.05
+TURN_POLL_MAX_SECONDS = 0.5
 
 BLANK_TEXT_REPLY = "I only read text, and that message looked empty. Write me a few words?"
 TRUNCATED_NOTE_EN = "(Your message was long, so I read only its first {chars} characters.)"
@@ -219,11 +221,13 @@ class Engine:
         """Wait while an earlier message of this user in this chat is answered by another process
         (or waits for recovery), so replies go out in order; at most two leases."""
         deadline = time.monotonic() + 2 * self.lease.total_seconds()
+        pause = TURN_POLL_SECONDS
         while await self.repository.unfinished_before(stored.id, self.instance_id):
             if time.monotonic() > deadline:
                 logger.warning("Message %d: an earlier one is still unanswered; answering anyway", stored.id)
                 return
-            await asyncio.sleep(TURN_POLL_SECONDS)
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, TURN_POLL_MAX_SECONDS)
 
     async def handle(self, message: IncomingMessage, sink: ReplySink | None = None) -> list[Reply]:
         """The replies to send for ``message``; empty when the message is not for the bot."""
@@ -264,15 +268,19 @@ class Engine:
             chat = await self.repository.ensure_chat(
                 message.platform.value, message.chat_id, message.chat_is_private, user.id
             )
-            stored = await self.repository.add_message(
-                user.id,
-                chat.id,
-                "user",
-                text,
-                platform_message_id=message.message_id,
-                claimed_by=self.instance_id,
-                lease_until=self._lease_until(),
-            )
+            try:
+                stored = await self.repository.add_message(
+                    user.id,
+                    chat.id,
+                    "user",
+                    text,
+                    platform_message_id=message.message_id,
+                    claimed_by=self.instance_id,
+                    lease_until=self._lease_until(),
+                )
+            except DuplicateMessageError:
+                logger.info("A %s message arrived twice; it is answered once", message.platform.value)
+                return []
             self._hold(stored.id)
             try:
                 await self._wait_turn(stored)

@@ -53,7 +53,10 @@ class Repository(Protocol):
         lease_until: datetime | None = None,
     ) -> MessageRecord:
         """Store a message; an incoming one may be claimed (``claimed_by`` until ``lease_until``)
-        in the same transaction, so that no other process can take it over while it is answered."""
+        in the same transaction, so that no other process can take it over while it is answered.
+
+        Raises :class:`bot.errors.DuplicateMessageError` when this chat's ``platform_message_id`` is
+        stored already (the platform delivered it twice)."""
         ...
 
     async def set_message_status(self, message_id: int, status: MessageStatus) -> None:

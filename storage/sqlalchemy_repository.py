@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from bot.errors import ConfigurationError, StorageError
+from bot.errors import ConfigurationError, DuplicateMessageError, StorageError
 from storage.records import (
     UNFINISHED,
     ChatRecord,
@@ -336,7 +336,14 @@ class SqlAlchemyRepository:
                 created_at=created_at or utcnow(),
             )
             session.add(row)
-            await session.flush()
+            try:
+                await session.flush()
+            except IntegrityError:
+                if platform_message_id is None:
+                    raise
+                raise DuplicateMessageError(
+                    f"platform message {platform_message_id} is stored already"
+                ) from None
             return _message(row)
 
     @_translated

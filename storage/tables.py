@@ -81,6 +81,8 @@ class MessageRow(Base):
     __table_args__ = (
         Index("ix_messages_user_chat", "user_id", "chat_id", "id"),
         Index("ix_messages_status", "status"),
+        # A platform message delivered twice (a webhook retry, an update fetched again) is stored once.
+        Index("uq_messages_platform_message", "chat_id", "platform_message_id", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

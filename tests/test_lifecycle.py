@@ -263,10 +263,10 @@ async def test_recovery_checks_the_allowlists_like_live_traffic(tmp_path: Path, 
     stop = asyncio.Event()
     server = asyncio.create_task(serve(app, {Platform.TELEGRAM: telegram}, stop))
     for _ in range(300):
-        if telegram.delivered:
+        [stranger], stranger_replies, _ = await _rows(app, "stranger", "telegram")
+        if telegram.delivered and stranger.status != MessageStatus.PENDING:
             break
         await asyncio.sleep(0.01)
-    [stranger], stranger_replies, _ = await _rows(app, "stranger", "telegram")
     stop.set()
     await asyncio.wait_for(server, 10)
     assert [user for user, _ in telegram.delivered] == ["friend"]
@@ -305,3 +305,23 @@ async def test_the_adapters_admit_at_recovery_whom_their_allowlists_admit(tmp_pa
     unseen_channel = message("hi", user="1", chat="902", platform=Platform.DISCORD, private=False)
     assert await discord.admits(allowed_dm)
     assert not await discord.admits(other_dm) and not await discord.admits(unseen_channel)
+
+
+async def test_a_message_delivered_twice_by_the_platform_is_answered_once(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A webhook retried (the first answer was lost) reaching the other process, or an update fetched
+    again after a crash."""
+    from dataclasses import replace
+
+    first = await _start(tmp_path, db_url, FakeModel(reply_delay=0.3))
+    second = await _start(tmp_path, db_url, FakeModel())
+    try:
+        incoming = replace(message("hello twice"), message_id="4711")
+        answers = await asyncio.gather(first.engine.handle(incoming), second.engine.handle(incoming))
+        assert sorted(len(replies) for replies in answers) == [0, 1]
+        _, replies, moods = await _rows(first)
+        assert len(replies) == 1 and len(moods) == 1
+    finally:
+        await first.stop()
+        await second.stop()

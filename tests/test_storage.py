@@ -83,6 +83,12 @@ def _old_database(path: Path, version: int) -> None:
         )
         for mood_id in (1, 2):  # the old bug: one message logged twice
             old.execute("INSERT INTO mood_entries VALUES (?, 1, 1, 1, 'negative', 0.8, ?)", (mood_id, now))
+        if version == 2:  # and one update fetched twice after a crash: stored twice
+            for message_id in (2, 3):
+                old.execute(
+                    "INSERT INTO messages VALUES (?, 1, 1, 'user', 'twice', 'answered', 1, NULL, ?, '77')",
+                    (message_id, now),
+                )
         if version == 1:
             old.execute("ALTER TABLE messages DROP COLUMN platform_message_id")
             old.execute("UPDATE schema_info SET version = 1")
@@ -103,6 +109,8 @@ async def test_an_old_database_is_migrated_in_place_and_keeps_its_messages(
         assert (
             pending.message.text == "from before the upgrade" and pending.message.platform_message_id is None
         )
+        ids = [m.platform_message_id for m in await repository.messages_for_user(pending.user.id)]
+        assert ids == [None] if version == 1 else ids == [None, "77", None]
         added = await repository.add_message(
             pending.user.id, pending.chat.id, "user", "after", platform_message_id="9"
         )
@@ -319,3 +327,17 @@ async def test_earlier_unfinished_messages_of_others_hold_up_a_user_turn(reposit
     assert not await repository.unfinished_before(first.id, "a")
     await repository.set_message_status(first.id, MessageStatus.ANSWERED)
     assert not await repository.unfinished_before(second.id, "b")
+
+
+async def test_a_platform_message_is_stored_once_per_chat(repository: Repository) -> None:
+    from bot.errors import DuplicateMessageError
+
+    user, chat = await _user_and_chat(repository)
+    other = await repository.ensure_chat("telegram", "11", True, user.id)
+    await repository.add_message(user.id, chat.id, "user", "hi", platform_message_id="5")
+    with pytest.raises(DuplicateMessageError):
+        await repository.add_message(user.id, chat.id, "user", "hi", platform_message_id="5")
+    await repository.add_message(user.id, other.id, "user", "hi", platform_message_id="5")  # another chat
+    await repository.add_message(user.id, chat.id, "user", "no id")
+    await repository.add_message(user.id, chat.id, "user", "no id")
+    assert len(await repository.messages_for_user(user.id)) == 4

@@ -53,6 +53,11 @@ Behaviour and decisions:
 * **Concurrency**: updates are processed concurrently (one user's slow reply does not hold up
   others); the engine's worker queue serialises the model. On stop, replies in progress get a
   grace period; whatever is still unanswered stays pending in storage and is answered after restart.
+* **Webhook mode** (``TELEGRAM_WEBHOOK_URL``, ``TELEGRAM_WEBHOOK_LISTEN`` host:port,
+  ``TELEGRAM_WEBHOOK_SECRET``): instead of polling, python-telegram-bot's own webhook server
+  listens on host:port, the webhook is set to the public URL with the secret, and every request
+  without that secret is refused (403). Several processes behind a load balancer share the load;
+  the database's claims keep each message answered once. Polling stays the default.
 * **TELEGRAM_API_BASE_URL**: a self-hosted Bot API server's root (``http://127.0.0.1:8081``) or that
   root plus ``/bot``; see :func:`adapters.telegram.config.api_urls`.
 * httpx logs every request URL, which contains the token, at INFO; its logger is raised to
@@ -83,7 +88,7 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 
 from adapters.telegram.addressing import BotIdentity, is_addressed, strip_bot_mention, topic_of
-from adapters.telegram.config import Allowlist, api_urls
+from adapters.telegram.config import Allowlist, api_urls, webhook_from_settings
 from adapters.telegram.formatting import reply_texts
 from adapters.telegram.outbox import (
     BACKOFF_FIRST_SECONDS,
@@ -182,6 +187,7 @@ class TelegramAdapter:
         if not token:
             raise ConfigurationError("TELEGRAM_TOKEN is not set; get a token from @BotFather.")
         urls = api_urls(self.settings.telegram_api_base_url)
+        webhook = webhook_from_settings(self.settings)
         _keep_token_out_of_logs()
         self._lost.clear()
         application = (
@@ -233,17 +239,42 @@ class TelegramAdapter:
         try:
             await application.start()
             assert application.updater is not None
-            await application.updater.start_polling(
-                timeout=int(self._poll_timeout),  # the Bot API wants whole seconds
-                allowed_updates=list(ALLOWED_UPDATES),
-                drop_pending_updates=False,
-                error_callback=_log_polling_error,
-            )
+            if webhook is None:
+                await application.updater.start_polling(
+                    timeout=int(self._poll_timeout),  # the Bot API wants whole seconds
+                    allowed_updates=list(ALLOWED_UPDATES),
+                    drop_pending_updates=False,
+                    error_callback=_log_polling_error,
+                )
+            else:
+                # PTB's own webhook server (tornado): it sets the webhook and refuses (403) any
+                # request without the secret in X-Telegram-Bot-Api-Secret-Token.
+                await application.updater.start_webhook(
+                    listen=webhook.host,
+                    port=webhook.port,
+                    url_path=webhook.path,
+                    webhook_url=webhook.url,
+                    secret_token=webhook.secret,
+                    allowed_updates=list(ALLOWED_UPDATES),
+                    drop_pending_updates=False,
+                )
         except TelegramError as error:
             await _quietly(self._shutdown(application))
             raise PlatformError(f"Could not start receiving Telegram updates: {error.message}") from error
+        except OSError as error:
+            await _quietly(self._shutdown(application))
+            assert webhook is not None
+            raise ConfigurationError(
+                f"Could not listen for Telegram webhooks on {webhook.host}:{webhook.port} "
+                f"({error.strerror or type(error).__name__}); set TELEGRAM_WEBHOOK_LISTEN to a free address."
+            ) from None
         self._application = application
-        logger.info("Telegram: polling as @%s", self._me.username)
+        if webhook is None:
+            logger.info("Telegram: polling as @%s", self._me.username)
+        else:
+            logger.info(
+                "Telegram: receiving webhooks as @%s on %s:%d", self._me.username, webhook.host, webhook.port
+            )
 
     async def wait_lost(self) -> MoodmateError:
         """Return once polling has stopped for good: PTB gives up only when the token is refused."""

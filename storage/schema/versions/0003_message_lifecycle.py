@@ -1,7 +1,9 @@
-"""Message lifecycle: claims with leases on messages, one mood entry per message.
+"""Message lifecycle: claims with leases on messages, one mood entry per message, one stored
+message per platform message.
 
 Duplicate mood entries of one message (left by crashes before this revision) are reduced to the
-first one, so the unique index can be built.
+first one, and a platform message stored twice keeps its platform id on the first row only, so the
+unique indexes can be built.
 
 Revision ID: 0003
 Revises: 0002
@@ -27,9 +29,18 @@ def upgrade() -> None:
         "WHERE message_id IS NOT NULL GROUP BY message_id) AS firsts)"
     )
     op.create_index("uq_mood_entries_message", "mood_entries", ["message_id"], unique=True)
+    op.execute(
+        "UPDATE messages SET platform_message_id = NULL WHERE platform_message_id IS NOT NULL "
+        "AND id NOT IN (SELECT first_id FROM (SELECT MIN(id) AS first_id FROM messages "
+        "WHERE platform_message_id IS NOT NULL GROUP BY chat_id, platform_message_id) AS firsts)"
+    )
+    op.create_index(
+        "uq_messages_platform_message", "messages", ["chat_id", "platform_message_id"], unique=True
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("uq_messages_platform_message", "messages")
     op.drop_index("uq_mood_entries_message", "mood_entries")
     op.drop_column("messages", "lease_until")
     op.drop_column("messages", "claimed_by")
