@@ -65,6 +65,10 @@ APOLOGY_REPLY = (
 class ReplySink:
     """Progress callbacks an adapter may implement while a message is answered (no-ops here)."""
 
+    async def stored(self) -> None:
+        """The message is stored and claimed: from now on it is answered even if this process dies
+        (a webhook may acknowledge the update). Also called when it was stored already."""
+
     async def queued(self, position: int) -> None:
         """The message arrived while ``position`` model calls are ahead of it (told once, on arrival)."""
 
@@ -218,14 +222,25 @@ class Engine:
         await self._mark(reply.answers_id, status)
 
     async def _wait_turn(self, stored: MessageRecord) -> None:
-        """Wait while an earlier message of this user in this chat is answered by another process
-        (or waits for recovery), so replies go out in order; at most two leases."""
-        deadline = time.monotonic() + 2 * self.lease.total_seconds()
+        """Wait while an earlier message of this user in this chat is unfinished in another process,
+        so that replies go out in order across processes. While another process answers it (a live
+        claim) the wait lasts; an abandoned one (its process died) holds it up for two leases at
+        most, by when recovery has normally taken it over."""
+        abandoned_since: float | None = None
         pause = TURN_POLL_SECONDS
-        while await self.repository.unfinished_before(stored.id, self.instance_id):
-            if time.monotonic() > deadline:
-                logger.warning("Message %d: an earlier one is still unanswered; answering anyway", stored.id)
+        while True:
+            state = await self.repository.unfinished_before(stored.id, self.instance_id, utcnow())
+            if state is None:
                 return
+            if state == "abandoned":
+                abandoned_since = abandoned_since or time.monotonic()
+                if time.monotonic() - abandoned_since > 2 * self.lease.total_seconds():
+                    logger.warning(
+                        "Message %d: an earlier one is still unanswered; answering anyway", stored.id
+                    )
+                    return
+            else:
+                abandoned_since = None
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, TURN_POLL_MAX_SECONDS)
 
@@ -280,7 +295,9 @@ class Engine:
                 )
             except DuplicateMessageError:
                 logger.info("A %s message arrived twice; it is answered once", message.platform.value)
+                await sink.stored()
                 return []
+            await sink.stored()
             self._hold(stored.id)
             try:
                 await self._wait_turn(stored)

@@ -434,15 +434,13 @@ class SqlAlchemyRepository:
             return _message(row)
 
     @_translated
-    async def unfinished_before(self, message_id: int, instance_id: str) -> bool:
+    async def unfinished_before(self, message_id: int, instance_id: str, now: datetime) -> str | None:
         async with self._sessions() as session:
             message = await session.get(MessageRow, message_id)
             if message is None:
-                return False
-            earlier = await session.scalar(
-                select(func.count())
-                .select_from(MessageRow)
-                .where(
+                return None
+            rows = await session.execute(
+                select(MessageRow.claimed_by, MessageRow.lease_until).where(
                     MessageRow.user_id == message.user_id,
                     MessageRow.chat_id == message.chat_id,
                     MessageRow.role == "user",
@@ -451,7 +449,11 @@ class SqlAlchemyRepository:
                     or_(MessageRow.claimed_by.is_(None), MessageRow.claimed_by != instance_id),
                 )
             )
-            return bool(earlier)
+            found = rows.all()
+            if not found:
+                return None
+            live = any(claimed is not None and lease is not None and lease >= now for claimed, lease in found)
+            return "answering" if live else "abandoned"
 
     @_translated
     async def history(self, user_id: int, chat_id: int, limit: int) -> list[MessageRecord]:

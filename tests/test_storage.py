@@ -319,14 +319,16 @@ async def test_finish_reply_stores_reply_mood_and_status_together(repository: Re
 
 async def test_earlier_unfinished_messages_of_others_hold_up_a_user_turn(repository: Repository) -> None:
     user, chat = await _user_and_chat(repository)
-    lease = datetime.now(UTC) + timedelta(seconds=30)
+    now = datetime.now(UTC)
+    lease = now + timedelta(seconds=30)
     first = await repository.add_message(user.id, chat.id, "user", "one", claimed_by="a", lease_until=lease)
     second = await repository.add_message(user.id, chat.id, "user", "two", claimed_by="b", lease_until=lease)
-    assert await repository.unfinished_before(second.id, "b")  # "a" answers "one" first
-    assert not await repository.unfinished_before(second.id, "a")  # its own: the worker keeps the order
-    assert not await repository.unfinished_before(first.id, "a")
+    assert await repository.unfinished_before(second.id, "b", now) == "answering"  # "a" answers "one" first
+    assert await repository.unfinished_before(second.id, "b", lease + timedelta(seconds=1)) == "abandoned"
+    assert await repository.unfinished_before(second.id, "a", now) is None  # its own: the worker keeps order
+    assert await repository.unfinished_before(first.id, "a", now) is None
     await repository.set_message_status(first.id, MessageStatus.ANSWERED)
-    assert not await repository.unfinished_before(second.id, "b")
+    assert await repository.unfinished_before(second.id, "b", now) is None
 
 
 async def test_a_platform_message_is_stored_once_per_chat(repository: Repository) -> None:

@@ -54,10 +54,12 @@ Behaviour and decisions:
   others); the engine's worker queue serialises the model. On stop, replies in progress get a
   grace period; whatever is still unanswered stays pending in storage and is answered after restart.
 * **Webhook mode** (``TELEGRAM_WEBHOOK_URL``, ``TELEGRAM_WEBHOOK_LISTEN`` host:port,
-  ``TELEGRAM_WEBHOOK_SECRET``): instead of polling, python-telegram-bot's own webhook server
-  listens on host:port, the webhook is set to the public URL with the secret, and every request
-  without that secret is refused (403). Several processes behind a load balancer share the load;
-  the database's claims keep each message answered once. Polling stays the default.
+  ``TELEGRAM_WEBHOOK_SECRET``): instead of polling, a small aiohttp server
+  (:mod:`adapters.telegram.webhook`) listens on host:port, the webhook is set to the public URL with
+  the secret, and every request without that secret is refused (403). An update is acknowledged
+  once its message is stored, so a process that dies loses nothing and one user's messages are
+  stored in order. Several processes behind a load balancer share the load; the database's claims
+  keep each message answered once. Polling stays the default.
 * **TELEGRAM_API_BASE_URL**: a self-hosted Bot API server's root (``http://127.0.0.1:8081``) or that
   root plus ``/bot``; see :func:`adapters.telegram.config.api_urls`.
 * httpx logs every request URL, which contains the token, at INFO; its logger is raised to
@@ -106,6 +108,7 @@ from adapters.telegram.sink import (
     StreamingReplySink,
     TelegramReplySink,
 )
+from adapters.telegram.webhook import WebhookServer
 from bot.commands import COMMAND_MENU
 from bot.engine import Engine
 from bot.errors import ConfigurationError, MoodmateError, PlatformError
@@ -168,6 +171,7 @@ class TelegramAdapter:
         self._typing: TypingIndicators | None = None
         self._me: BotIdentity | None = None
         self._handling: set[asyncio.Task[Any]] = set()
+        self._webhook: WebhookServer | None = None
         self._lost = asyncio.Event()  # set by the getUpdates request when the token is refused
 
     @property
@@ -190,7 +194,7 @@ class TelegramAdapter:
         webhook = webhook_from_settings(self.settings)
         _keep_token_out_of_logs()
         self._lost.clear()
-        application = (
+        builder = (
             ApplicationBuilder()
             .token(token)
             .base_url(urls.base_url)
@@ -199,8 +203,10 @@ class TelegramAdapter:
             .rate_limiter(AIORateLimiter(max_retries=FLOOD_RETRIES))
             .concurrent_updates(True)
             .job_queue(None)
-            .build()
         )
+        if webhook is not None:
+            builder = builder.updater(None)  # updates come in through the webhook server
+        application = builder.build()
         application.add_handler(MessageHandler(filters.UpdateType.MESSAGE & filters.TEXT, self._on_text))
         application.add_handler(
             MessageHandler(
@@ -238,8 +244,8 @@ class TelegramAdapter:
             logger.warning("Could not register the Telegram command menu: %s", error.message)
         try:
             await application.start()
-            assert application.updater is not None
             if webhook is None:
+                assert application.updater is not None
                 await application.updater.start_polling(
                     timeout=int(self._poll_timeout),  # the Bot API wants whole seconds
                     allowed_updates=list(ALLOWED_UPDATES),
@@ -247,13 +253,10 @@ class TelegramAdapter:
                     error_callback=_log_polling_error,
                 )
             else:
-                # PTB's own webhook server (tornado): it sets the webhook and refuses (403) any
-                # request without the secret in X-Telegram-Bot-Api-Secret-Token.
-                await application.updater.start_webhook(
-                    listen=webhook.host,
-                    port=webhook.port,
-                    url_path=webhook.path,
-                    webhook_url=webhook.url,
+                self._webhook = WebhookServer(application, webhook)
+                await self._webhook.start()
+                await application.bot.set_webhook(
+                    url=webhook.url,
                     secret_token=webhook.secret,
                     allowed_updates=list(ALLOWED_UPDATES),
                     drop_pending_updates=False,
@@ -291,6 +294,9 @@ class TelegramAdapter:
 
     async def _shutdown(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
         try:
+            webhook, self._webhook = self._webhook, None
+            if webhook is not None:
+                await webhook.stop()
             if application.updater is not None and application.updater.running:
                 try:
                     await application.updater.stop()
@@ -349,7 +355,8 @@ class TelegramAdapter:
                 chat_is_private=private,
                 message_id=str(message.message_id),
             )
-            await self._answer(incoming, reply_to=reply_to, thread_id=thread_id)
+            receipt = self._webhook.receipt(update.update_id) if self._webhook is not None else None
+            await self._answer(incoming, reply_to=reply_to, thread_id=thread_id, receipt=receipt)
 
     async def _on_other(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message
@@ -413,9 +420,15 @@ class TelegramAdapter:
     # ------------------------------------------------------------------ answering
 
     async def _answer(
-        self, incoming: IncomingMessage, *, reply_to: int | None, thread_id: int | None
+        self,
+        incoming: IncomingMessage,
+        *,
+        reply_to: int | None,
+        thread_id: int | None,
+        receipt: asyncio.Future[None] | None = None,
     ) -> None:
-        """Answer ``incoming`` in its chat (replying to ``reply_to``, in forum topic ``thread_id``)."""
+        """Answer ``incoming`` in its chat (replying to ``reply_to``, in forum topic ``thread_id``);
+        ``receipt`` (webhook mode) is resolved once the engine has stored the message."""
         assert self._outbox is not None and self._typing is not None
         chat_id = int(incoming.chat_id)
         sink: TelegramReplySink
@@ -430,6 +443,8 @@ class TelegramAdapter:
                 stream_delay=self._stream_delay,
                 edit_interval=self._edit_interval if incoming.chat_is_private else self._group_edit_interval,
             )
+        if receipt is not None:
+            sink.on_stored = lambda: receipt.done() or receipt.set_result(None)
         unsent: list[Reply] = []
         try:
             # "typing…" lasts until the final text is sent
