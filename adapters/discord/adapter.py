@@ -37,7 +37,7 @@ import discord
 from discord.utils import escape_markdown
 
 from adapters.discord.access import AccessPolicy
-from adapters.discord.client import MoodmateClient
+from adapters.discord.client import MoodmateClient, build_client, shards_from_settings
 from adapters.discord.endpoints import EndpointOverride
 from adapters.discord.formatting import readable_mentions, reply_text, split_for_discord, strip_bot_mentions
 from adapters.discord.progress import ChannelReplySink, TypingIndicator
@@ -80,7 +80,7 @@ ANSWERABLE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 
 
 class DiscordAdapter:
-    """Runs moodmate on Discord with discord.py 2.x."""
+    """Runs moodmate on Discord with discord.py 2.x (all shards, or those in DISCORD_SHARD_IDS)."""
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
@@ -115,13 +115,14 @@ class DiscordAdapter:
         token = self.settings.discord_token
         if not token:
             raise ConfigurationError(MISSING_TOKEN)
+        shards = shards_from_settings(self.settings)
         self._stopping = False
         self._lost.clear()
         self._endpoints = EndpointOverride(
             self.settings.discord_api_base_url, self.settings.discord_gateway_url
         )
         self._endpoints.apply()
-        client = MoodmateClient(self)
+        client = build_client(self, shards)
         self._client = client
         try:
             await self._login(client, token)
@@ -134,6 +135,8 @@ class DiscordAdapter:
             raise
         self._connection.add_done_callback(self._on_connection_end)
         logger.info("Discord: connected as %s (id %s)", client.user, client.user.id if client.user else "?")
+        if shards is not None:
+            logger.info("Discord: running shards %s of %d", ",".join(map(str, shards.ids)), shards.count)
 
     async def stop(self) -> None:
         """Finish (briefly) the messages being answered, then close the connection cleanly."""
