@@ -222,25 +222,17 @@ class Engine:
         await self._mark(reply.answers_id, status)
 
     async def _wait_turn(self, stored: MessageRecord) -> None:
-        """Wait while an earlier message of this user in this chat is unfinished in another process,
-        so that replies go out in order across processes. While another process answers it (a live
-        claim) the wait lasts; an abandoned one (its process died) holds it up for two leases at
-        most, by when recovery has normally taken it over."""
-        abandoned_since: float | None = None
+        """Wait while another process answers an earlier message of this user in this chat (it holds
+        a live claim on it), so that replies go out in order across processes. A message whose
+        process died holds nothing up: recovery answers it when its lease has expired."""
+        deadline = time.monotonic() + max(2 * self.lease.total_seconds(), 2 * self.settings.model_timeout)
         pause = TURN_POLL_SECONDS
-        while True:
-            state = await self.repository.unfinished_before(stored.id, self.instance_id, utcnow())
-            if state is None:
+        while await self.repository.unfinished_before(stored.id, self.instance_id, utcnow()):
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "Message %d: an earlier one is still being answered; answering anyway", stored.id
+                )
                 return
-            if state == "abandoned":
-                abandoned_since = abandoned_since or time.monotonic()
-                if time.monotonic() - abandoned_since > 2 * self.lease.total_seconds():
-                    logger.warning(
-                        "Message %d: an earlier one is still unanswered; answering anyway", stored.id
-                    )
-                    return
-            else:
-                abandoned_since = None
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, TURN_POLL_MAX_SECONDS)
 

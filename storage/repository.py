@@ -96,11 +96,9 @@ class Repository(Protocol):
         """
         ...
 
-    async def unfinished_before(self, message_id: int, instance_id: str, now: datetime) -> str | None:
-        """Whether an earlier message of the same user in the same chat is unfinished and not held
-        by ``instance_id``: ``"answering"`` when another process holds a live claim on one (it will
-        finish it), ``"abandoned"`` when only unclaimed or expired ones remain (recovery takes them
-        over), None when there is none."""
+    async def unfinished_before(self, message_id: int, instance_id: str, now: datetime) -> bool:
+        """Whether another process holds a live claim (lease not expired at ``now``) on an earlier
+        unfinished message of the same user in the same chat: it answers that one first."""
         ...
 
     async def history(self, user_id: int, chat_id: int, limit: int) -> list[MessageRecord]:

@@ -434,26 +434,26 @@ class SqlAlchemyRepository:
             return _message(row)
 
     @_translated
-    async def unfinished_before(self, message_id: int, instance_id: str, now: datetime) -> str | None:
+    async def unfinished_before(self, message_id: int, instance_id: str, now: datetime) -> bool:
         async with self._sessions() as session:
             message = await session.get(MessageRow, message_id)
             if message is None:
-                return None
-            rows = await session.execute(
-                select(MessageRow.claimed_by, MessageRow.lease_until).where(
+                return False
+            earlier = await session.scalar(
+                select(func.count())
+                .select_from(MessageRow)
+                .where(
                     MessageRow.user_id == message.user_id,
                     MessageRow.chat_id == message.chat_id,
                     MessageRow.role == "user",
                     MessageRow.id < message_id,
                     MessageRow.status.in_([status.value for status in UNFINISHED]),
-                    or_(MessageRow.claimed_by.is_(None), MessageRow.claimed_by != instance_id),
+                    MessageRow.claimed_by.is_not(None),
+                    MessageRow.claimed_by != instance_id,
+                    MessageRow.lease_until >= now,
                 )
             )
-            found = rows.all()
-            if not found:
-                return None
-            live = any(claimed is not None and lease is not None and lease >= now for claimed, lease in found)
-            return "answering" if live else "abandoned"
+            return bool(earlier)
 
     @_translated
     async def history(self, user_id: int, chat_id: int, limit: int) -> list[MessageRecord]:
