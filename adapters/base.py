@@ -19,6 +19,10 @@ class PlatformAdapter(Protocol):
         """Stop receiving and disconnect cleanly."""
         ...
 
+    async def admits(self, message: IncomingMessage) -> bool:
+        """Whether the platform's allowlists admit ``message``'s sender now (asked at recovery)."""
+        ...
+
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Send ``reply`` to the chat ``message`` came from (used to answer messages after a restart)."""
         ...

@@ -76,6 +76,7 @@ class ConsoleAdapter:
                 continue
             for reply in await self.engine.handle(self._message(text), _ConsoleSink(self._out)):
                 await self.deliver(self._message(text), reply)
+                await self.engine.delivered(reply)
 
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Print a reply; attachments are saved as files and their paths printed."""

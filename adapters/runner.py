@@ -9,7 +9,9 @@ import signal
 
 from adapters.base import PlatformAdapter
 from bot.bootstrap import App
+from bot.engine import Admit, Deliver
 from bot.errors import ConfigurationError, MoodmateError
+from bot.inference import WorkerStoppedError
 from bot.settings import Settings
 from bot.types import IncomingMessage, Platform, Reply
 
@@ -51,6 +53,10 @@ def build_adapters(app: App) -> dict[Platform, PlatformAdapter]:
 async def serve(app: App, adapters: dict[Platform, PlatformAdapter], stop: asyncio.Event) -> None:
     """Start the app and adapters, answer messages left pending by a crash, run until ``stop``.
 
+    Recovery runs once the adapters are up and then again every half lease, so that messages a
+    crashed process (of this deployment) had claimed are answered once their leases expire. It
+    never touches a message being answered live: those are claimed from the moment they are stored.
+
     If a platform is lost for good while running (its SDK gave up, e.g. on a revoked token),
     everything stops and that error is raised: a process that can no longer hear anyone should
     exit (non-zero) so that a supervisor restarts it, rather than look healthy.
@@ -70,7 +76,13 @@ async def serve(app: App, adapters: dict[Platform, PlatformAdapter], stop: async
                 raise ConfigurationError(f"{message.platform.value} is not running; cannot deliver")
             await adapter.deliver(message, reply)
 
-        recovery = asyncio.create_task(app.engine.recover_pending(deliver), name="moodmate-recovery")
+        async def admit(message: IncomingMessage) -> bool:
+            check = getattr(adapters.get(message.platform), "admits", None)
+            return True if check is None else bool(await check(message))
+
+        recovery = asyncio.create_task(
+            recover_continually(app, deliver, admit, list(adapters)), name="moodmate-recovery"
+        )
         for platform, adapter in adapters.items():
             watches[asyncio.create_task(adapter.wait_lost(), name=f"moodmate-{platform.value}-watch")] = (
                 platform
@@ -99,6 +111,19 @@ async def serve(app: App, adapters: dict[Platform, PlatformAdapter], stop: async
             except Exception:
                 logger.exception("Error while stopping an adapter")
         await app.stop()
+
+
+async def recover_continually(app: App, deliver: Deliver, admit: Admit, platforms: list[Platform]) -> None:
+    """Run recovery now and then every half lease, until cancelled or the worker stops."""
+    interval = app.settings.claim_lease_seconds / 2
+    while True:
+        try:
+            await app.engine.recover_pending(deliver, admit, platforms)
+        except WorkerStoppedError:
+            return
+        except Exception:
+            logger.exception("Recovery of unfinished messages failed; will retry")
+        await asyncio.sleep(interval)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -8,6 +8,11 @@ Prints messages in / answered / refused / failed / lost (lost must be 0), p50/p9
 latency, throughput, peak RSS, and the fairness figure: the most reply calls any one other user
 started between a user's first message entering the inference queue and the start of its own reply
 (fair queueing promises at most 1; the call already running then is not counted).
+
+``--fault`` also counts, over the killed run and the restart together, messages with more than one
+mood entry, messages with more than one stored reply, and replies delivered twice (all must be 0).
+The loaded process records every reply it delivered (and confirms it to the engine); the restart
+waits for the killed process's claims to expire (``--lease`` seconds) before it recovers.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +91,7 @@ async def run_load(args: argparse.Namespace, database: Path) -> dict[str, object
         max_pending_per_user=args.max_pending,
         queue_size=max(200, args.users * args.messages),
         max_reply_tokens=args.reply_tokens,
+        claim_lease_seconds=getattr(args, "lease", 60.0),
     )
     log = CallLog()
     inner = None
@@ -108,6 +115,9 @@ async def run_load(args: argparse.Namespace, database: Path) -> dict[str, object
     sent: dict[str, float] = {}
     finished: dict[str, float] = {}
     outcome: dict[str, str] = {}
+    deliveries = getattr(args, "deliveries", None)
+    delivery_log = deliveries.open("a", encoding="utf-8") if deliveries is not None else None
+    confirm = getattr(app.engine, "delivered", None)  # engines before the message lifecycle had none
 
     async def send(user: int, index: int) -> None:
         text = _text(user, index, rng)
@@ -121,6 +131,12 @@ async def run_load(args: argparse.Namespace, database: Path) -> dict[str, object
         sent[text] = time.perf_counter()
         replies = await app.engine.handle(incoming)
         finished[text] = time.perf_counter()
+        if replies and replies[0].kind is ReplyKind.CHAT:
+            if delivery_log is not None:  # "sent to the platform": the fault run counts these
+                delivery_log.write(text + "\n")
+                delivery_log.flush()
+            if confirm is not None:
+                await confirm(replies[0])
         if not replies:
             outcome[text] = "refused"
         elif replies[0].kind is ReplyKind.CHAT:
@@ -144,6 +160,8 @@ async def run_load(args: argparse.Namespace, database: Path) -> dict[str, object
         await asyncio.gather(*(user_session(u) for u in range(args.users)))
         wall = time.perf_counter() - load_started
         rows = await app.repository.stats()
+    if delivery_log is not None:
+        delivery_log.close()
 
     reply_start = {text: at for at, text in log.starts}
     waits = [reply_start[t] - sent[t] for t in sent if t in reply_start]
@@ -196,6 +214,26 @@ def _print(result: dict[str, object]) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
+def _duplicate_counts(database: Path) -> dict[str, int]:
+    """Messages with more than one mood entry, and with more than one stored reply."""
+    with sqlite3.connect(database) as connection:
+        moods = connection.execute(
+            "SELECT COUNT(*) FROM (SELECT message_id FROM mood_entries WHERE message_id IS NOT NULL "
+            "GROUP BY message_id HAVING COUNT(*) > 1)"
+        ).fetchone()[0]
+        replies = connection.execute(
+            "SELECT COUNT(*) FROM (SELECT reply_to_id FROM messages WHERE role = 'assistant' "
+            "AND reply_to_id IS NOT NULL GROUP BY reply_to_id HAVING COUNT(*) > 1)"
+        ).fetchone()[0]
+        texts = [row[0] for row in connection.execute("SELECT text FROM messages WHERE role = 'user'")]
+    return {"moods": moods, "replies": replies, "stored": len(texts)}
+
+
+def _user_messages(database: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(database) as connection:
+        return connection.execute("SELECT text, status FROM messages WHERE role = 'user'").fetchall()
+
+
 def _status_counts(database: Path) -> dict[str, int]:
     with sqlite3.connect(database) as connection:
         rows = connection.execute(
@@ -204,39 +242,48 @@ def _status_counts(database: Path) -> dict[str, int]:
     return {status: count for status, count in rows}
 
 
-async def _recover(database: Path, args: argparse.Namespace) -> dict[str, int]:
+async def _recover(database: Path, args: argparse.Namespace) -> tuple[dict[str, int], list[str]]:
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=f"sqlite+aiosqlite:///{database}",
         pending_max_age_minutes=args.max_age_minutes,
+        claim_lease_seconds=args.lease,
     )
     model = FakeModel(mood_delay=args.mood_seconds, reply_delay=args.reply_seconds)
     app = await bootstrap(settings, model=model)
     delivered: list[str] = []
+    chat_replies: list[str] = []
 
     async def deliver(message: IncomingMessage, reply) -> None:  # type: ignore[no-untyped-def]
         delivered.append(message.chat_id)
+        if reply.kind is ReplyKind.CHAT:
+            chat_replies.append(message.text)
 
     async with app:
         report = await app.engine.recover_pending(deliver)
-    return {
+    counts = {
         "answered": report.answered,
+        "resent": getattr(report, "resent", 0),
         "apologised": report.apologised,
         "failed": report.failed,
         "delivered": len(delivered),
     }
+    return counts, chat_replies
 
 
 def run_fault(args: argparse.Namespace) -> dict[str, object]:
     """Start a loaded child process, SIGKILL it mid-run, restart, and count every stored message."""
     workdir = Path(tempfile.mkdtemp(prefix="moodmate-fault-"))
     database = workdir / "fault.db"
+    deliveries = workdir / "delivered.txt"
     child = subprocess.Popen(
         [
             sys.executable,
             __file__,
             "--database",
             str(database),
+            "--deliveries",
+            str(deliveries),
             "--users",
             str(args.users),
             "--messages",
@@ -247,6 +294,8 @@ def run_fault(args: argparse.Namespace) -> dict[str, object]:
             str(args.reply_seconds),
             "--max-pending",
             str(args.max_pending),
+            "--lease",
+            str(args.lease),
             "--quiet",
         ],
         stdout=subprocess.DEVNULL,
@@ -256,20 +305,43 @@ def run_fault(args: argparse.Namespace) -> dict[str, object]:
     child.send_signal(signal.SIGKILL)
     child.wait()
     before = _status_counts(database)
-    recovery = asyncio.run(_recover(database, args))
+    time.sleep(args.lease + 0.5)  # the killed process's claims expire; only then may others take them
+    recovery, recovered_texts = asyncio.run(_recover(database, args))
     after = _status_counts(database)
+    duplicates = _duplicate_counts(database)
+    sent_live = deliveries.read_text(encoding="utf-8").splitlines() if deliveries.exists() else []
+    times_delivered = Counter(sent_live) + Counter(recovered_texts)
+    unfinished = after.get("pending", 0) + after.get("replied", 0)
+    never_delivered = sum(
+        1 for text, status in _user_messages(database) if status == "answered" and times_delivered[text] == 0
+    )
     stored = sum(before.values())
     return {
         "stored_before_kill": stored,
         "pending_at_kill": before.get("pending", 0),
+        "replied_not_delivered_at_kill": before.get("replied", 0),
         "answered_before_kill": before.get("answered", 0),
         "recovered_answered": recovery["answered"],
+        "recovered_resent_from_stored_reply": recovery["resent"],
         "recovered_apologised": recovery["apologised"],
         "recovered_failed": recovery["failed"],
         "replies_delivered_after_restart": recovery["delivered"],
-        "still_pending_after_restart": after.get("pending", 0),
-        "lost": after.get("pending", 0) + (before.get("pending", 0) - recovery["delivered"]),
+        "still_unfinished_after_restart": unfinished,
+        "messages_with_more_than_one_mood_entry": duplicates["moods"],
+        "messages_with_more_than_one_stored_reply": duplicates["replies"],
+        "replies_delivered_twice": sum(1 for count in times_delivered.values() if count > 1),
+        "lost": unfinished + never_delivered,
     }
+
+
+def _fault_ok(result: dict[str, object]) -> bool:
+    keys = (
+        "lost",
+        "messages_with_more_than_one_mood_entry",
+        "messages_with_more_than_one_stored_reply",
+        "replies_delivered_twice",
+    )
+    return all(result.get(key, 0) == 0 for key in keys)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,7 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault", action="store_true", help="kill a loaded process, restart, count")
     parser.add_argument("--kill-after", type=float, default=3.0)
     parser.add_argument("--max-age-minutes", type=float, default=60.0)
+    parser.add_argument(
+        "--lease", type=float, default=2.0, help="fault run: seconds a message claim holds unless renewed"
+    )
     parser.add_argument("--database", type=Path)
+    parser.add_argument("--deliveries", type=Path, help="append each delivered message's text here")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -302,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         _print(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    return 0 if result.get("lost", 0) == 0 else 1
+    return 0 if _fault_ok(result) else 1
 
 
 if __name__ == "__main__":

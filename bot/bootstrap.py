@@ -59,13 +59,15 @@ class App:
             task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        """Finish the call in flight, leave queued messages pending for the next start, close storage."""
+        """Finish the call in flight, leave queued messages pending (and unclaimed) for the next start,
+        close storage."""
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.worker.stop()
+        await self.engine.close()
         await self.repository.close()
 
     async def purge_expired_texts(self) -> int:

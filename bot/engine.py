@@ -1,35 +1,56 @@
 """The engine: one path from an incoming message to a reply, for every platform.
 
-Per message: store it (pending) before any inference, read its mood with a history-free prompt,
-log the mood, write a reply from this user's own history in this chat, store the reply and mark
-the message answered. Every failure ends in a kind reply and a logged exception, never silence.
+Per message: store it (pending, claimed by this process) before any inference, read its mood with
+a history-free prompt, write a reply from this user's own history in this chat, then store the
+reply, its mood entry and the status ``replied`` in one transaction; the adapter reports the send
+(:meth:`Engine.delivered`) and only then is the message ``answered``. While a message is being
+answered this process renews its claim on it, so that no other process (or recovery) answers it
+too. Every failure ends in a kind reply and a logged exception, never silence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bot.commands import CommandContext, parse_command
-from bot.errors import MoodmateError
+from bot.errors import DuplicateMessageError, MoodmateError
 from bot.inference import InferenceWorker, WorkerStoppedError
 from bot.model.base import ChatTurn
 from bot.prompts import clean_partial, clean_reply, is_chinese, reply_turns, system_prompt_for
 from bot.settings import Settings
 from bot.text import is_blank, sanitize, truncate
-from bot.types import IncomingMessage, Mood, Platform, Reply, ReplyKind
-from storage import ChatRecord, MessageRecord, MessageStatus, PendingMessage, Repository, UserRecord
+from bot.types import IncomingMessage, Mood, MoodLabel, Platform, Reply, ReplyKind
+from storage import (
+    ChatRecord,
+    MessageRecord,
+    MessageStatus,
+    MoodRecord,
+    PendingMessage,
+    Repository,
+    UserRecord,
+)
 
 logger = logging.getLogger(__name__)
 
 PARTIAL_INTERVAL_SECONDS = 1.0
 PROGRESS_DRAIN_SECONDS = 5.0
 HISTORY_ROWS = 40
+#: How long a delivered-but-unconfirmed reply keeps its claim renewed before recovery may re-send it.
+DELIVERY_HOLD_SECONDS = 900.0
+#: How often a message looks again whether an earlier one of the same user (answered by another
+#: process) is finished: first after this, then half as long again each time, at most TURN_POLL_MAX.
+TURN_POLL_SECONDS = 0.05
+TURN_POLL_MAX_SECONDS = 0.5
 
 BLANK_TEXT_REPLY = "I only read text, and that message looked empty. Write me a few words?"
 TRUNCATED_NOTE_EN = "(Your message was long, so I read only its first {chars} characters.)"
@@ -43,6 +64,10 @@ APOLOGY_REPLY = (
 
 class ReplySink:
     """Progress callbacks an adapter may implement while a message is answered (no-ops here)."""
+
+    async def stored(self) -> None:
+        """The message is stored and claimed: from now on it is answered even if this process dies
+        (a webhook may acknowledge the update). Also called when it was stored already."""
 
     async def queued(self, position: int) -> None:
         """The message arrived while ``position`` model calls are ahead of it (told once, on arrival)."""
@@ -85,8 +110,10 @@ class _ProgressRelay:
                 logger.warning("Progress callbacks still running after %.0f s", timeout)
 
 
-#: Sends a recovered reply to where the original message came from.
+#: Sends a recovered reply to where the original message came from; returns once the platform took it.
 Deliver = Callable[[IncomingMessage, Reply], Awaitable[None]]
+#: Whether the platform's allowlists still admit the sender of a recovered message.
+Admit = Callable[[IncomingMessage], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +121,15 @@ class RecoveryReport:
     answered: int
     apologised: int
     failed: int
+    #: Replied before the stop but never delivered: sent again from the stored reply.
+    resent: int = 0
+    #: From senders the allowlists no longer admit: not answered.
+    refused: int = 0
+
+
+def default_instance_id() -> str:
+    """A name unique to this process: host, process id and a random part."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def utcnow() -> datetime:
@@ -118,6 +154,87 @@ class Engine:
         self.commands = CommandContext(repository, settings, clock)
         self._pending: Counter[tuple[str, str]] = Counter()
         self._warned: set[tuple[str, str]] = set()
+        #: The name this process claims messages under.
+        self.instance_id = settings.instance_id or default_instance_id()
+        self.lease = timedelta(seconds=settings.claim_lease_seconds)
+        # Messages this process holds a claim on -> when it stops renewing it (None: while answering).
+        self._held: dict[int, float | None] = {}
+        self._renewer: asyncio.Task[None] | None = None
+
+    # --- claims --------------------------------------------------------------------------------
+
+    def _lease_until(self) -> datetime:
+        return utcnow() + self.lease
+
+    def _hold(self, message_id: int, until: float | None = None) -> None:
+        self._held[message_id] = until
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_loop(), name="moodmate-claims")
+
+    def _let_go(self, message_id: int) -> None:
+        self._held.pop(message_id, None)
+
+    async def _renew_loop(self) -> None:
+        """Renew the claims this process holds every third of a lease, while it holds any."""
+        interval = self.lease.total_seconds() / 3
+        while self._held:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for message_id, until in list(self._held.items()):
+                if until is not None and until < now:
+                    logger.warning(
+                        "Message %d: its delivery was never confirmed; recovery may re-send it", message_id
+                    )
+                    self._let_go(message_id)
+            try:
+                await self.repository.renew_claims(self.instance_id, list(self._held), self._lease_until())
+            except MoodmateError:
+                logger.exception("Could not renew this process's claims on messages")
+
+    async def close(self) -> None:
+        """Stop renewing claims and give up those still held, so that a restart answers them at once."""
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        self._held.clear()
+        try:
+            released = await self.repository.release_claims(self.instance_id)
+        except MoodmateError:
+            logger.exception("Could not release this process's claims; they expire with their lease")
+            return
+        if released:
+            logger.info("Released %d unfinished messages for the next start", released)
+
+    async def delivered(self, reply: Reply) -> None:
+        """The platform accepted ``reply``: its message is answered (no-op for other replies)."""
+        await self._finish_delivery(reply, MessageStatus.ANSWERED)
+
+    async def not_delivered(self, reply: Reply) -> None:
+        """The platform refused ``reply`` for good (the user was told): its message failed."""
+        await self._finish_delivery(reply, MessageStatus.FAILED)
+
+    async def _finish_delivery(self, reply: Reply, status: MessageStatus) -> None:
+        if reply.answers_id is None:
+            return
+        self._let_go(reply.answers_id)
+        await self._mark(reply.answers_id, status)
+
+    async def _wait_turn(self, stored: MessageRecord) -> None:
+        """Wait while another process answers an earlier message of this user in this chat (it holds
+        a live claim on it), so that replies go out in order across processes. A message whose
+        process died holds nothing up: recovery answers it when its lease has expired."""
+        deadline = time.monotonic() + max(2 * self.lease.total_seconds(), 2 * self.settings.model_timeout)
+        pause = TURN_POLL_SECONDS
+        while await self.repository.unfinished_before(stored.id, self.instance_id, utcnow()):
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "Message %d: an earlier one is still being answered; answering anyway", stored.id
+                )
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, TURN_POLL_MAX_SECONDS)
 
     async def handle(self, message: IncomingMessage, sink: ReplySink | None = None) -> list[Reply]:
         """The replies to send for ``message``; empty when the message is not for the bot."""
@@ -158,10 +275,33 @@ class Engine:
             chat = await self.repository.ensure_chat(
                 message.platform.value, message.chat_id, message.chat_is_private, user.id
             )
-            stored = await self.repository.add_message(
-                user.id, chat.id, "user", text, platform_message_id=message.message_id
-            )
-            return [await self._answer(user, chat, stored, text, sink)]
+            try:
+                stored = await self.repository.add_message(
+                    user.id,
+                    chat.id,
+                    "user",
+                    text,
+                    platform_message_id=message.message_id,
+                    claimed_by=self.instance_id,
+                    lease_until=self._lease_until(),
+                )
+            except DuplicateMessageError:
+                logger.info("A %s message arrived twice; it is answered once", message.platform.value)
+                await sink.stored()
+                return []
+            await sink.stored()
+            self._hold(stored.id)
+            try:
+                await self._wait_turn(stored)
+                reply = await self._answer(user, chat, stored, text, sink)
+            except BaseException:
+                self._let_go(stored.id)
+                raise
+            if reply is None:
+                self._let_go(stored.id)
+                return []
+            self._hold(stored.id, until=time.monotonic() + DELIVERY_HOLD_SECONDS)
+            return [reply]
         finally:
             self._pending[key] -= 1
             if self._pending[key] <= 0:
@@ -170,7 +310,9 @@ class Engine:
 
     async def _answer(
         self, user: UserRecord, chat: ChatRecord, stored: MessageRecord, text: str, sink: ReplySink
-    ) -> Reply:
+    ) -> Reply | None:
+        """The reply to ``stored`` (a claimed, pending message), stored with its mood entry in one
+        transaction; None if this process lost its claim meanwhile (another one answers it)."""
         model_text, truncated = truncate(text, self.settings.max_input_chars)
         # Everything the reply needs from storage is read before the mood read, so that the reply
         # joins the queue the moment the mood is known (no I/O in between lets others jump ahead).
@@ -186,7 +328,6 @@ class Engine:
             mood = await self.worker.read_mood(model_text)
             if progress.wants_mood:
                 progress.send(sink.mood(mood))
-            # Queue the reply before any other await, then log the mood while it is written.
             reply = self.worker.submit_reply(
                 owner,
                 system_prompt_for(model_text),
@@ -194,7 +335,6 @@ class Engine:
                 max_new_tokens=self.settings.max_reply_tokens,
                 on_partial=_throttled(progress),
             )
-            await self._log_mood(user, chat, stored, mood)
             raw = await reply
             await progress.drain()
         except (WorkerStoppedError, asyncio.CancelledError):
@@ -210,18 +350,18 @@ class Engine:
         if truncated:
             note = TRUNCATED_NOTE_ZH if is_chinese(text) else TRUNCATED_NOTE_EN
             reply_text = f"{reply_text}\n\n{note.format(chars=len(model_text))}"
-        await self.repository.add_message(
-            user.id, chat.id, "assistant", reply_text, status=MessageStatus.ANSWERED, reply_to_id=stored.id
-        )
-        await self.repository.set_message_status(stored.id, MessageStatus.ANSWERED)
-        return Reply(reply_text, kind=ReplyKind.CHAT, mood=mood)
-
-    async def _log_mood(
-        self, user: UserRecord, chat: ChatRecord, stored: MessageRecord, mood: Mood | None
-    ) -> None:
-        """Log the mood read of ``stored`` unless the user turned mood logging off."""
-        if mood is not None and user.mood_logging:
-            await self.repository.add_mood(user.id, chat.id, stored.id, mood.label.value, mood.score)
+        logged = (mood.label.value, mood.score) if mood is not None and user.mood_logging else None
+        try:
+            saved = await self.repository.finish_reply(
+                stored.id, self.instance_id, reply_text, user_id=user.id, chat_id=chat.id, mood=logged
+            )
+        except Exception:
+            await self._mark(stored.id, MessageStatus.FAILED)
+            raise
+        if saved is None:
+            logger.info("Message %d was taken over by another process; it answers it", stored.id)
+            return None
+        return Reply(reply_text, kind=ReplyKind.CHAT, mood=mood, answers_id=stored.id)
 
     async def _history(
         self, user: UserRecord, chat: ChatRecord, stored: MessageRecord, text: str
@@ -254,42 +394,91 @@ class Engine:
 
     # --- recovery after a crash ----------------------------------------------------------------
 
-    async def recover_pending(self, deliver: Deliver) -> RecoveryReport:
-        """Answer every message a previous run stored but never answered.
+    async def recover_pending(
+        self,
+        deliver: Deliver,
+        admit: Admit | None = None,
+        platforms: Collection[Platform] | None = None,
+    ) -> RecoveryReport:
+        """Finish every message a previous run (or a process that died) left unfinished.
 
-        Messages older than ``pending_max_age_minutes`` get a short apology instead of a late answer.
+        Takes only messages nobody holds a claim on, or whose claim's lease expired, and claims
+        each before touching it, so that live handling and other processes never answer it too.
+        A message whose reply was stored but not delivered is sent again from the stored reply;
+        one still pending is answered, or, when older than ``pending_max_age_minutes``, gets a short
+        apology. ``admit`` (the adapters' allowlists) refuses senders no longer allowed;
+        ``platforms`` limits recovery to the platforms this process can deliver to.
         """
-        pending = await self.repository.pending_messages()
+        pending = await self.repository.pending_messages(claimable_at=utcnow())
         max_age = timedelta(minutes=self.settings.pending_max_age_minutes)
         now = self.clock()
-        answered = apologised = failed = 0
+        answered = apologised = failed = resent = refused = 0
         for item in pending:
+            if platforms is not None and item.user.platform not in {p.value for p in platforms}:
+                continue
+            message_id = item.message.id
+            if not await self.repository.claim_message(
+                message_id, self.instance_id, self._lease_until(), utcnow()
+            ):
+                continue  # answered live, or by another process, since the list was read
+            self._hold(message_id)
             incoming = _incoming_from(item)
             try:
-                if now - item.message.created_at > max_age:
-                    reply = Reply(APOLOGY_REPLY, kind=ReplyKind.NOTICE)
+                if admit is not None and not await admit(incoming):
+                    await self.repository.set_message_status(message_id, MessageStatus.REFUSED)
+                    refused += 1
+                    continue
+                if item.message.status == MessageStatus.REPLIED.value:
+                    if item.reply is None or item.reply.text is None:
+                        raise MoodmateError(f"message {message_id} was replied but its reply is gone")
+                    reply = Reply(
+                        item.reply.text, kind=ReplyKind.CHAT, mood=_mood_of(item.mood), answers_id=message_id
+                    )
                     await deliver(incoming, reply)
-                    await self.repository.set_message_status(item.message.id, MessageStatus.APOLOGISED)
+                    await self.delivered(reply)
+                    resent += 1
+                    continue
+                if now - item.message.created_at > max_age:
+                    await deliver(incoming, Reply(APOLOGY_REPLY, kind=ReplyKind.NOTICE))
+                    await self.repository.set_message_status(message_id, MessageStatus.APOLOGISED)
                     apologised += 1
                     continue
                 text = item.message.text or ""
-                reply = await self._answer(item.user, item.chat, item.message, text, ReplySink())
-                await deliver(incoming, reply)
+                answer = await self._answer(item.user, item.chat, item.message, text, ReplySink())
+                if answer is None:
+                    continue
+                await deliver(incoming, answer)
+                await self.delivered(answer)
                 answered += 1
             except WorkerStoppedError:
                 raise
             except Exception:
-                logger.exception("Could not recover pending message %d", item.message.id)
-                await self._mark(item.message.id, MessageStatus.FAILED)
+                logger.exception("Could not recover pending message %d", message_id)
+                await self._mark(message_id, MessageStatus.FAILED)
                 failed += 1
-        if pending:
+            finally:
+                self._let_go(message_id)
+        if answered or apologised or failed or resent or refused:
             logger.info(
-                "Recovered pending messages: %d answered, %d apologised, %d failed",
+                "Recovered pending messages: %d answered, %d re-sent, %d apologised, %d refused, %d failed",
                 answered,
+                resent,
                 apologised,
+                refused,
                 failed,
             )
-        return RecoveryReport(answered=answered, apologised=apologised, failed=failed)
+        return RecoveryReport(
+            answered=answered, apologised=apologised, failed=failed, resent=resent, refused=refused
+        )
+
+
+def _mood_of(record: MoodRecord | None) -> Mood | None:
+    if record is None:
+        return None
+    try:
+        return Mood(label=MoodLabel(record.label), score=record.score)
+    except ValueError:
+        return None
 
 
 def _throttled(progress: _ProgressRelay) -> Callable[[str], None] | None:

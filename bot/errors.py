@@ -39,5 +39,9 @@ class StorageError(MoodmateError):
     """The database failed."""
 
 
+class DuplicateMessageError(StorageError):
+    """This platform message is stored already (a platform delivered it twice): it is answered once."""
+
+
 class PlatformError(MoodmateError):
     """A chat platform refused or failed a request."""

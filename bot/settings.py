@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # --- storage -----------------------------------------------------------------------------
     database_url: str = Field("sqlite+aiosqlite:///moodmate.db", validation_alias=_env("DATABASE_URL"))
     message_retention_days: int = Field(0, ge=0, validation_alias=_env("MESSAGE_RETENTION_DAYS"))
+    #: How long a process's claim on a message it answers holds unless renewed (it renews it
+    #: every third of that while it works); a crashed process's messages are taken over after it.
+    claim_lease_seconds: float = Field(60.0, ge=1, validation_alias=_env("MOODMATE_CLAIM_LEASE_SECONDS"))
+    #: The name this process claims messages under; empty: host name, process id and a random part.
+    instance_id: str = Field("", max_length=64, validation_alias=_env("MOODMATE_INSTANCE_ID"))
 
     # --- operators ---------------------------------------------------------------------------
     admin_ids: IdList = Field(frozenset(), validation_alias=_env("MOODMATE_ADMIN_IDS"))
@@ -68,6 +73,11 @@ class Settings(BaseSettings):
     telegram_api_base_url: str | None = Field(None, validation_alias=_env("TELEGRAM_API_BASE_URL"))
     telegram_allowed_user_ids: IdList = Field(frozenset(), validation_alias=_env("TELEGRAM_ALLOWED_USER_IDS"))
     telegram_allowed_chat_ids: IdList = Field(frozenset(), validation_alias=_env("TELEGRAM_ALLOWED_CHAT_IDS"))
+    #: Webhook mode (several processes behind a load balancer): the public HTTPS address Telegram
+    #: posts updates to, where this process listens (host:port), and the secret every request must carry.
+    telegram_webhook_url: str | None = Field(None, validation_alias=_env("TELEGRAM_WEBHOOK_URL"))
+    telegram_webhook_listen: str | None = Field(None, validation_alias=_env("TELEGRAM_WEBHOOK_LISTEN"))
+    telegram_webhook_secret: str | None = Field(None, validation_alias=_env("TELEGRAM_WEBHOOK_SECRET"))
 
     # --- Discord -----------------------------------------------------------------------------
     discord_token: str | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
@@ -78,6 +88,9 @@ class Settings(BaseSettings):
         frozenset(), validation_alias=_env("DISCORD_ALLOWED_CHANNEL_IDS")
     )
     discord_free_channel_ids: IdList = Field(frozenset(), validation_alias=_env("DISCORD_FREE_CHANNEL_IDS"))
+    #: Shards split over processes: the bot's total shard count and the ids this process runs.
+    discord_shard_count: int | None = Field(None, ge=1, validation_alias=_env("DISCORD_SHARD_COUNT"))
+    discord_shard_ids: IdList = Field(frozenset(), validation_alias=_env("DISCORD_SHARD_IDS"))
 
     @field_validator(
         "admin_ids",
@@ -86,6 +99,7 @@ class Settings(BaseSettings):
         "discord_allowed_guild_ids",
         "discord_allowed_channel_ids",
         "discord_free_channel_ids",
+        "discord_shard_ids",
         mode="before",
     )
     @classmethod
@@ -102,6 +116,10 @@ class Settings(BaseSettings):
         "telegram_api_base_url",
         "discord_api_base_url",
         "discord_gateway_url",
+        "telegram_webhook_url",
+        "telegram_webhook_listen",
+        "telegram_webhook_secret",
+        "discord_shard_count",
         mode="before",
     )
     @classmethod

@@ -92,7 +92,11 @@ class ReplyKind(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Reply:
     """What the engine answers: text, the mood read of the message (chat replies only),
-    optional attachments and actions."""
+    optional attachments and actions.
+
+    ``answers_id`` is the stored id of the message a chat reply answers: the adapter reports the
+    send with ``Engine.delivered`` (or ``Engine.not_delivered``), so that the message is finished.
+    """
 
     text: str
     kind: ReplyKind = ReplyKind.CHAT
@@ -100,3 +104,4 @@ class Reply:
     attachments: tuple[Attachment, ...] = ()
     actions: tuple[Action, ...] = ()
     private: bool = False
+    answers_id: int | None = None

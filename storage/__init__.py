@@ -1,6 +1,7 @@
 """Persistence: the repository interface, its records, and the SQLAlchemy implementation."""
 
 from storage.records import (
+    UNFINISHED,
     ChatRecord,
     MessageRecord,
     MessageStatus,
@@ -12,6 +13,7 @@ from storage.records import (
 from storage.repository import Repository
 
 __all__ = [
+    "UNFINISHED",
     "ChatRecord",
     "MessageRecord",
     "MessageStatus",
@@ -25,7 +27,10 @@ __all__ = [
 
 
 def open_repository(database_url: str) -> Repository:
-    """The repository for ``database_url`` (SQLAlchemy handles every supported URL)."""
+    """The repository for ``database_url``: SQLite or PostgreSQL, plain or async URL forms.
+
+    A URL moodmate cannot use raises :class:`bot.errors.ConfigurationError` (one sentence).
+    """
     from storage.sqlalchemy_repository import SqlAlchemyRepository
 
     return SqlAlchemyRepository(database_url)

@@ -8,12 +8,27 @@ from enum import StrEnum
 
 
 class MessageStatus(StrEnum):
-    """Where an incoming message is in its life: stored first, answered or failed later."""
+    """Where an incoming message is in its life.
+
+    ``pending`` (received, stored before any inference) -> ``replied`` (the reply and the mood
+    entry stored with it, in one transaction) -> ``answered`` (the platform accepted the send).
+    Or it ends ``failed``, ``apologised`` (too old when recovered: an apology was delivered) or
+    ``refused`` (its sender was no longer admitted by the allowlists when it was recovered).
+    While a process works on a pending or replied message it holds a claim on it (the message's
+    ``claimed_by`` and ``lease_until``), renewed while it works; only an unclaimed message or one
+    whose lease expired may be taken over.
+    """
 
     PENDING = "pending"
+    REPLIED = "replied"
     ANSWERED = "answered"
     FAILED = "failed"
     APOLOGISED = "apologised"
+    REFUSED = "refused"
+
+
+#: The statuses of a message that is not finished: recovery takes these over.
+UNFINISHED = (MessageStatus.PENDING, MessageStatus.REPLIED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +65,9 @@ class MessageRecord:
     reply_to_id: int | None = None
     #: The platform's id of a user's message, when the adapter gave one.
     platform_message_id: str | None = None
+    #: The process answering this message and until when its claim holds (None when unclaimed).
+    claimed_by: str | None = None
+    lease_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +85,17 @@ class MoodRecord:
 
 @dataclass(frozen=True, slots=True)
 class PendingMessage:
-    """An incoming message that was stored but never answered (e.g. the process died)."""
+    """An incoming message that was stored but never delivered an answer (e.g. the process died).
+
+    ``reply`` is its stored reply when it got as far as ``replied`` (then ``mood`` is the mood
+    entry logged with it, if any): such a message is re-sent, never answered anew.
+    """
 
     message: MessageRecord
     user: UserRecord
     chat: ChatRecord
+    reply: MessageRecord | None = None
+    mood: MoodRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,9 +49,57 @@ class Repository(Protocol):
         reply_to_id: int | None = None,
         created_at: datetime | None = None,
         platform_message_id: str | None = None,
-    ) -> MessageRecord: ...
+        claimed_by: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> MessageRecord:
+        """Store a message; an incoming one may be claimed (``claimed_by`` until ``lease_until``)
+        in the same transaction, so that no other process can take it over while it is answered.
 
-    async def set_message_status(self, message_id: int, status: MessageStatus) -> None: ...
+        Raises :class:`bot.errors.DuplicateMessageError` when this chat's ``platform_message_id`` is
+        stored already (the platform delivered it twice)."""
+        ...
+
+    async def set_message_status(self, message_id: int, status: MessageStatus) -> None:
+        """Move a message to ``status``; a finished status also ends any claim on it."""
+        ...
+
+    async def claim_message(
+        self, message_id: int, instance_id: str, lease_until: datetime, now: datetime
+    ) -> bool:
+        """Claim an unfinished message that is unclaimed or whose lease expired before ``now``;
+        False when another process holds it (or it is finished). Atomic across processes."""
+        ...
+
+    async def renew_claims(self, instance_id: str, message_ids: Sequence[int], lease_until: datetime) -> int:
+        """Extend the leases ``instance_id`` still holds on ``message_ids``; returns how many."""
+        ...
+
+    async def release_claims(self, instance_id: str) -> int:
+        """Give up every claim of ``instance_id`` (a clean stop), so a restart can take them at once."""
+        ...
+
+    async def finish_reply(
+        self,
+        message_id: int,
+        instance_id: str,
+        reply_text: str,
+        *,
+        user_id: int,
+        chat_id: int,
+        mood: tuple[str, float] | None,
+    ) -> MessageRecord | None:
+        """One transaction: the pending message claimed by ``instance_id`` becomes ``replied``,
+        its reply is stored and its mood entry (``(label, score)``, if given) logged.
+
+        Returns the stored reply; None (and nothing written) when the claim was lost or the
+        message is no longer pending.
+        """
+        ...
+
+    async def unfinished_before(self, message_id: int, instance_id: str, now: datetime) -> bool:
+        """Whether another process holds a live claim (lease not expired at ``now``) on an earlier
+        unfinished message of the same user in the same chat: it answers that one first."""
+        ...
 
     async def history(self, user_id: int, chat_id: int, limit: int) -> list[MessageRecord]:
         """The last ``limit`` turns of this user's conversation in this chat, oldest first.
@@ -74,7 +122,9 @@ class Repository(Protocol):
         score: float,
         *,
         created_at: datetime | None = None,
-    ) -> MoodRecord: ...
+    ) -> MoodRecord:
+        """Log a mood read; for a ``message_id`` that already has one, the existing entry."""
+        ...
 
     async def moods(
         self, user_id: int, since: datetime | None = None, until: datetime | None = None
@@ -94,8 +144,9 @@ class Repository(Protocol):
 
     async def set_mood_logging(self, user_id: int, enabled: bool) -> None: ...
 
-    async def pending_messages(self) -> list[PendingMessage]:
-        """Incoming messages still pending (left by a crash), oldest first."""
+    async def pending_messages(self, claimable_at: datetime | None = None) -> list[PendingMessage]:
+        """Incoming messages not finished (``pending`` or ``replied``, e.g. left by a crash),
+        oldest first; with ``claimable_at``, only those unclaimed or with a lease expired by then."""
         ...
 
     async def purge_message_texts(self, older_than: datetime) -> int:

@@ -1,26 +1,30 @@
 """The SQLAlchemy 2.0 implementation of :class:`storage.repository.Repository`.
 
-SQLite by default (WAL mode, foreign keys on, a busy timeout); any async SQLAlchemy URL works.
-This module is the only code that opens sessions.
+SQLite by default (WAL mode, foreign keys on, a busy timeout) through aiosqlite, or PostgreSQL
+through asyncpg. This module is the only code that opens sessions. Statement parameters (message
+texts) never reach logs or error messages: the engines hide them, and the drivers' own loggers are
+kept at WARNING unless configured explicitly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import delete, event, func, or_, select, update
+from sqlalchemy import and_, delete, event, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from bot.errors import StorageError
-from storage.migrations import migrate
+from bot.errors import ConfigurationError, DuplicateMessageError, StorageError
 from storage.records import (
+    UNFINISHED,
     ChatRecord,
     MessageRecord,
     MessageStatus,
@@ -30,6 +34,8 @@ from storage.records import (
     UserRecord,
 )
 from storage.tables import ChatRow, MessageRow, MoodRow, UserRow, utcnow
+from storage.urls import database_url as parse_database_url
+from storage.urls import describe, is_sqlite_memory, sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,13 @@ T = TypeVar("T")
 
 LOCK_RETRIES = 5
 LOCK_BACKOFF_SECONDS = 0.05
+#: Driver loggers that print statements and their parameters (message texts) at DEBUG.
+DRIVER_LOGGERS = ("aiosqlite", "asyncpg")
+#: Alembic reports every plugin and step at INFO; moodmate logs one line per migration itself.
+QUIET_LOGGERS = (*DRIVER_LOGGERS, "alembic")
+#: How long a first start waits for another process that is migrating the same SQLite file.
+MIGRATION_LOCK_TIMEOUT_SECONDS = 120.0
+_FINISHED = tuple(status.value for status in MessageStatus if status not in UNFINISHED)
 
 
 def _is_locked(error: OperationalError) -> bool:
@@ -79,17 +92,25 @@ def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
-def create_engine(database_url: str) -> AsyncEngine:
+def quiet_driver_loggers() -> None:
+    """Keep the drivers' loggers (which print every statement with its texts at DEBUG) at WARNING."""
+    for name in QUIET_LOGGERS:
+        driver_logger = logging.getLogger(name)
+        if driver_logger.level == logging.NOTSET:
+            driver_logger.setLevel(logging.WARNING)
+
+
+def create_engine(database_url: str | URL) -> AsyncEngine:
     """An async engine; for SQLite, WAL journal, foreign keys and a busy timeout on every connection."""
-    is_sqlite = database_url.startswith("sqlite")
-    in_memory = is_sqlite and (
-        ":memory:" in database_url or database_url.rstrip("/").endswith("sqlite+aiosqlite:")
-    )
-    kwargs: dict[str, Any] = {}
+    url = parse_database_url(database_url) if isinstance(database_url, str) else database_url
+    is_sqlite = url.get_backend_name() == "sqlite"
+    in_memory = is_sqlite_memory(url)
+    kwargs: dict[str, Any] = {"hide_parameters": True}
     if in_memory:
         kwargs["poolclass"] = StaticPool
         kwargs["connect_args"] = {"check_same_thread": False}
-    engine = create_async_engine(database_url, **kwargs)
+    quiet_driver_loggers()
+    engine = create_async_engine(url, **kwargs)
     if is_sqlite:
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -103,6 +124,15 @@ def create_engine(database_url: str) -> AsyncEngine:
             cursor.close()
 
     return engine
+
+
+def _claimable(now: datetime) -> Any:
+    """Unclaimed, or claimed with a lease that expired before ``now``."""
+    return or_(
+        MessageRow.claimed_by.is_(None),
+        MessageRow.lease_until.is_(None),
+        and_(MessageRow.lease_until.is_not(None), MessageRow.lease_until < now),
+    )
 
 
 def _user(row: UserRow) -> UserRecord:
@@ -135,6 +165,8 @@ def _message(row: MessageRow) -> MessageRecord:
         in_history=row.in_history,
         reply_to_id=row.reply_to_id,
         platform_message_id=row.platform_message_id,
+        claimed_by=row.claimed_by,
+        lease_until=row.lease_until,
     )
 
 
@@ -153,14 +185,69 @@ def _mood(row: MoodRow) -> MoodRecord:
 class SqlAlchemyRepository:
     """Stores users, chats, messages and mood entries through SQLAlchemy's async ORM."""
 
-    def __init__(self, database_url: str) -> None:
-        self._engine = create_engine(database_url)
+    def __init__(self, database_url: str | URL) -> None:
+        self._url = parse_database_url(database_url) if isinstance(database_url, str) else database_url
+        self._engine = create_engine(self._url)
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False, class_=AsyncSession)
 
-    @_translated
     async def initialize(self) -> None:
+        """Create or migrate the schema, one process at a time; a database that cannot be opened
+        raises :class:`ConfigurationError` naming what to fix."""
+        try:
+            async with self._engine.connect():
+                pass
+        except (OSError, SQLAlchemyError) as error:
+            raise ConfigurationError(self._unreachable(error)) from None
+        path = sqlite_path(self._url)
+        if path is None:
+            await self._migrate()
+            return
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(f"{path}.lock", timeout=MIGRATION_LOCK_TIMEOUT_SECONDS)
+        try:
+            await asyncio.to_thread(lock.acquire)
+        except Timeout:
+            raise ConfigurationError(
+                f"Another process has been migrating {describe(self._url)} for "
+                f"{MIGRATION_LOCK_TIMEOUT_SECONDS:.0f} s; stop it, or delete {path}.lock if no process runs."
+            ) from None
+        try:
+            await self._migrate()
+        finally:
+            lock.release()
+
+    @_translated
+    async def _migrate(self) -> None:
+        from storage.migrations import migrate  # Alembic is imported only to migrate
+
         async with self._engine.begin() as connection:
             await connection.run_sync(migrate)
+
+    def _unreachable(self, error: BaseException) -> str:
+        cause: BaseException = getattr(error, "orig", None) or error
+        while cause.__cause__ is not None and type(cause).__name__ == "Error":
+            cause = cause.__cause__  # SQLAlchemy's asyncpg adapter wraps asyncpg's own error
+        text = str(cause).lower()
+        if "password" in text or "authentication" in text:
+            hint = "the server refused the user name or password in DATABASE_URL"
+        elif "role" in text and "does not exist" in text:
+            hint = "the server has no such user; fix the user name in DATABASE_URL"
+        elif "does not exist" in text:
+            hint = "that database does not exist on the server; create it (createdb) or fix DATABASE_URL"
+        elif type(cause).__name__ == "gaierror":
+            hint = "the host name in DATABASE_URL does not resolve; fix it"
+        elif isinstance(cause, ConnectionRefusedError):
+            hint = (
+                "nothing accepts connections there; start the server or fix the host and port in DATABASE_URL"
+            )
+        elif isinstance(cause, TimeoutError):
+            hint = "the server did not answer in time; check the host and port in DATABASE_URL"
+        elif self._url.get_backend_name() == "sqlite":
+            hint = f"check that the file can be created and written there ({type(cause).__name__})"
+        else:
+            hint = f"{type(cause).__name__}; check the server and DATABASE_URL"
+        return f"Could not open {describe(self._url)}: {hint}."
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -232,10 +319,14 @@ class SqlAlchemyRepository:
         reply_to_id: int | None = None,
         created_at: datetime | None = None,
         platform_message_id: str | None = None,
+        claimed_by: str | None = None,
+        lease_until: datetime | None = None,
     ) -> MessageRecord:
         async with self._sessions.begin() as session:
             row = MessageRow(
                 platform_message_id=platform_message_id,
+                claimed_by=claimed_by,
+                lease_until=lease_until,
                 user_id=user_id,
                 chat_id=chat_id,
                 role=role,
@@ -245,15 +336,124 @@ class SqlAlchemyRepository:
                 created_at=created_at or utcnow(),
             )
             session.add(row)
-            await session.flush()
+            try:
+                await session.flush()
+            except IntegrityError:
+                if platform_message_id is None:
+                    raise
+                raise DuplicateMessageError(
+                    f"platform message {platform_message_id} is stored already"
+                ) from None
             return _message(row)
 
     @_translated
     async def set_message_status(self, message_id: int, status: MessageStatus) -> None:
+        values: dict[str, object] = {"status": status.value}
+        if status not in UNFINISHED:
+            values.update(claimed_by=None, lease_until=None)
         async with self._sessions.begin() as session:
-            await session.execute(
-                update(MessageRow).where(MessageRow.id == message_id).values(status=status.value)
+            await session.execute(update(MessageRow).where(MessageRow.id == message_id).values(**values))
+
+    # --- claims and the reply unit of work -----------------------------------------------------
+
+    @_translated
+    async def claim_message(
+        self, message_id: int, instance_id: str, lease_until: datetime, now: datetime
+    ) -> bool:
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(MessageRow)
+                .where(
+                    MessageRow.id == message_id,
+                    MessageRow.status.in_([status.value for status in UNFINISHED]),
+                    _claimable(now),
+                )
+                .values(claimed_by=instance_id, lease_until=lease_until)
             )
+            return int(result.rowcount or 0) == 1
+
+    @_translated
+    async def renew_claims(self, instance_id: str, message_ids: Sequence[int], lease_until: datetime) -> int:
+        if not message_ids:
+            return 0
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(MessageRow)
+                .where(MessageRow.id.in_(list(message_ids)), MessageRow.claimed_by == instance_id)
+                .values(lease_until=lease_until)
+            )
+            return int(result.rowcount or 0)
+
+    @_translated
+    async def release_claims(self, instance_id: str) -> int:
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(MessageRow)
+                .where(MessageRow.claimed_by == instance_id)
+                .values(claimed_by=None, lease_until=None)
+            )
+            return int(result.rowcount or 0)
+
+    @_translated
+    async def finish_reply(
+        self,
+        message_id: int,
+        instance_id: str,
+        reply_text: str,
+        *,
+        user_id: int,
+        chat_id: int,
+        mood: tuple[str, float] | None,
+    ) -> MessageRecord | None:
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(MessageRow)
+                .where(
+                    MessageRow.id == message_id,
+                    MessageRow.status == MessageStatus.PENDING.value,
+                    MessageRow.claimed_by == instance_id,
+                )
+                .values(status=MessageStatus.REPLIED.value)
+            )
+            if int(result.rowcount or 0) != 1:
+                return None
+            now = utcnow()
+            row = MessageRow(
+                user_id=user_id,
+                chat_id=chat_id,
+                role="assistant",
+                text=reply_text,
+                status=MessageStatus.ANSWERED.value,
+                reply_to_id=message_id,
+                created_at=now,
+            )
+            session.add(row)
+            await session.flush()
+            if mood is not None:
+                await session.execute(self._mood_upsert(user_id, chat_id, message_id, mood[0], mood[1], now))
+            return _message(row)
+
+    @_translated
+    async def unfinished_before(self, message_id: int, instance_id: str, now: datetime) -> bool:
+        async with self._sessions() as session:
+            message = await session.get(MessageRow, message_id)
+            if message is None:
+                return False
+            earlier = await session.scalar(
+                select(func.count())
+                .select_from(MessageRow)
+                .where(
+                    MessageRow.user_id == message.user_id,
+                    MessageRow.chat_id == message.chat_id,
+                    MessageRow.role == "user",
+                    MessageRow.id < message_id,
+                    MessageRow.status.in_([status.value for status in UNFINISHED]),
+                    MessageRow.claimed_by.is_not(None),
+                    MessageRow.claimed_by != instance_id,
+                    MessageRow.lease_until >= now,
+                )
+            )
+            return bool(earlier)
 
     @_translated
     async def history(self, user_id: int, chat_id: int, limit: int) -> list[MessageRecord]:
@@ -269,7 +469,7 @@ class SqlAlchemyRepository:
                     MessageRow.text.is_not(None),
                     or_(
                         MessageRow.role == "assistant",
-                        MessageRow.status == MessageStatus.ANSWERED.value,
+                        MessageRow.status.in_([MessageStatus.ANSWERED.value, MessageStatus.REPLIED.value]),
                     ),
                 )
                 .order_by(MessageRow.id.desc())
@@ -300,18 +500,42 @@ class SqlAlchemyRepository:
             return [_message(row) for row in rows.all()]
 
     @_translated
-    async def pending_messages(self) -> list[PendingMessage]:
-        async with self._sessions() as session:
-            result = await session.execute(
-                select(MessageRow, UserRow, ChatRow)
-                .join(UserRow, MessageRow.user_id == UserRow.id)
-                .join(ChatRow, MessageRow.chat_id == ChatRow.id)
-                .where(MessageRow.role == "user", MessageRow.status == MessageStatus.PENDING.value)
-                .order_by(MessageRow.id)
+    async def pending_messages(self, claimable_at: datetime | None = None) -> list[PendingMessage]:
+        query = (
+            select(MessageRow, UserRow, ChatRow)
+            .join(UserRow, MessageRow.user_id == UserRow.id)
+            .join(ChatRow, MessageRow.chat_id == ChatRow.id)
+            .where(
+                MessageRow.role == "user",
+                MessageRow.status.in_([status.value for status in UNFINISHED]),
             )
+            .order_by(MessageRow.id)
+        )
+        if claimable_at is not None:
+            query = query.where(_claimable(claimable_at))
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+            replied = [message.id for message, _, _ in rows if message.status == MessageStatus.REPLIED.value]
+            replies: dict[int, MessageRow] = {}
+            moods: dict[int, MoodRow] = {}
+            if replied:
+                for reply in await session.scalars(
+                    select(MessageRow)
+                    .where(MessageRow.reply_to_id.in_(replied), MessageRow.role == "assistant")
+                    .order_by(MessageRow.id)
+                ):
+                    replies.setdefault(reply.reply_to_id or 0, reply)
+                for mood in await session.scalars(select(MoodRow).where(MoodRow.message_id.in_(replied))):
+                    moods[mood.message_id or 0] = mood
             return [
-                PendingMessage(message=_message(message), user=_user(user), chat=_chat(chat))
-                for message, user, chat in result.all()
+                PendingMessage(
+                    message=_message(message),
+                    user=_user(user),
+                    chat=_chat(chat),
+                    reply=_message(replies[message.id]) if message.id in replies else None,
+                    mood=_mood(moods[message.id]) if message.id in moods else None,
+                )
+                for message, user, chat in rows
             ]
 
     @_translated
@@ -338,6 +562,13 @@ class SqlAlchemyRepository:
         created_at: datetime | None = None,
     ) -> MoodRecord:
         async with self._sessions.begin() as session:
+            if message_id is not None:
+                await session.execute(
+                    self._mood_upsert(user_id, chat_id, message_id, label, score, created_at or utcnow())
+                )
+                row = await session.scalar(select(MoodRow).where(MoodRow.message_id == message_id))
+                assert row is not None
+                return _mood(row)
             row = MoodRow(
                 user_id=user_id,
                 chat_id=chat_id,
@@ -349,6 +580,24 @@ class SqlAlchemyRepository:
             session.add(row)
             await session.flush()
             return _mood(row)
+
+    def _mood_upsert(
+        self, user_id: int, chat_id: int | None, message_id: int, label: str, score: float, at: datetime
+    ) -> Any:
+        """INSERT … ON CONFLICT (message_id) DO NOTHING: a message keeps its first mood entry."""
+        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        return (
+            insert(MoodRow)
+            .values(
+                user_id=user_id,
+                chat_id=chat_id,
+                message_id=message_id,
+                label=label,
+                score=float(score),
+                created_at=at,
+            )
+            .on_conflict_do_nothing(index_elements=[MoodRow.message_id])
+        )
 
     @_translated
     async def moods(

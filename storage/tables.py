@@ -18,7 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: Bump when the schema changes and add a step to ``storage.migrations.MIGRATIONS``.
+#: The last version of the in-house migrator (table ``schema_info``); Alembic (``storage/schema``)
+#: has taken over since, and migrates a database at this version in place.
 SCHEMA_VERSION = 2
 
 
@@ -45,13 +46,6 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
-
-
-class SchemaInfo(Base):
-    __tablename__ = "schema_info"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version: Mapped[int] = mapped_column(Integer, nullable=False)
 
 
 class UserRow(Base):
@@ -87,6 +81,8 @@ class MessageRow(Base):
     __table_args__ = (
         Index("ix_messages_user_chat", "user_id", "chat_id", "id"),
         Index("ix_messages_status", "status"),
+        # A platform message delivered twice (a webhook retry, an update fetched again) is stored once.
+        Index("uq_messages_platform_message", "chat_id", "platform_message_id", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -102,11 +98,18 @@ class MessageRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False, default=utcnow)
     #: The platform's own id of a user's message (to answer it as a reply after a restart).
     platform_message_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: Which process is answering this message, and until when its claim holds unless renewed.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class MoodRow(Base):
     __tablename__ = "mood_entries"
-    __table_args__ = (Index("ix_mood_entries_user_time", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_mood_entries_user_time", "user_id", "created_at"),
+        # One mood entry per message: a message answered again after a crash is never logged twice.
+        Index("uq_mood_entries_message", "message_id", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)

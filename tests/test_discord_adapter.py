@@ -913,3 +913,29 @@ async def test_the_queue_notice_goes_once_the_waiting_reply_shows(
     assert deleted.message_id == _sent_id(fake, notice)
     [*_, final_edit] = edits_of(fake, in_progress)
     assert fake.requests.index(in_progress) < fake.requests.index(deleted) < fake.requests.index(final_edit)
+
+
+async def test_a_process_identifies_as_its_shard_of_the_bot(
+    fake: FakeDiscordServer, start_bot: StartBot
+) -> None:
+    """Discord then sends this process only that shard's guilds (the fake does not split them)."""
+    bot = await start_bot(discord_shard_count=2, discord_shard_ids="1")
+    assert fake.identify_payloads[0]["shard"] == [1, 2]
+    assert bot.adapter.client.shard_id == 1 and bot.adapter.client.shard_count == 2
+    await bot.adapter.stop()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ({"discord_shard_ids": "0"}, "needs DISCORD_SHARD_COUNT"),
+        ({"discord_shard_count": 2, "discord_shard_ids": "2"}, "below DISCORD_SHARD_COUNT"),
+        ({"discord_shard_count": 2, "discord_shard_ids": "one"}, "shard numbers"),
+    ],
+)
+def test_bad_shard_settings_are_one_sentence(tmp_path: Path, overrides: dict, names: str) -> None:  # type: ignore[type-arg]
+    from adapters.discord.client import shards_from_settings
+
+    with pytest.raises(ConfigurationError, match=names):
+        shards_from_settings(make_settings(tmp_path, **overrides))
+    assert shards_from_settings(make_settings(tmp_path, discord_shard_count=3)).ids == (0, 1, 2)  # type: ignore[union-attr]

@@ -29,10 +29,16 @@ async def test_chat_reply_carries_the_mood_and_everything_is_stored(app: App) ->
     assert 0.0 <= reply.mood.score <= 1.0
     user_id = await _user_id(app)
     stored = await app.repository.messages_for_user(user_id)
-    assert [(m.role, m.status) for m in stored] == [("user", "answered"), ("assistant", "answered")]
+    # Replied (reply and mood stored together); answered once the adapter reports the send.
+    assert [(m.role, m.status) for m in stored] == [("user", "replied"), ("assistant", "answered")]
     assert stored[1].text == reply.text and stored[1].reply_to_id == stored[0].id
+    assert reply.answers_id == stored[0].id
     moods = await app.repository.moods(user_id)
     assert [(m.label, m.message_id) for m in moods] == [("negative", stored[0].id)]
+    await app.engine.delivered(reply)
+    stored = await app.repository.messages_for_user(user_id)
+    assert [m.status for m in stored] == ["answered", "answered"]
+    assert stored[0].claimed_by is None and stored[0].lease_until is None
 
 
 async def test_message_is_stored_before_any_inference(settings: Settings) -> None:
@@ -246,7 +252,7 @@ async def test_message_texts_never_reach_info_logs(app: App, caplog) -> None:  #
             assert "8472" not in record.getMessage()
 
 
-async def test_mood_is_logged_while_the_reply_is_still_being_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_mood_is_logged_only_with_the_finished_reply(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = FakeModel(reply_delay=0.5)
     app = await bootstrap(make_settings(tmp_path), model=model)
     async with app:
@@ -256,9 +262,10 @@ async def test_mood_is_logged_while_the_reply_is_still_being_written(tmp_path) -
         await asyncio.sleep(0.05)
         user = await app.repository.get_user("console", "u1")
         assert user is not None
-        assert [m.label for m in await app.repository.moods(user.id)] == ["positive"]
+        assert await app.repository.moods(user.id) == []  # a stop now must not leave a mood behind
         assert not answering.done()
         await answering
+        assert [m.label for m in await app.repository.moods(user.id)] == ["positive"]
 
 
 async def test_cancelled_message_stays_pending_for_recovery(tmp_path) -> None:  # type: ignore[no-untyped-def]

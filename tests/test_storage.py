@@ -9,20 +9,20 @@ from pathlib import Path
 import pytest
 
 from storage import MessageStatus, Repository, open_repository
+from tests.databases import BACKENDS, database_url
+
+SCHEMA_V2 = Path(__file__).parent / "data" / "schema_v2.sql"
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
+@pytest.fixture(params=BACKENDS)
 async def repository(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Repository]:
-    url = {
-        "sqlite-file": f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
-        "sqlite-memory": "sqlite+aiosqlite:///:memory:",
-    }[request.param]
-    repo = open_repository(url)
-    await repo.initialize()
-    try:
-        yield repo
-    finally:
-        await repo.close()
+    async with database_url(request.param, tmp_path) as url:
+        repo = open_repository(url)
+        await repo.initialize()
+        try:
+            yield repo
+        finally:
+            await repo.close()
 
 
 async def _user_and_chat(repo: Repository, user: str = "1", chat: str = "10", private: bool = True):
@@ -68,32 +68,62 @@ async def test_a_message_keeps_its_platform_id_for_pending_recovery(repository: 
     assert pending.message.platform_message_id == "4711"
 
 
-async def test_a_version_1_database_is_migrated_and_keeps_its_messages(tmp_path: Path) -> None:
+def _old_database(path: Path, version: int) -> None:
+    """A SQLite file as the in-house migrator left it at ``version`` (1 or 2), with one pending message."""
+    import sqlite3
+
+    with sqlite3.connect(path) as old:
+        old.executescript(SCHEMA_V2.read_text())
+        now = "2026-01-01 10:00:00.000000"
+        old.execute("INSERT INTO users VALUES (1, 'telegram', '1', 'Ada', 'UTC', 1, ?)", (now,))
+        old.execute("INSERT INTO chats VALUES (1, 'telegram', '10', 1, 1, ?)", (now,))
+        old.execute(
+            "INSERT INTO messages VALUES (1, 1, 1, 'user', ?, 'pending', 1, NULL, ?, NULL)",
+            ("from before the upgrade", now),
+        )
+        for mood_id in (1, 2):  # the old bug: one message logged twice
+            old.execute("INSERT INTO mood_entries VALUES (?, 1, 1, 1, 'negative', 0.8, ?)", (mood_id, now))
+        if version == 2:  # and one update fetched twice after a crash: stored twice
+            for message_id in (2, 3):
+                old.execute(
+                    "INSERT INTO messages VALUES (?, 1, 1, 'user', 'twice', 'answered', 1, NULL, ?, '77')",
+                    (message_id, now),
+                )
+        if version == 1:
+            old.execute("ALTER TABLE messages DROP COLUMN platform_message_id")
+            old.execute("UPDATE schema_info SET version = 1")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_old_database_is_migrated_in_place_and_keeps_its_messages(
+    tmp_path: Path, version: int
+) -> None:
     import sqlite3
 
     path = tmp_path / "old.db"
-    repository = open_repository(f"sqlite+aiosqlite:///{path}")
-    await repository.initialize()
-    user, chat = await _user_and_chat(repository)
-    await repository.add_message(user.id, chat.id, "user", "from before the upgrade")
-    await repository.close()
-    with sqlite3.connect(path) as old:  # make it the schema of version 1
-        old.execute("ALTER TABLE messages DROP COLUMN platform_message_id")
-        old.execute("UPDATE schema_info SET version = 1")
-
-    repository = open_repository(f"sqlite+aiosqlite:///{path}")
+    _old_database(path, version)
+    repository = open_repository(f"sqlite:///{path}")
     await repository.initialize()
     try:
         [pending] = await repository.pending_messages()
         assert (
             pending.message.text == "from before the upgrade" and pending.message.platform_message_id is None
         )
-        added = await repository.add_message(user.id, chat.id, "user", "after", platform_message_id="9")
+        ids = [m.platform_message_id for m in await repository.messages_for_user(pending.user.id)]
+        assert ids == [None] if version == 1 else ids == [None, "77", None]
+        added = await repository.add_message(
+            pending.user.id, pending.chat.id, "user", "after", platform_message_id="9"
+        )
         assert added.platform_message_id == "9"
+        assert len(await repository.moods(pending.user.id)) == 1  # the duplicate entry is gone
     finally:
         await repository.close()
     with sqlite3.connect(path) as upgraded:
         assert upgraded.execute("SELECT version FROM schema_info").fetchone() == (2,)
+        assert upgraded.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
+    again = open_repository(f"sqlite:///{path}")  # a second start changes nothing
+    await again.initialize()
+    await again.close()
 
 
 async def test_pending_and_failed_messages_stay_out_of_history(repository: Repository) -> None:
@@ -225,3 +255,91 @@ async def test_briefly_locked_database_is_waited_for(tmp_path: Path) -> None:
     holder.join()
     assert stored.id > 0
     await repo.close()
+
+
+async def test_a_message_has_one_mood_entry_however_often_it_is_logged(repository: Repository) -> None:
+    user, chat = await _user_and_chat(repository)
+    stored = await repository.add_message(user.id, chat.id, "user", "hi")
+    first = await repository.add_mood(user.id, chat.id, stored.id, "positive", 0.9)
+    again = await repository.add_mood(user.id, chat.id, stored.id, "negative", 0.2)
+    assert again == first
+    assert [(m.label, m.message_id) for m in await repository.moods(user.id)] == [("positive", stored.id)]
+
+
+async def test_claims_are_exclusive_until_their_lease_expires(repository: Repository) -> None:
+    user, chat = await _user_and_chat(repository)
+    now = datetime.now(UTC)
+    stored = await repository.add_message(
+        user.id, chat.id, "user", "hi", claimed_by="a", lease_until=now + timedelta(seconds=30)
+    )
+    assert await repository.pending_messages(claimable_at=now) == []
+    assert not await repository.claim_message(stored.id, "b", now + timedelta(seconds=30), now)
+    later = now + timedelta(seconds=31)
+    [item] = await repository.pending_messages(claimable_at=later)
+    assert item.message.claimed_by == "a"
+    assert await repository.claim_message(stored.id, "b", later + timedelta(seconds=30), later)
+    assert not await repository.claim_message(stored.id, "a", later + timedelta(seconds=30), later)
+    assert await repository.renew_claims("a", [stored.id], later + timedelta(hours=1)) == 0
+    assert await repository.renew_claims("b", [stored.id], later + timedelta(hours=1)) == 1
+    # the first claimant lost it: its reply is refused and nothing is written
+    assert (
+        await repository.finish_reply(stored.id, "a", "late", user_id=user.id, chat_id=chat.id, mood=None)
+        is None
+    )
+    assert [m.role for m in await repository.messages_for_user(user.id)] == ["user"]
+    assert await repository.release_claims("b") == 1
+    assert await repository.claim_message(stored.id, "c", now + timedelta(seconds=30), now)
+
+
+async def test_finish_reply_stores_reply_mood_and_status_together(repository: Repository) -> None:
+    user, chat = await _user_and_chat(repository)
+    now = datetime.now(UTC)
+    stored = await repository.add_message(
+        user.id, chat.id, "user", "hi", claimed_by="a", lease_until=now + timedelta(seconds=30)
+    )
+    reply = await repository.finish_reply(
+        stored.id, "a", "hello!", user_id=user.id, chat_id=chat.id, mood=("positive", 0.8)
+    )
+    assert reply is not None and reply.reply_to_id == stored.id
+    [item] = await repository.pending_messages()
+    assert item.message.status == MessageStatus.REPLIED
+    assert item.reply is not None and item.reply.text == "hello!"
+    assert item.mood is not None and (item.mood.label, item.mood.score) == ("positive", 0.8)
+    # a second finish (e.g. a stale retry) changes nothing
+    assert (
+        await repository.finish_reply(stored.id, "a", "again", user_id=user.id, chat_id=chat.id, mood=None)
+        is None
+    )
+    await repository.set_message_status(stored.id, MessageStatus.ANSWERED)
+    assert await repository.pending_messages() == []
+    [user_row, reply_row] = await repository.messages_for_user(user.id)
+    assert user_row.claimed_by is None and reply_row.text == "hello!"
+    assert [m.text for m in await repository.history(user.id, chat.id, 10)] == ["hi", "hello!"]
+
+
+async def test_earlier_unfinished_messages_of_others_hold_up_a_user_turn(repository: Repository) -> None:
+    user, chat = await _user_and_chat(repository)
+    now = datetime.now(UTC)
+    lease = now + timedelta(seconds=30)
+    first = await repository.add_message(user.id, chat.id, "user", "one", claimed_by="a", lease_until=lease)
+    second = await repository.add_message(user.id, chat.id, "user", "two", claimed_by="b", lease_until=lease)
+    assert await repository.unfinished_before(second.id, "b", now)  # "a" answers "one" first
+    assert not await repository.unfinished_before(second.id, "b", lease + timedelta(seconds=1))  # "a" died
+    assert not await repository.unfinished_before(second.id, "a", now)  # its own: the worker keeps order
+    assert not await repository.unfinished_before(first.id, "a", now)
+    await repository.set_message_status(first.id, MessageStatus.ANSWERED)
+    assert not await repository.unfinished_before(second.id, "b", now)
+
+
+async def test_a_platform_message_is_stored_once_per_chat(repository: Repository) -> None:
+    from bot.errors import DuplicateMessageError
+
+    user, chat = await _user_and_chat(repository)
+    other = await repository.ensure_chat("telegram", "11", True, user.id)
+    await repository.add_message(user.id, chat.id, "user", "hi", platform_message_id="5")
+    with pytest.raises(DuplicateMessageError):
+        await repository.add_message(user.id, chat.id, "user", "hi", platform_message_id="5")
+    await repository.add_message(user.id, other.id, "user", "hi", platform_message_id="5")  # another chat
+    await repository.add_message(user.id, chat.id, "user", "no id")
+    await repository.add_message(user.id, chat.id, "user", "no id")
+    assert len(await repository.messages_for_user(user.id)) == 4

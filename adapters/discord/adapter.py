@@ -37,7 +37,7 @@ import discord
 from discord.utils import escape_markdown
 
 from adapters.discord.access import AccessPolicy
-from adapters.discord.client import MoodmateClient
+from adapters.discord.client import MoodmateClient, build_client, shards_from_settings
 from adapters.discord.endpoints import EndpointOverride
 from adapters.discord.formatting import readable_mentions, reply_text, split_for_discord, strip_bot_mentions
 from adapters.discord.progress import ChannelReplySink, TypingIndicator
@@ -80,7 +80,7 @@ ANSWERABLE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 
 
 class DiscordAdapter:
-    """Runs moodmate on Discord with discord.py 2.x."""
+    """Runs moodmate on Discord with discord.py 2.x (all shards, or those in DISCORD_SHARD_IDS)."""
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
@@ -115,13 +115,14 @@ class DiscordAdapter:
         token = self.settings.discord_token
         if not token:
             raise ConfigurationError(MISSING_TOKEN)
+        shards = shards_from_settings(self.settings)
         self._stopping = False
         self._lost.clear()
         self._endpoints = EndpointOverride(
             self.settings.discord_api_base_url, self.settings.discord_gateway_url
         )
         self._endpoints.apply()
-        client = MoodmateClient(self)
+        client = build_client(self, shards)
         self._client = client
         try:
             await self._login(client, token)
@@ -134,6 +135,8 @@ class DiscordAdapter:
             raise
         self._connection.add_done_callback(self._on_connection_end)
         logger.info("Discord: connected as %s (id %s)", client.user, client.user.id if client.user else "?")
+        if shards is not None:
+            logger.info("Discord: running shards %s of %d", ",".join(map(str, shards.ids)), shards.count)
 
     async def stop(self) -> None:
         """Finish (briefly) the messages being answered, then close the connection cleanly."""
@@ -397,6 +400,7 @@ class DiscordAdapter:
         in_server: bool,
     ) -> None:
         """Send ``replies``; the first one that goes to the channel replaces ``in_progress``."""
+        unsent = list(replies)
         try:
             for reply in replies:
                 if reply.private and in_server:
@@ -408,10 +412,16 @@ class DiscordAdapter:
                     await self._replace_in_progress(shown, message.channel, reply, reference)
                 else:
                     await self._send_to_channel(message.channel, reply, reference=reference)
+                unsent.remove(reply)
+                await self.engine.delivered(reply)  # Discord accepted it
         except DiscordForbiddenError as error:  # DMs closed, or no permission to post here
             logger.warning("Discord would not take a reply here (%s)", error)
+            for reply in unsent:
+                await self.engine.not_delivered(reply)
         except PlatformError:
             logger.exception("Could not send a reply on Discord")
+            for reply in unsent:
+                await self.engine.not_delivered(reply)
             await self._apologise_in_channel(message.channel, reference)
         finally:
             await self._delete_quietly(in_progress)
@@ -533,6 +543,21 @@ class DiscordAdapter:
                 self._remember_sent(await channel.send(content, **kwargs))  # type: ignore[arg-type]
 
             await call_discord("send a message", send)
+
+    async def admits(self, message: IncomingMessage) -> bool:
+        """Whether the allowlists admit ``message`` now (checked again at recovery). A server channel
+        this process cannot see is refused when any allowlist is set."""
+        try:
+            user_id, channel_id = int(message.user_id), int(message.chat_id)
+        except ValueError:
+            return False
+        if message.chat_is_private:
+            return await self.policy.allows_dm(user_id, channel_id)
+        channel = self._client.get_channel(channel_id) if self._client is not None else None
+        guild = getattr(channel, "guild", None)
+        if channel is None or guild is None:
+            return not self.policy.restricted
+        return self.policy.allows_guild_channel(guild.id, channel_id, _parent_id(channel))
 
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Send ``reply`` to the channel ``message`` came from (answers recovered after a restart)."""

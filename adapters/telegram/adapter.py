@@ -53,6 +53,13 @@ Behaviour and decisions:
 * **Concurrency**: updates are processed concurrently (one user's slow reply does not hold up
   others); the engine's worker queue serialises the model. On stop, replies in progress get a
   grace period; whatever is still unanswered stays pending in storage and is answered after restart.
+* **Webhook mode** (``TELEGRAM_WEBHOOK_URL``, ``TELEGRAM_WEBHOOK_LISTEN`` host:port,
+  ``TELEGRAM_WEBHOOK_SECRET``): instead of polling, a small aiohttp server
+  (:mod:`adapters.telegram.webhook`) listens on host:port, the webhook is set to the public URL with
+  the secret, and every request without that secret is refused (403). An update is acknowledged
+  once its message is stored, so a process that dies loses nothing and one user's messages are
+  stored in order. Several processes behind a load balancer share the load; the database's claims
+  keep each message answered once. Polling stays the default.
 * **TELEGRAM_API_BASE_URL**: a self-hosted Bot API server's root (``http://127.0.0.1:8081``) or that
   root plus ``/bot``; see :func:`adapters.telegram.config.api_urls`.
 * httpx logs every request URL, which contains the token, at INFO; its logger is raised to
@@ -83,7 +90,7 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 
 from adapters.telegram.addressing import BotIdentity, is_addressed, strip_bot_mention, topic_of
-from adapters.telegram.config import Allowlist, api_urls
+from adapters.telegram.config import Allowlist, api_urls, webhook_from_settings
 from adapters.telegram.formatting import reply_texts
 from adapters.telegram.outbox import (
     BACKOFF_FIRST_SECONDS,
@@ -101,6 +108,7 @@ from adapters.telegram.sink import (
     StreamingReplySink,
     TelegramReplySink,
 )
+from adapters.telegram.webhook import WebhookServer
 from bot.commands import COMMAND_MENU
 from bot.engine import Engine
 from bot.errors import ConfigurationError, MoodmateError, PlatformError
@@ -163,6 +171,7 @@ class TelegramAdapter:
         self._typing: TypingIndicators | None = None
         self._me: BotIdentity | None = None
         self._handling: set[asyncio.Task[Any]] = set()
+        self._webhook: WebhookServer | None = None
         self._lost = asyncio.Event()  # set by the getUpdates request when the token is refused
 
     @property
@@ -182,9 +191,10 @@ class TelegramAdapter:
         if not token:
             raise ConfigurationError("TELEGRAM_TOKEN is not set; get a token from @BotFather.")
         urls = api_urls(self.settings.telegram_api_base_url)
+        webhook = webhook_from_settings(self.settings)
         _keep_token_out_of_logs()
         self._lost.clear()
-        application = (
+        builder = (
             ApplicationBuilder()
             .token(token)
             .base_url(urls.base_url)
@@ -193,8 +203,10 @@ class TelegramAdapter:
             .rate_limiter(AIORateLimiter(max_retries=FLOOD_RETRIES))
             .concurrent_updates(True)
             .job_queue(None)
-            .build()
         )
+        if webhook is not None:
+            builder = builder.updater(None)  # updates come in through the webhook server
+        application = builder.build()
         application.add_handler(MessageHandler(filters.UpdateType.MESSAGE & filters.TEXT, self._on_text))
         application.add_handler(
             MessageHandler(
@@ -232,18 +244,40 @@ class TelegramAdapter:
             logger.warning("Could not register the Telegram command menu: %s", error.message)
         try:
             await application.start()
-            assert application.updater is not None
-            await application.updater.start_polling(
-                timeout=int(self._poll_timeout),  # the Bot API wants whole seconds
-                allowed_updates=list(ALLOWED_UPDATES),
-                drop_pending_updates=False,
-                error_callback=_log_polling_error,
-            )
+            if webhook is None:
+                assert application.updater is not None
+                await application.updater.start_polling(
+                    timeout=int(self._poll_timeout),  # the Bot API wants whole seconds
+                    allowed_updates=list(ALLOWED_UPDATES),
+                    drop_pending_updates=False,
+                    error_callback=_log_polling_error,
+                )
+            else:
+                self._webhook = WebhookServer(application, webhook)
+                await self._webhook.start()
+                await application.bot.set_webhook(
+                    url=webhook.url,
+                    secret_token=webhook.secret,
+                    allowed_updates=list(ALLOWED_UPDATES),
+                    drop_pending_updates=False,
+                )
         except TelegramError as error:
             await _quietly(self._shutdown(application))
             raise PlatformError(f"Could not start receiving Telegram updates: {error.message}") from error
+        except OSError as error:
+            await _quietly(self._shutdown(application))
+            assert webhook is not None
+            raise ConfigurationError(
+                f"Could not listen for Telegram webhooks on {webhook.host}:{webhook.port} "
+                f"({error.strerror or type(error).__name__}); set TELEGRAM_WEBHOOK_LISTEN to a free address."
+            ) from None
         self._application = application
-        logger.info("Telegram: polling as @%s", self._me.username)
+        if webhook is None:
+            logger.info("Telegram: polling as @%s", self._me.username)
+        else:
+            logger.info(
+                "Telegram: receiving webhooks as @%s on %s:%d", self._me.username, webhook.host, webhook.port
+            )
 
     async def wait_lost(self) -> MoodmateError:
         """Return once polling has stopped for good: PTB gives up only when the token is refused."""
@@ -260,6 +294,9 @@ class TelegramAdapter:
 
     async def _shutdown(self, application: Application[Any, Any, Any, Any, Any, Any]) -> None:
         try:
+            webhook, self._webhook = self._webhook, None
+            if webhook is not None:
+                await webhook.stop()
             if application.updater is not None and application.updater.running:
                 try:
                     await application.updater.stop()
@@ -318,7 +355,8 @@ class TelegramAdapter:
                 chat_is_private=private,
                 message_id=str(message.message_id),
             )
-            await self._answer(incoming, reply_to=reply_to, thread_id=thread_id)
+            receipt = self._webhook.receipt(update.update_id) if self._webhook is not None else None
+            await self._answer(incoming, reply_to=reply_to, thread_id=thread_id, receipt=receipt)
 
     async def _on_other(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message
@@ -382,9 +420,15 @@ class TelegramAdapter:
     # ------------------------------------------------------------------ answering
 
     async def _answer(
-        self, incoming: IncomingMessage, *, reply_to: int | None, thread_id: int | None
+        self,
+        incoming: IncomingMessage,
+        *,
+        reply_to: int | None,
+        thread_id: int | None,
+        receipt: asyncio.Future[None] | None = None,
     ) -> None:
-        """Answer ``incoming`` in its chat (replying to ``reply_to``, in forum topic ``thread_id``)."""
+        """Answer ``incoming`` in its chat (replying to ``reply_to``, in forum topic ``thread_id``);
+        ``receipt`` (webhook mode) is resolved once the engine has stored the message."""
         assert self._outbox is not None and self._typing is not None
         chat_id = int(incoming.chat_id)
         sink: TelegramReplySink
@@ -399,6 +443,9 @@ class TelegramAdapter:
                 stream_delay=self._stream_delay,
                 edit_interval=self._edit_interval if incoming.chat_is_private else self._group_edit_interval,
             )
+        if receipt is not None:
+            sink.on_stored = lambda: receipt.done() or receipt.set_result(None)
+        unsent: list[Reply] = []
         try:
             # "typing…" lasts until the final text is sent
             async with self._typing.showing(chat_id, thread_id=thread_id):
@@ -407,29 +454,38 @@ class TelegramAdapter:
                 except asyncio.CancelledError:
                     await self._discard_preview(chat_id, sink)
                     raise
+                unsent = list(replies)
                 await sink.close()
                 in_progress = sink.in_progress
                 for reply in replies:
                     sent = await self._send_reply(
                         incoming, reply, reply_to=reply_to, thread_id=thread_id, in_progress=in_progress
                     )
+                    unsent.remove(reply)
+                    await self.engine.delivered(reply)  # Telegram accepted it
                     if sent:
                         in_progress = None
                 if in_progress is not None:  # shown while written, but no reply took its place
                     await self._outbox.delete(chat_id, in_progress.message_id)
         except PlatformError as error:
             logger.warning("Telegram: could not deliver a reply: %s", error)
+            await self._not_delivered(unsent)
             if not isinstance(error, TelegramForbiddenError):
                 await self._send_safely(
                     chat_id, MoodmateError.user_message, reply_to=reply_to, thread_id=thread_id
                 )
         except Exception:
             logger.exception("Telegram: unexpected error while answering a message")
+            await self._not_delivered(unsent)
             await self._send_safely(
                 chat_id, MoodmateError.user_message, reply_to=reply_to, thread_id=thread_id
             )
         finally:
             await sink.close()
+
+    async def _not_delivered(self, replies: list[Reply]) -> None:
+        for reply in replies:
+            await self.engine.not_delivered(reply)
 
     async def _discard_preview(self, chat_id: int, sink: TelegramReplySink) -> None:
         """Stopped while a reply was written: the message stays pending and is answered in full
@@ -440,6 +496,13 @@ class TelegramAdapter:
                 await asyncio.wait_for(
                     self._outbox.delete(chat_id, sink.in_progress.message_id), self._stop_grace
                 )
+
+    async def admits(self, message: IncomingMessage) -> bool:
+        """Whether the allowlists admit ``message``'s sender now (checked again at recovery)."""
+        try:
+            return self._allowlist.allows(int(message.user_id), int(message.chat_id))
+        except ValueError:
+            return False
 
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Send ``reply`` to where ``message`` came from (used for messages answered after a restart)."""

@@ -65,3 +65,58 @@ class Allowlist:
         if self.user_ids and str(user_id) not in self.user_ids:
             return False
         return not self.chat_ids or str(chat_id) in self.chat_ids
+
+
+_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """Webhook mode: Telegram posts updates to ``url``; this process listens on ``host:port`` at
+    ``path`` (the URL's path, so a load balancer can pass requests on unchanged)."""
+
+    url: str
+    host: str
+    port: int
+    path: str
+    secret: str
+
+
+def webhook_from_settings(settings: Settings) -> Webhook | None:
+    """Interpret TELEGRAM_WEBHOOK_URL / _LISTEN / _SECRET; None means long polling (the default)."""
+    url, listen, secret = (
+        settings.telegram_webhook_url,
+        settings.telegram_webhook_listen,
+        settings.telegram_webhook_secret,
+    )
+    if url is None:
+        if listen is not None or secret is not None:
+            raise ConfigurationError(
+                "TELEGRAM_WEBHOOK_LISTEN and TELEGRAM_WEBHOOK_SECRET need TELEGRAM_WEBHOOK_URL, the public "
+                "https:// address Telegram posts updates to; unset them all for long polling."
+            )
+        return None
+    match = re.match(r"^https://[^/\s]+(?P<path>/[^\s?#]*)?$", url)
+    if match is None:
+        raise ConfigurationError(
+            "TELEGRAM_WEBHOOK_URL must be the public https:// address Telegram posts updates to, "
+            "e.g. https://bot.example.com/telegram."
+        )
+    if secret is None or not _SECRET.match(secret):
+        raise ConfigurationError(
+            "TELEGRAM_WEBHOOK_SECRET must be set in webhook mode: 1 to 256 letters, digits, _ or -, "
+            "which Telegram sends with every update (e.g. from `openssl rand -hex 32`)."
+        )
+    host, _, port_text = (listen or "0.0.0.0:8443").rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigurationError(
+            "TELEGRAM_WEBHOOK_LISTEN must be host:port, where this process receives the updates, "
+            "e.g. 127.0.0.1:8443."
+        )
+    return Webhook(
+        url=url,
+        host=host.strip("[]"),
+        port=int(port_text),
+        path=(match.group("path") or "/").lstrip("/"),
+        secret=secret,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from adapters.telegram.formatting import TEXT_LIMIT, preview_text, utf16_len
@@ -52,6 +53,12 @@ class TelegramReplySink(ReplySink):
         self._queue_notice_sent = False
         #: The message already showing the reply in progress, to be edited into the final reply.
         self.in_progress: InProgress | None = None
+        #: Called once the engine has stored the message (a webhook request is answered then).
+        self.on_stored: Callable[[], None] | None = None
+
+    async def stored(self) -> None:
+        if self.on_stored is not None:
+            self.on_stored()
 
     async def queued(self, position: int) -> None:
         if self._closed or self._queue_notice_sent or position < 1:

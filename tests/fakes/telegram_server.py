@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 DEFAULT_TOKEN = "123456789:AAFakeTokenForTests_abcdefghijklmnop"
@@ -174,6 +175,12 @@ class FakeTelegramServer:
         self.calls: list[ApiCall] = []
         self.commands: dict[str, list[dict[str, str]]] = {}
         self.webhook_url = ""
+        self.webhook_secret: str | None = None
+        #: Every webhook POST: (update id, HTTP status or 0 for no connection, the address posted to).
+        self.webhook_posts: list[tuple[int, int, str]] = []
+        self._webhook_routes: dict[str, str] = {}
+        self._pusher: asyncio.Task[None] | None = None
+        self.webhook_retry_seconds = 0.2
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1000)
         self._allowed_updates: list[str] = []
@@ -210,6 +217,11 @@ class FakeTelegramServer:
         self._closing = True
         async with self._changed:
             self._changed.notify_all()
+        if self._pusher is not None:
+            self._pusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pusher
+            self._pusher = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -229,6 +241,43 @@ class FakeTelegramServer:
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT/bot``: what client libraries append the token to."""
         return f"{self.root_url}/bot"
+
+    # ------------------------------------------------------------------ webhooks
+
+    def route_webhook(self, public_url: str, local_url: str) -> None:
+        """Post updates meant for ``public_url`` (the https:// address a bot sets) to ``local_url``
+        instead: what the TLS-terminating load balancer in front of the bot would receive."""
+        self._webhook_routes[public_url] = local_url
+
+    async def _push_updates(self) -> None:
+        """Like the Bot API with a webhook set: POST each update, in order, as JSON with the secret in
+        ``X-Telegram-Bot-Api-Secret-Token``; an update is done once answered 2xx, else retried."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            while self.webhook_url and not self._closing:
+                async with self._changed:
+                    while not self._deliverable() and self.webhook_url and not self._closing:
+                        await self._changed.wait()
+                if not self.webhook_url or self._closing:
+                    return
+                update = self._updates[0]
+                target = self._webhook_routes.get(self.webhook_url, self.webhook_url)
+                headers = {"Content-Type": "application/json"}
+                if self.webhook_secret:
+                    headers["X-Telegram-Bot-Api-Secret-Token"] = self.webhook_secret
+                try:
+                    async with session.post(target, data=json.dumps(update), headers=headers) as response:
+                        status = response.status
+                        await response.read()
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    status = 0
+                self.webhook_posts.append((update["update_id"], status, target))
+                if 200 <= status < 300:
+                    if self._updates and self._updates[0] is update:
+                        self._updates.pop(0)
+                    self._confirmed_through = max(self._confirmed_through, update["update_id"])
+                    await self._notify()
+                else:
+                    await asyncio.sleep(self.webhook_retry_seconds)
 
     # ------------------------------------------------------------------ people and chats
 
@@ -767,7 +816,19 @@ class FakeTelegramServer:
         url = str(params.get("url", ""))
         if url and not url.startswith("https://"):
             raise ApiError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+        secret = params.get("secret_token")
+        if secret is not None and not re.match(r"^[A-Za-z0-9_-]{1,256}$", str(secret)):
+            raise ApiError(400, "Bad Request: secret token contains unallowed characters")
+        if "allowed_updates" in params and isinstance(params["allowed_updates"], list):
+            self._allowed_updates = [str(kind) for kind in params["allowed_updates"]]
+        if _as_bool(params.get("drop_pending_updates")):
+            self._updates.clear()
         self.webhook_url = url
+        self.webhook_secret = None if secret is None else str(secret)
+        self._poll_generation += 1  # a pending getUpdates ends
+        await self._notify()
+        if url and (self._pusher is None or self._pusher.done()):
+            self._pusher = asyncio.get_running_loop().create_task(self._push_updates())
         return True
 
     async def _get_webhook_info(
