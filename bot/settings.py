@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # --- operators ---------------------------------------------------------------------------
     admin_ids: IdList = Field(frozenset(), validation_alias=_env("MOODMATE_ADMIN_IDS"))
     log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+    #: Shown verbatim in the fixed crisis reply (a hotline and a text line for the operator's region).
+    crisis_resources: str | None = Field(
+        None, max_length=1500, validation_alias=_env("MOODMATE_CRISIS_RESOURCES")
+    )
 
     # --- Telegram ----------------------------------------------------------------------------
     telegram_token: str | None = Field(None, validation_alias=_env("TELEGRAM_TOKEN"))
@@ -102,6 +106,7 @@ class Settings(BaseSettings):
         "telegram_api_base_url",
         "discord_api_base_url",
         "discord_gateway_url",
+        "crisis_resources",
         mode="before",
     )
     @classmethod

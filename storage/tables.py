@@ -104,6 +104,16 @@ class MessageRow(Base):
     platform_message_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+class SafetyEventRow(Base):
+    """One crisis reply sent: when and on which platform; no user, chat or text (a count only)."""
+
+    __tablename__ = "safety_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False, default=utcnow)
+
+
 class MoodRow(Base):
     __tablename__ = "mood_entries"
     __table_args__ = (Index("ix_mood_entries_user_time", "user_id", "created_at"),)

@@ -225,3 +225,31 @@ async def test_briefly_locked_database_is_waited_for(tmp_path: Path) -> None:
     holder.join()
     assert stored.id > 0
     await repo.close()
+
+
+async def test_crisis_replies_are_counted_without_anyone_attached(repository: Repository) -> None:
+    user, _chat = await _user_and_chat(repository)
+    assert (await repository.stats()).crisis_replies == 0
+    await repository.add_safety_event("telegram")
+    await repository.add_safety_event("discord")
+    assert (await repository.stats()).crisis_replies == 2
+    await repository.forget_user(user.id)  # the count is no one's data
+    assert (await repository.stats()).crisis_replies == 2
+
+
+async def test_an_existing_database_gets_the_safety_events_table(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    repo = open_repository(f"sqlite+aiosqlite:///{path}")
+    await repo.initialize()
+    await repo.close()
+    with sqlite3.connect(path) as connection:  # as a database made before the table existed
+        connection.execute("DROP TABLE safety_events")
+    repo = open_repository(f"sqlite+aiosqlite:///{path}")
+    await repo.initialize()
+    try:
+        await repo.add_safety_event("console")
+        assert (await repo.stats()).crisis_replies == 1
+    finally:
+        await repo.close()
