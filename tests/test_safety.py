@@ -117,6 +117,9 @@ def test_an_ambiguous_message_is_decided_by_the_recent_ones() -> None:
     assert not is_crisis("I have them all right here", ["did you bring the tickets?"])
     assert is_crisis("今晚", ["我不想活了"]) and not is_crisis("今晚", ["我们什么时候去看电影？"])
     assert assess("tonight", ["I want to die"]).reason == "context"
+    # Saying one is safe is not a context cue's crisis ("now" alone would be one).
+    assert not is_crisis("I'm safe for now I guess", ["I want to kill myself"])
+    assert not is_crisis("我现在是安全的，就是觉得很绝望", ["我想自杀"])
 
 
 def test_laughing_at_oneself_drops_soft_matches_only() -> None:

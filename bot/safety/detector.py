@@ -4,12 +4,14 @@ not to be alive?
 Phrase patterns per language, each of a *kind*:
 
 * ``strong`` — alone enough ("I want to kill myself", "不想活了", "吃多少片药才能不再醒过来").
-* ``soft`` — the same, unless the message laughs at itself ("gonna kms if this bug … lol", "I'm dead 😂").
+* ``soft`` — the same, unless the message laughs at itself ("gonna kms if this bug … lol", "so
+  embarrassed I want to die").
 * ``context`` — ambiguous alone ("I have them all right here", "今晚"); a crisis only when one of the
-  user's recent messages in the chat was one.
+  user's recent messages in the chat was one, and the message does not say the writer is safe now.
 
 A match is dropped when a negation stands right before it ("I would never kill myself", "我不会自杀"),
-when another person is its subject ("my friend wants to kill herself", "我朋友想自杀"), or when the
+when the clause's last-named subject is another person or a work ("my friend wants to kill herself",
+"我朋友想自杀", "a novel about a suicide case"), for accidents ("I cut myself shaving"), and when the
 message tells of a past that is over ("I used to self-harm but I've been clean for three years").
 Chinese uses 死 as an intensifier all the time (累死了, 笑死我了, 饿死了, 想死你了): no pattern matches
 死 on its own; only its crisis forms (想死, 去死, 死了算了, 不想活 …) do, and 想死 followed by whom one
@@ -701,7 +703,12 @@ _EN_RECOVERED = re.compile(
 )
 _ZH_PAST = re.compile(r"以前|过去|曾经|那时候|之前")
 _ZH_RECOVERED = re.compile(r"好多了|已经好了|走出来了|现在很好|现在好了|不会了")
-# The message laughs at itself (for ``soft`` patterns only).
+# Says the writer is safe now: a context cue alone ("I'm safe for now") then decides nothing.
+_SAFE_NOW = re.compile(
+    r"\b(?:i'?m|i am|im|i feel|feeling) (?:safe|ok|okay|fine|alright|all right|better)\b"
+    r"|(?:我|现在)[^，。！？]{0,4}(?:安全|没事|好多了|好一点)"
+)
+# The message laughs at itself, or at its own embarrassment (for ``soft`` patterns only).
 _LAUGH = re.compile(
     r"\b(?:lol+|lmao+|lmfao|rofl|haha+|hahah\w*|jk|j/k|xd|embarrass\w*|cringe\w*|mortified)\b"
     r"|😂|🤣|😅|💀|😆|😹|🙃|\b(?:of|from) (?:laughter|laughing|embarrassment|boredom|shame)\b",
@@ -778,7 +785,7 @@ def _own_signal(text: str) -> tuple[str | None, bool]:
     context_cue = False
     for pattern, _match in found:
         if pattern.kind is Kind.CONTEXT:
-            context_cue = True
+            context_cue = context_cue or _SAFE_NOW.search(text) is None
             continue
         if over:
             continue
