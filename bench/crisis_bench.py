@@ -6,7 +6,8 @@ Usage (from the project root)::
     python bench/crisis_bench.py risk [--limit N] [--model M]
 
 ``follow-ups``: eight conversations (four English, four Chinese) where a crisis message got the fixed
-reply and the user writes again. Each follow-up is answered ``--samples`` times (seeds 0..N-1) twice:
+reply and the user writes again. Each follow-up is answered ``--samples`` times (seeds from
+``--first-seed``) twice:
 as the bot answers it (the safety system prompt, then the check that replaces a reply agreeing with
 hopelessness by the fixed caring line) and, for comparison, with the plain reply prompt and no check.
 Every reply is printed with what the check said, then the counts.
@@ -78,7 +79,7 @@ def _seed(model: LanguageModel, seed: int) -> None:
         generator.manual_seed(seed)
 
 
-def follow_ups(model: LanguageModel, samples: int, max_tokens: int) -> int:
+def follow_ups(model: LanguageModel, samples: int, max_tokens: int, first_seed: int = 0) -> int:
     guard = SafetyGuard()
     counts = {"guarded": 0, "guarded_agreeing": 0, "plain": 0, "plain_agreeing": 0}
     for crisis, follow_up in FOLLOW_UPS:
@@ -89,7 +90,7 @@ def follow_ups(model: LanguageModel, samples: int, max_tokens: int) -> int:
         if turn.crisis:
             print("   -> the fixed crisis reply (no model text)")
             continue
-        for seed in range(samples):
+        for seed in range(first_seed, first_seed + samples):
             for arm, system in (
                 ("guarded", turn.system_prompt(system_prompt_for(follow_up))),
                 ("plain", system_prompt_for(follow_up)),
@@ -149,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="override MOODMATE_MODEL")
     parser.add_argument("--samples", type=int, default=2, help="replies per follow-up and arm (follow-ups)")
     parser.add_argument("--max-tokens", type=int, default=96, help="reply length cap (follow-ups)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seed of the first sample (follow-ups)")
     parser.add_argument("--limit", type=int, help="read about this many labelled messages only (risk)")
     args = parser.parse_args(argv)
     model = _load(args.model)
     if args.what == "follow-ups":
-        return follow_ups(model, args.samples, args.max_tokens)
+        return follow_ups(model, args.samples, args.max_tokens, args.first_seed)
     return risk(model, args.limit)
 
 

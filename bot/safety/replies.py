@@ -83,21 +83,25 @@ _OPENINGS = tuple(
 # ... not easy to give up", "是的，生活太累了"), or that dwells on death.
 _AGREEMENT_EN = re.compile(
     r"^\W*(?:yes|yeah|yep|true|exactly|absolutely|i agree|agreed|you'?re (?:right|correct)"
-    r"|that'?s (?:true|right))\b"
+    r"|that'?s (?:true|right)|fair enough|(?:that )?makes sense)\b"
+    r"|\b(?:a |that'?s a |what a )?(?:great|good|fair|valid) point\b"
     r"|\b(?:you'?re right|i agree|(?:it|that) makes sense to give up|you should (?:just )?(?:give up"
     r"|let go|end it|stop trying|rest forever)|giving up (?:is|might be|would be|can be)"
     r"|(?:it'?s|that'?s|it is) (?:okay|ok|fine|understandable|normal) (?:that you |to )(?:want to )?"
     r"(?:give up|die|end it|end your life|not want to live|disappear)|(?:there'?s|there is|it has) no point"
     r"|not worth (?:it|living|fighting)|better off (?:dead|without you|gone)|rest in peace"
     r"|peace(?:ful)? (?:in|after) death|easy to give up|life is (?:meaningless|pointless|not worth)"
-    r"|nothing (?:will|can) (?:ever )?(?:change|get better)"
+    r"|nothing (?:will|can) (?:ever )?(?:change|get better)|nothing (?:that )?(?:can|could) be done"
+    r"|(?:there'?s|there is) nothing (?:you|we|anyone) can do"
+    r"|(?:no ?one|nobody|no-one) (?:really )?(?:cares|would care|will care|would miss|will miss|loves|needs)"
+    r" (?:about )?you"
     r"|(?:it'?s|it is|things are|you are|that is) hopeless|there is no hope)\b",
     re.IGNORECASE,
 )
 _AGREEMENT_ZH = re.compile(
     r"^\W*(?:是的|是啊|是呀|对的|对啊|对呀|对，|没错|确实|的确|你说得对|说得对|我同意|嗯，是)"
     r"|你说得对|放弃吧|可以放弃|就放弃|解脱|(?:活着|生活|人生)[^，。！？]{0,4}(?:没有意义|没意义|不值得)"
-    r"|没有希望|没希望|一了百了|去死|离开这个世界|永远休息"
+    r"|没有希望|没希望|一了百了|去死|离开这个世界|永远休息|没(?:有)?人(?:会)?(?:在乎|关心|在意|爱|需要)你"
 )
 
 
