@@ -94,7 +94,7 @@ _AGREEMENT_EN = re.compile(
     r"|nothing (?:will|can) (?:ever )?(?:change|get better)|nothing (?:that )?(?:can|could) be done"
     r"|(?:there'?s|there is) nothing (?:you|we|anyone) can do"
     r"|(?:no ?one|nobody|no-one) (?:really )?(?:cares|would care|will care|would miss|will miss|loves|needs)"
-    r" (?:about )?you"
+    r" (?:about )?you|\bi (?:don'?t|do not|won'?t) (?:really )?care (?:about )?(?:you|what happens)"
     r"|(?:it'?s|it is|things are|you are|that is) hopeless|there is no hope)\b",
     re.IGNORECASE,
 )
@@ -102,6 +102,7 @@ _AGREEMENT_ZH = re.compile(
     r"^\W*(?:是的|是啊|是呀|对的|对啊|对呀|对，|没错|确实|的确|你说得对|说得对|我同意|嗯，是)"
     r"|你说得对|放弃吧|可以放弃|就放弃|解脱|(?:活着|生活|人生)[^，。！？]{0,4}(?:没有意义|没意义|不值得)"
     r"|没有希望|没希望|一了百了|去死|离开这个世界|永远休息|没(?:有)?人(?:会)?(?:在乎|关心|在意|爱|需要)你"
+    r"|(?:不会|不|不想|懒得)(?:再)?(?:在意|在乎|关心|理)你|不需要我(?:去)?(?:关心|在乎)|(?:我|你)(?:也)?不(?:太)?想活"
 )
 
 
