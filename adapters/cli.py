@@ -1,4 +1,4 @@
-"""The ``moodmate`` command: chat, run, classify, stats."""
+"""The ``moodmate`` command: chat, run, classify, stats, crisis-check."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     # Its own parser (bot/model/classify_cli.py) reads every argument after "classify".
     commands.add_parser("classify", help="label messages read one per line", add_help=False)
     commands.add_parser("stats", help="print usage counts (never message text)")
+    from bot.safety.check_cli import add_arguments
+
+    add_arguments(commands.add_parser("crisis-check", help="the crisis detector's figures on labelled files"))
     return parser
 
 
@@ -46,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.model:
                 rest = ["--model", args.model, *rest]
             return classify_main(rest)
+        if args.command == "crisis-check":
+            from bot.safety.check_cli import run
+
+            return run(args.files, args.errors)
         from bot.bootstrap import load_settings
 
         overrides = {"model": args.model} if args.model else {}
@@ -108,6 +115,7 @@ async def _stats(settings: Settings) -> int:
         await repository.close()
     print(f"users\t{stats.users}\nchats\t{stats.chats}\nmessages\t{stats.messages}")
     print(f"mood entries\t{stats.mood_entries}")
+    print(f"crisis replies\t{stats.crisis_replies}")
     if stats.moods_per_day:
         print("\nday\tlabel\tcount")
         for day, label, count in stats.moods_per_day:

@@ -64,9 +64,17 @@ def parse_command(text: str) -> ParsedCommand | None:
     return ParsedCommand(name=match.group(1).lower(), args=(match.group(2) or "").strip())
 
 
+#: The last line of /help.
+NOT_A_CRISIS_SERVICE = (
+    "moodmate is not a crisis service: if you are thinking about ending your life or are in danger, "
+    "call your local emergency number or a crisis line now (find one at https://findahelpline.com)."
+)
+
+
 def help_text() -> str:
     lines = ["Talk to me about anything; I'll answer and note the mood of each message.", ""]
     lines += [f"/{name} — {description}" for name, description in COMMAND_MENU]
+    lines += ["", NOT_A_CRISIS_SERVICE]
     return "\n".join(lines)
 
 
@@ -242,6 +250,6 @@ async def _stats(ctx: CommandContext, user: UserRecord, message: IncomingMessage
     stats = await ctx.repository.stats()
     return _command_reply(
         f"users {stats.users}, chats {stats.chats}, messages {stats.messages}, "
-        f"mood entries {stats.mood_entries}",
+        f"mood entries {stats.mood_entries}, crisis replies {stats.crisis_replies}",
         private=True,
     )

@@ -27,6 +27,7 @@ from bot.errors import DuplicateMessageError, MoodmateError
 from bot.inference import InferenceWorker, WorkerStoppedError
 from bot.model.base import ChatTurn
 from bot.prompts import clean_partial, clean_reply, is_chinese, reply_turns, system_prompt_for
+from bot.safety.guard import SafetyGuard
 from bot.settings import Settings
 from bot.text import is_blank, sanitize, truncate
 from bot.types import IncomingMessage, Mood, MoodLabel, Platform, Reply, ReplyKind
@@ -51,6 +52,8 @@ DELIVERY_HOLD_SECONDS = 900.0
 #: process) is finished: first after this, then half as long again each time, at most TURN_POLL_MAX.
 TURN_POLL_SECONDS = 0.05
 TURN_POLL_MAX_SECONDS = 0.5
+#: The longest a crisis reply waits for its message's mood read (logged as usual when it comes).
+CRISIS_MOOD_WAIT_SECONDS = 10.0
 
 BLANK_TEXT_REPLY = "I only read text, and that message looked empty. Write me a few words?"
 TRUNCATED_NOTE_EN = "(Your message was long, so I read only its first {chars} characters.)"
@@ -152,6 +155,7 @@ class Engine:
         self.settings = settings
         self.clock = clock
         self.commands = CommandContext(repository, settings, clock)
+        self.safety = SafetyGuard(settings.crisis_resources)
         self._pending: Counter[tuple[str, str]] = Counter()
         self._warned: set[tuple[str, str]] = set()
         #: The name this process claims messages under.
@@ -255,14 +259,20 @@ class Engine:
             return [Reply(RESTARTING_REPLY, kind=ReplyKind.NOTICE)]
         except MoodmateError as error:
             logger.exception("Could not answer a %s message", message.platform.value)
-            return [Reply(error.user_message, kind=ReplyKind.ERROR)]
+            return [self._failure_reply(text, error.user_message)]
         except Exception:
             logger.exception("Unexpected error answering a %s message", message.platform.value)
-            return [Reply(MoodmateError.user_message, kind=ReplyKind.ERROR)]
+            return [self._failure_reply(text, MoodmateError.user_message)]
+
+    def _failure_reply(self, text: str, user_message: str) -> Reply:
+        """The error reply, unless the message was a crisis message: then its fixed crisis reply."""
+        crisis = self.safety.fallback(text) if parse_command(text) is None else None
+        return Reply(crisis, kind=ReplyKind.CHAT) if crisis else Reply(user_message, kind=ReplyKind.ERROR)
 
     async def _converse(self, message: IncomingMessage, text: str, sink: ReplySink) -> list[Reply]:
         key = (message.platform.value, message.user_id)
-        if self._pending[key] >= self.settings.max_pending_per_user:
+        # A crisis message is never held back by the per-user limit.
+        if self._pending[key] >= self.settings.max_pending_per_user and not self.safety.fallback(text):
             if key in self._warned:
                 return []
             self._warned.add(key)
@@ -317,6 +327,9 @@ class Engine:
         # Everything the reply needs from storage is read before the mood read, so that the reply
         # joins the queue the moment the mood is known (no I/O in between lets others jump ahead).
         history = await self._history(user, chat, stored, model_text)
+        safety = self.safety.review(model_text, history)
+        if safety.crisis_reply is not None:
+            return await self._answer_crisis(user, chat, stored, model_text, safety.crisis_reply)
         owner = f"{user.platform}:{user.platform_user_id}"
         progress = _ProgressRelay(sink)
         ahead = self.worker.calls_ahead(owner)
@@ -330,10 +343,10 @@ class Engine:
                 progress.send(sink.mood(mood))
             reply = self.worker.submit_reply(
                 owner,
-                system_prompt_for(model_text),
+                safety.system_prompt(system_prompt_for(model_text)),
                 reply_turns(history),
                 max_new_tokens=self.settings.max_reply_tokens,
-                on_partial=_throttled(progress),
+                on_partial=_throttled(progress) if safety.may_stream else None,
             )
             raw = await reply
             await progress.drain()
@@ -346,7 +359,7 @@ class Engine:
                 reply.cancel()
             await self._mark(stored.id, MessageStatus.FAILED)
             raise
-        reply_text = clean_reply(raw, model_text, mood.label if mood is not None else None)
+        reply_text = safety.checked(clean_reply(raw, model_text, mood.label if mood is not None else None))
         if truncated:
             note = TRUNCATED_NOTE_ZH if is_chinese(text) else TRUNCATED_NOTE_EN
             reply_text = f"{reply_text}\n\n{note.format(chars=len(model_text))}"
@@ -362,6 +375,28 @@ class Engine:
             logger.info("Message %d was taken over by another process; it answers it", stored.id)
             return None
         return Reply(reply_text, kind=ReplyKind.CHAT, mood=mood, answers_id=stored.id)
+
+    async def _answer_crisis(
+        self, user: UserRecord, chat: ChatRecord, stored: MessageRecord, text: str, reply_text: str
+    ) -> Reply | None:
+        """Answer a crisis message with its fixed reply; the model writes nothing. The mood is read and
+        logged with the reply in one transaction, but the reply never waits long on the model, nor on
+        one that fails."""
+        mood: Mood | None = None
+        try:
+            mood = await asyncio.wait_for(self.worker.read_mood(text), CRISIS_MOOD_WAIT_SECONDS)
+        except Exception:
+            logger.warning("No mood read for a crisis message; it is answered anyway", exc_info=True)
+        logged = (mood.label.value, mood.score) if mood is not None and user.mood_logging else None
+        saved = await self.repository.finish_reply(
+            stored.id, self.instance_id, reply_text, user_id=user.id, chat_id=chat.id, mood=logged
+        )
+        if saved is None:
+            logger.info("Message %d was taken over by another process; it answers it", stored.id)
+            return None
+        await self.repository.add_safety_event(user.platform)
+        logger.info("Sent the crisis reply to a %s message", user.platform)
+        return Reply(reply_text, kind=ReplyKind.CHAT, answers_id=stored.id)
 
     async def _history(
         self, user: UserRecord, chat: ChatRecord, stored: MessageRecord, text: str
@@ -438,7 +473,8 @@ class Engine:
                     await self.delivered(reply)
                     resent += 1
                     continue
-                if now - item.message.created_at > max_age:
+                too_old = now - item.message.created_at > max_age
+                if too_old and not self.safety.fallback(item.message.text or ""):  # a crisis is answered
                     await deliver(incoming, Reply(APOLOGY_REPLY, kind=ReplyKind.NOTICE))
                     await self.repository.set_message_status(message_id, MessageStatus.APOLOGISED)
                     apologised += 1

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # --- operators ---------------------------------------------------------------------------
     admin_ids: IdList = Field(frozenset(), validation_alias=_env("MOODMATE_ADMIN_IDS"))
     log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+    #: Shown verbatim in the fixed crisis reply (a hotline and a text line for the operator's region).
+    crisis_resources: str | None = Field(
+        None, max_length=1500, validation_alias=_env("MOODMATE_CRISIS_RESOURCES")
+    )
 
     # --- Telegram ----------------------------------------------------------------------------
     telegram_token: str | None = Field(None, validation_alias=_env("TELEGRAM_TOKEN"))
@@ -120,6 +124,7 @@ class Settings(BaseSettings):
         "telegram_webhook_listen",
         "telegram_webhook_secret",
         "discord_shard_count",
+        "crisis_resources",
         mode="before",
     )
     @classmethod

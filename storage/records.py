@@ -107,3 +107,5 @@ class Stats:
     messages: int
     mood_entries: int
     moods_per_day: tuple[tuple[str, str, int], ...]  # (ISO day in UTC, label, count)
+    #: Crisis replies sent (fixed replies with crisis resources); counted, never linked to anyone.
+    crisis_replies: int = 0

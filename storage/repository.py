@@ -155,6 +155,10 @@ class Repository(Protocol):
 
     async def stats(self) -> Stats: ...
 
+    async def add_safety_event(self, platform: str) -> None:
+        """Count one crisis reply sent on ``platform`` (no user, chat or text is kept with it)."""
+        ...
+
     async def count_rows(self, user_id: int) -> dict[str, int]:
         """Rows that mention this user, per table (used to prove ``forget_user``)."""
         ...

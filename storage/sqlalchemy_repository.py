@@ -33,7 +33,7 @@ from storage.records import (
     Stats,
     UserRecord,
 )
-from storage.tables import ChatRow, MessageRow, MoodRow, UserRow, utcnow
+from storage.tables import ChatRow, MessageRow, MoodRow, SafetyEventRow, UserRow, utcnow
 from storage.urls import database_url as parse_database_url
 from storage.urls import describe, is_sqlite_memory, sqlite_path
 
@@ -662,6 +662,7 @@ class SqlAlchemyRepository:
             chats = await session.scalar(select(func.count()).select_from(ChatRow))
             messages = await session.scalar(select(func.count()).select_from(MessageRow))
             moods = await session.scalar(select(func.count()).select_from(MoodRow))
+            crisis = await session.scalar(select(func.count()).select_from(SafetyEventRow))
             day = func.date(MoodRow.created_at)
             per_day = await session.execute(
                 select(day, MoodRow.label, func.count())
@@ -674,4 +675,10 @@ class SqlAlchemyRepository:
                 messages=int(messages or 0),
                 mood_entries=int(moods or 0),
                 moods_per_day=tuple((str(d), str(label), int(n)) for d, label, n in per_day.all()),
+                crisis_replies=int(crisis or 0),
             )
+
+    @_translated
+    async def add_safety_event(self, platform: str) -> None:
+        async with self._sessions.begin() as session:
+            session.add(SafetyEventRow(platform=platform, created_at=utcnow()))

@@ -103,6 +103,16 @@ class MessageRow(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
+class SafetyEventRow(Base):
+    """One crisis reply sent: when and on which platform; no user, chat or text (a count only)."""
+
+    __tablename__ = "safety_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False, default=utcnow)
+
+
 class MoodRow(Base):
     __tablename__ = "mood_entries"
     __table_args__ = (

@@ -40,6 +40,8 @@ async def test_start_and_help_say_what_is_stored(app: App) -> None:
     [help_reply] = await app.engine.handle(message("/help"))
     for name in ("/mood", "/reset", "/forget", "/export", "/timezone", "/moodlog"):
         assert name in help_reply.text
+    [crisis_line] = [line for line in help_reply.text.splitlines() if "crisis" in line]
+    assert "not a crisis service" in crisis_line and "https://findahelpline.com" in crisis_line
 
 
 async def test_commands_are_not_sent_to_the_model(app: App, fake_model) -> None:  # type: ignore[no-untyped-def]
@@ -143,5 +145,7 @@ async def test_stats_needs_an_admin(tmp_path) -> None:  # type: ignore[no-untype
     async with app:
         [refused] = await app.engine.handle(message("/stats", platform=Platform.TELEGRAM, user="7"))
         assert "only" in refused.text
+        await app.engine.handle(message("I want to kill myself", platform=Platform.TELEGRAM, user="7"))
         [allowed] = await app.engine.handle(message("/stats", platform=Platform.TELEGRAM, user="42"))
-        assert "users" in allowed.text
+        assert "users" in allowed.text and "crisis replies 1" in allowed.text
+        assert "kill" not in allowed.text

@@ -29,12 +29,26 @@ async def test_piped_input_answers_each_line_and_exits(app: App, tmp_path: Path)
     assert ".csv" in saved and ".json" in saved
 
 
+async def test_a_crisis_line_gets_the_fixed_reply_without_a_mood_tag(app: App, tmp_path: Path) -> None:
+    from bot.safety.replies import crisis_reply
+
+    out = io.StringIO()
+    stdin = io.StringIO("我想结束自己的生命\nI'm so hungry I could die\n")
+    await ConsoleAdapter(app.engine, stdin=stdin, stdout=out, user_id="tester", export_dir=tmp_path).run()
+    printed = out.getvalue()
+    fixed = crisis_reply("我想结束自己的生命", None)
+    assert printed.startswith(fixed + "\n")
+    assert TAG.match(printed[len(fixed) + 1 :])  # the look-alike after it gets an ordinary reply
+
+
 def _run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``moodmate ARGS`` in a clean environment (no tokens, a temporary home and database)."""
     base = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db",
+        # The code under test, also where the installed package points at another checkout.
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
     return subprocess.run(
         [sys.executable, "-m", "adapters.cli", *args],
@@ -72,12 +86,14 @@ def test_cli_stats_prints_counts_but_never_text(tmp_path: Path) -> None:
         chat = await repository.ensure_chat("telegram", "1", True, user.id)
         stored = await repository.add_message(user.id, chat.id, "user", "a very private sentence")
         await repository.add_mood(user.id, chat.id, stored.id, "negative", 0.8)
+        await repository.add_safety_event("telegram")
         await repository.close()
 
     asyncio.run(seed())
     result = _run_cli(tmp_path, "stats")
     assert result.returncode == 0, result.stderr
     assert "users\t1" in result.stdout and "negative\t1" in result.stdout
+    assert "crisis replies\t1" in result.stdout
     assert "private sentence" not in result.stdout + result.stderr
 
 

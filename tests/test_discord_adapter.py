@@ -939,3 +939,30 @@ def test_bad_shard_settings_are_one_sentence(tmp_path: Path, overrides: dict, na
     with pytest.raises(ConfigurationError, match=names):
         shards_from_settings(make_settings(tmp_path, **overrides))
     assert shards_from_settings(make_settings(tmp_path, discord_shard_count=3)).ids == (0, 1, 2)  # type: ignore[union-attr]
+
+
+# --- crisis safety (issue 27) ------------------------------------------------------------------
+
+
+async def test_a_crisis_dm_and_a_crisis_mention_get_the_fixed_reply_where_they_were_said(
+    fake: FakeDiscordServer, world: World, start_bot: StartBot
+) -> None:
+    from bot.safety.replies import crisis_reply
+
+    resources = "Samaritans (UK and Ireland): call 116 123"
+    bot = await start_bot(crisis_resources=resources)
+    await fake.send_dm(world.alice, "everyone would be better off without me")
+    [dm] = await replies_in(fake, fake.dm_channel_id(world.alice))
+    assert dm.content == crisis_reply("everyone would be better off without me", resources)
+
+    sent = await fake.send_message(world.general, world.bob, f"<@{fake.bot.id}> I wrote goodbye letters")
+    [reply] = await replies_in(fake, world.general)
+    assert reply.content == crisis_reply("I wrote goodbye letters", resources)
+    assert reply.payload["message_reference"]["message_id"] == int(sent["id"])
+    assert not bot.model.generate_inputs
+    assert not message_posts(fake, fake.dm_channel_id(world.bob))  # nothing moved to Bob's DMs
+    assert (await bot.app.repository.stats()).crisis_replies == 2
+
+    await fake.send_dm(world.alice, "how do I kill a process in linux")
+    ordinary = (await replies_in(fake, fake.dm_channel_id(world.alice), 2))[-1]
+    assert ordinary.content is not None and "I hear you: how do I kill a process" in ordinary.content

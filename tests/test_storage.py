@@ -120,7 +120,7 @@ async def test_an_old_database_is_migrated_in_place_and_keeps_its_messages(
         await repository.close()
     with sqlite3.connect(path) as upgraded:
         assert upgraded.execute("SELECT version FROM schema_info").fetchone() == (2,)
-        assert upgraded.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
+        assert upgraded.execute("SELECT version_num FROM alembic_version").fetchone() == ("0004",)
     again = open_repository(f"sqlite:///{path}")  # a second start changes nothing
     await again.initialize()
     await again.close()
@@ -343,3 +343,32 @@ async def test_a_platform_message_is_stored_once_per_chat(repository: Repository
     await repository.add_message(user.id, chat.id, "user", "no id")
     await repository.add_message(user.id, chat.id, "user", "no id")
     assert len(await repository.messages_for_user(user.id)) == 4
+
+
+async def test_crisis_replies_are_counted_without_anyone_attached(repository: Repository) -> None:
+    user, _chat = await _user_and_chat(repository)
+    assert (await repository.stats()).crisis_replies == 0
+    await repository.add_safety_event("telegram")
+    await repository.add_safety_event("discord")
+    assert (await repository.stats()).crisis_replies == 2
+    await repository.forget_user(user.id)  # the count is no one's data
+    assert (await repository.stats()).crisis_replies == 2
+
+
+async def test_an_existing_database_gets_the_safety_events_table(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    repo = open_repository(f"sqlite+aiosqlite:///{path}")
+    await repo.initialize()
+    await repo.close()
+    with sqlite3.connect(path) as connection:  # as a database at the revision before the table
+        connection.execute("DROP TABLE safety_events")
+        connection.execute("UPDATE alembic_version SET version_num = '0003'")
+    repo = open_repository(f"sqlite+aiosqlite:///{path}")
+    await repo.initialize()
+    try:
+        await repo.add_safety_event("console")
+        assert (await repo.stats()).crisis_replies == 1
+    finally:
+        await repo.close()

@@ -888,3 +888,53 @@ async def test_a_reply_cut_off_by_stop_leaves_no_unfinished_preview(
         assert server.message(42, preview.result["message_id"]) is None  # deleted
         pending = await app.repository.pending_messages()
         assert [item.message.text for item in pending] == ["tell me a long story"]  # answered after a restart
+
+
+# ---------------------------------------------------------------------- crisis safety (issue 27)
+
+CRISIS_RESOURCES = "Call or text 988 (Suicide & Crisis Lifeline, US)\nText HOME to 741741"
+
+
+async def test_a_crisis_message_in_private_gets_the_fixed_reply_with_the_resources(
+    launch: Launch, server: FakeTelegramServer
+):
+    from bot.safety.replies import crisis_reply
+
+    model = FakeModel(reply_fn=echo, token_delay=0.05)
+    bot = await launch(model, crisis_resources=CRISIS_RESOURCES)
+    alice, chat = alice_in_private(server)
+    text = "I don't want to live anymore. I've been thinking about ending it."
+    server.send_text(chat, alice, text)
+    [reply] = await bot.replies(42)
+    await server.quiet()
+    assert reply.params["text"] == crisis_reply(text, CRISIS_RESOURCES)
+    assert CRISIS_RESOURCES in reply.params["text"]
+    assert "echo" not in reply.params["text"] and not model.generate_inputs  # no generated text
+    assert not server.calls_to("editMessageText")  # nothing streamed
+    assert len(bot.sent(42)) == 1
+    assert (await bot.app.repository.stats()).crisis_replies == 1
+
+    server.send_text(chat, alice, "this homework is killing me")  # a look-alike: an ordinary reply
+    second = (await bot.replies(42, 2))[-1]
+    assert strip_badge(second.params["text"]) == "echo: this homework is killing me"
+    assert (await bot.app.repository.stats()).crisis_replies == 1
+
+
+async def test_a_crisis_message_in_a_group_is_answered_there_and_sent_nowhere_else(
+    launch: Launch, server: FakeTelegramServer
+):
+    from bot.safety.replies import crisis_reply
+
+    model = FakeModel(reply_fn=echo)
+    bot = await launch(model, admin_ids="telegram:7")
+    alice = server.user(42, "Alice", "alice")
+    group = server.group_chat(GROUP_ID)
+    message = server.send_text(group, alice, f"@{BOT_USERNAME} 我真的不想活了，活着太累了。")
+    [reply] = await bot.replies(GROUP_ID)
+    await server.quiet()
+    assert reply.params["text"] == crisis_reply("我真的不想活了，活着太累了。", None)
+    assert "https://findahelpline.com" in reply.params["text"]
+    assert reply.params["reply_parameters"]["message_id"] == message["message_id"]
+    assert not model.generate_inputs
+    sent_to = {call.params.get("chat_id") for call in server.calls_to("sendMessage")}
+    assert sent_to == {str(GROUP_ID)}  # not moved to a private chat, not sent to the admin
