@@ -1,4 +1,4 @@
-"""The ``moodmate`` command: chat, run, classify, stats."""
+"""The ``moodmate`` command: chat, run, classify, stats, doctor."""
 
 from __future__ import annotations
 
@@ -24,13 +24,16 @@ def _parser() -> argparse.ArgumentParser:
     # Its own parser (bot/model/classify_cli.py) reads every argument after "classify".
     commands.add_parser("classify", help="label messages read one per line", add_help=False)
     commands.add_parser("stats", help="print usage counts (never message text)")
+    commands.add_parser("doctor", help="show what is set up and reachable (model or server, database, chats)")
     return parser
 
 
 def _configure_logging(settings: Settings, level: str, verbose: bool) -> None:
     from bot.logs import configure_logging
 
-    configure_logging("DEBUG" if verbose else level, (settings.telegram_token, settings.discord_token))
+    api_key = settings.inference_api_key.get_secret_value() if settings.inference_api_key else None
+    secrets = (settings.telegram_token, settings.discord_token, api_key)
+    configure_logging("DEBUG" if verbose else level, secrets)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,11 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The terminal is for the conversation: only warnings unless asked for more.
             _configure_logging(settings, "WARNING", args.verbose)
             return asyncio.run(_chat(settings))
+        if args.command == "doctor":
+            from adapters.doctor import doctor
+
+            _configure_logging(settings, "WARNING", args.verbose)
+            return asyncio.run(doctor(settings))
         _configure_logging(settings, settings.log_level, args.verbose)
         if args.command == "run":
             return asyncio.run(_run(settings))
         if args.command == "stats":
             return asyncio.run(_stats(settings))
+
     except ConfigurationError as error:
         print(f"moodmate: {error}", file=sys.stderr)
         return 2
@@ -74,11 +83,14 @@ async def _chat(settings: Settings) -> int:
     from adapters.console import ConsoleAdapter
     from bot.bootstrap import bootstrap
 
-    print(
-        "Loading the language model (the first start converts it once, which takes a minute or two)...",
-        file=sys.stderr,
-        flush=True,
-    )
+    if settings.uses_inference_server:
+        print("Connecting to the inference server...", file=sys.stderr, flush=True)
+    else:
+        print(
+            "Loading the language model (the first start converts it once, which takes a minute or two)...",
+            file=sys.stderr,
+            flush=True,
+        )
     app = await bootstrap(settings)
     async with app:
         await ConsoleAdapter(app.engine).run()

@@ -110,6 +110,28 @@ def load_model(settings: Settings, *, progress: bool = True) -> LanguageModel:
     return model
 
 
+def describe_local_model(settings: Settings) -> str:
+    """One line on the configured local model (for ``moodmate doctor``); loads and converts nothing."""
+    try:
+        source = resolve_model(settings.model)
+    except ModelNotFoundError as error:
+        return f"local {settings.model!r}: {error}"
+    if source.kind == "bundled":
+        assert source.bundled is not None
+        bundled = source.bundled
+        cached = _is_complete(_cache_root(Path(settings.cache_dir)) / f"{bundled.name}-{bundled.sha256[:12]}")
+        if cached:
+            return f"local {source.name} (bundled): converted and cached, ready"
+        try:
+            part_paths(bundled)
+        except ModelNotFoundError as error:
+            return f"local {source.name} (bundled): not installed: {error}"
+        return f"local {source.name} (bundled): installed, converted on first start (a minute or two)"
+    if source.kind == "hub":
+        return f"local {source.name} (Hugging Face id): downloaded and loaded on first start"
+    return f"local {source.name} ({source.kind} at {source.path})"
+
+
 @contextlib.contextmanager
 def _transformers_progress(enabled: bool) -> Iterator[None]:
     """Hide transformers' own progress bars ("Loading weights") while loading, unless ``enabled``."""

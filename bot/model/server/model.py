@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.errors import ConfigurationError, ModelError, ModelUnavailableError, MoodmateError
+from bot.errors import ConfigurationError, ModelError, ModelTimeoutError, ModelUnavailableError, MoodmateError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
 from bot.model.mood_prompt import clean_message
 from bot.model.server.client import Json, ServerClient, ServerRejectedError
@@ -111,7 +111,7 @@ class ServerModel:
             settings.inference_url,
             api_key=key.get_secret_value() if key is not None else None,
             timeout=settings.model_timeout,
-            read_timeout=min(60.0, settings.model_timeout),
+            read_timeout=settings.model_timeout,
             max_connections=settings.inference_concurrency + 2,
         )
         model = cls(
@@ -122,7 +122,7 @@ class ServerModel:
         )
         try:
             model.prepare(attempts=1)
-        except ModelUnavailableError as error:
+        except (ModelUnavailableError, ModelTimeoutError) as error:
             logger.warning("%s; mood reads are set up when it answers", error)
         except ModelError as error:
             raise ConfigurationError(f"Cannot use the inference server: {error}.") from error
