@@ -1,4 +1,4 @@
-"""The ``moodmate`` command: chat, run, classify, stats, crisis-check."""
+"""The ``moodmate`` command: chat, run, classify, stats, crisis-check, doctor."""
 
 from __future__ import annotations
 
@@ -27,13 +27,16 @@ def _parser() -> argparse.ArgumentParser:
     from bot.safety.check_cli import add_arguments
 
     add_arguments(commands.add_parser("crisis-check", help="the crisis detector's figures on labelled files"))
+    commands.add_parser("doctor", help="show what is set up and reachable (model or server, database, chats)")
     return parser
 
 
 def _configure_logging(settings: Settings, level: str, verbose: bool) -> None:
     from bot.logs import configure_logging
 
-    configure_logging("DEBUG" if verbose else level, (settings.telegram_token, settings.discord_token))
+    api_key = settings.inference_api_key.get_secret_value() if settings.inference_api_key else None
+    secrets = (settings.telegram_token, settings.discord_token, api_key)
+    configure_logging("DEBUG" if verbose else level, secrets)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,11 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The terminal is for the conversation: only warnings unless asked for more.
             _configure_logging(settings, "WARNING", args.verbose)
             return asyncio.run(_chat(settings))
+        if args.command == "doctor":
+            from adapters.doctor import doctor
+
+            _configure_logging(settings, "WARNING", args.verbose)
+            return asyncio.run(doctor(settings))
         _configure_logging(settings, settings.log_level, args.verbose)
         if args.command == "run":
             return asyncio.run(_run(settings))
         if args.command == "stats":
             return asyncio.run(_stats(settings))
+
     except ConfigurationError as error:
         print(f"moodmate: {error}", file=sys.stderr)
         return 2
@@ -81,11 +90,14 @@ async def _chat(settings: Settings) -> int:
     from adapters.console import ConsoleAdapter
     from bot.bootstrap import bootstrap
 
-    print(
-        "Loading the language model (the first start converts it once, which takes a minute or two)...",
-        file=sys.stderr,
-        flush=True,
-    )
+    if settings.uses_inference_server:
+        print("Connecting to the inference server...", file=sys.stderr, flush=True)
+    else:
+        print(
+            "Loading the language model (the first start converts it once, which takes a minute or two)...",
+            file=sys.stderr,
+            flush=True,
+        )
     app = await bootstrap(settings)
     async with app:
         await ConsoleAdapter(app.engine).run()

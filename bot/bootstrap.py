@@ -68,6 +68,9 @@ class App:
                 await task
         await self.worker.stop()
         await self.engine.close()
+        close_model = getattr(self.model, "close", None)  # e.g. an inference server's connections
+        if callable(close_model):
+            close_model()
         await self.repository.close()
 
     async def purge_expired_texts(self) -> int:
@@ -116,6 +119,8 @@ async def bootstrap(
         queue_size=settings.queue_size,
         mood_batch_size=settings.mood_batch_size,
         timeout=settings.model_timeout,
+        # An inference server batches the requests in flight; the local model runs one call at a time.
+        concurrency=max(1, int(getattr(model, "concurrency", 1))),
     )
     engine = Engine(repository, worker, settings)
     return App(settings=settings, repository=repository, model=model, worker=worker, engine=engine)

@@ -29,6 +29,18 @@ class ModelTimeoutError(ModelError):
     user_message = "Sorry, that took me too long. Please try again, maybe with a shorter message."
 
 
+class ModelUnavailableError(ModelError):
+    """The inference server could not be reached, or kept failing, after the retries."""
+
+    user_message = "Sorry, I can't reach my thoughts right now. Please try again in a minute or two."
+
+
+class ModelInterruptedError(ModelError):
+    """A streamed reply broke off after part of it was shown; it is not silently written again."""
+
+    user_message = "Sorry, I lost my train of thought halfway through that answer. Please send it again."
+
+
 class QueueFullError(MoodmateError):
     """The inference queue (or this user's share of it) is full."""
 

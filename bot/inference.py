@@ -1,13 +1,18 @@
-"""The inference worker: one thread runs every model call; an asyncio-fed queue feeds it.
+"""The inference worker: model calls run on worker threads, fed from an asyncio-side queue.
 
 Scheduling, so the bot stays fair and responsive:
 
-* Mood reads are cheap; whenever the worker is free it first takes every waiting mood read (up to
-  ``mood_batch_size``) and runs them as one batch, in arrival order.
+* Up to ``concurrency`` calls run at once: 1 for the local model (one call at a time), more for an
+  inference server, which batches the requests it has in flight.
+* Mood reads are cheap; whenever a call slot is free the worker first takes every waiting mood read
+  (up to ``mood_batch_size``) and runs them as one batch. Results are handed out in arrival order
+  even when batches finish out of order, so a user's replies are queued in the order they wrote.
 * Replies are expensive; they are served by start-time fair queueing: each reply gets a virtual
-  start tag, one past its user's previous reply but never earlier than the reply now running. The
-  smallest tag runs next (ties by arrival). With one user this is plain FIFO; with many, users take
-  turns, and one user's flood delays another user's message by at most one reply.
+  start tag, one past its user's previous reply but never earlier than the latest reply started. The
+  smallest tag runs next (ties by arrival), skipping users whose previous reply is still being
+  written: one user's replies are written one at a time, in order. With one user this is plain FIFO;
+  with many, users take turns, and one user's flood delays another user's message by at most one
+  reply.
 
 Model calls never run on the event loop. A failing call fails only its own job; the worker goes on.
 """
@@ -20,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +47,7 @@ class WorkerStoppedError(MoodmateError):
 class _MoodJob:
     text: str
     future: asyncio.Future[Mood]
+    outcome: Mood | BaseException | None = None
 
 
 @dataclass(eq=False)
@@ -69,10 +75,11 @@ class WorkerStats:
     busy: bool
     calls: int
     failures: int
+    in_flight: int = 0
 
 
 class InferenceWorker:
-    """Serialises model calls on one worker thread, fed from the event loop."""
+    """Runs model calls on up to ``concurrency`` worker threads, fed from the event loop."""
 
     def __init__(
         self,
@@ -81,20 +88,25 @@ class InferenceWorker:
         queue_size: int = 200,
         mood_batch_size: int = 8,
         timeout: float = 120.0,
+        concurrency: int = 1,
     ) -> None:
         self.model = model
         self._queue_size = queue_size
         self._mood_batch_size = mood_batch_size
         self._timeout = timeout
+        self.concurrency = max(1, concurrency)
         self._moods: deque[_MoodJob] = deque()
+        self._mood_order: deque[_MoodJob] = deque()
         self._replies: list[_ReplyJob] = []
+        self._writing: set[str] = set()
         self._virtual_time = 0
         self._next_start: dict[str, int] = {}
         self._sequence = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._busy = False
+        self._in_flight = 0
         self._closing = False
         self._calls = 0
         self._failures = 0
@@ -107,12 +119,12 @@ class InferenceWorker:
             return
         self._closing = False
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="moodmate-model"
+            max_workers=self.concurrency, thread_name_prefix="moodmate-model"
         )
         self._task = asyncio.create_task(self._run(), name="moodmate-inference-worker")
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Let the call in flight finish (up to ``grace`` seconds); jobs not yet started fail with
+        """Let the calls in flight finish (up to ``grace`` seconds); jobs not yet started fail with
         :class:`WorkerStoppedError` so their messages stay pending for the next start."""
         self._closing = True
         for job in list(self._moods):
@@ -127,7 +139,10 @@ class InferenceWorker:
                 await asyncio.wait_for(asyncio.shield(self._task), grace)
             except TimeoutError:
                 logger.warning("Inference call still running after %.0f s at shutdown; abandoning it", grace)
+                for running in list(self._running):
+                    running.cancel()
                 self._task.cancel()
+                await asyncio.gather(self._task, *self._running, return_exceptions=True)
             self._task = None
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -139,9 +154,10 @@ class InferenceWorker:
         return WorkerStats(
             mood_waiting=len(self._moods),
             replies_waiting=len(self._replies),
-            busy=self._busy,
+            busy=self._in_flight > 0,
             calls=self._calls,
             failures=self._failures,
+            in_flight=self._in_flight,
         )
 
     def _check_capacity(self) -> None:
@@ -156,6 +172,7 @@ class InferenceWorker:
         self._check_capacity()
         job = _MoodJob(text=text, future=asyncio.get_running_loop().create_future())
         self._moods.append(job)
+        self._mood_order.append(job)
         self._wakeup.set()
         return await job.future
 
@@ -191,41 +208,76 @@ class InferenceWorker:
         return job.future
 
     def calls_ahead(self, owner: str) -> int:
-        """How many model calls would run before a reply ``owner`` asked for now: the call in flight
-        and the waiting replies fair queueing serves first."""
+        """How many model calls would have to finish before a reply ``owner`` asked for now could
+        start: the calls in flight and the waiting replies fair queueing serves first, less the
+        other free call slots."""
         tag = max(self._next_start.get(owner, 0), self._virtual_time)
         waiting = (job for job in self._replies if not job.future.done())
-        return (1 if self._busy else 0) + sum(1 for job in waiting if job.start_tag <= tag)
+        ahead = self._in_flight + sum(1 for job in waiting if job.start_tag <= tag)
+        return max(0, ahead - (self.concurrency - 1))
 
     # --- the worker loop -----------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
-            if not self._moods and not self._replies:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
+            self._launch_ready()
+            if self._closing and not self._running and not self._moods and not self._replies:
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
+            # Let callers whose moods were just handed out queue their replies before the next pick,
+            # so a user whose mood was just read is not overtaken by replies already waiting.
+            await asyncio.sleep(0)
+
+    def _launch_ready(self) -> None:
+        """Start waiting jobs while call slots are free: mood batches first, then fair-queued replies."""
+        while self._in_flight < self.concurrency:
             if self._moods:
                 batch = [self._moods.popleft() for _ in range(min(self._mood_batch_size, len(self._moods)))]
                 batch = [job for job in batch if not job.future.done()]
+                self._publish_moods()
                 if batch:
-                    await self._run_mood_batch(batch)
-                    # Let the callers just woken enqueue their replies before the next pick, so a
-                    # user whose mood was just read is not overtaken by replies already waiting.
-                    await asyncio.sleep(0)
+                    self._launch(self._run_mood_batch(batch))
                 continue
-            job = min(self._replies, key=_ReplyJob.order)
+            job = self._next_reply()
+            if job is None:
+                return
             self._replies.remove(job)
             self._virtual_time = max(self._virtual_time, job.start_tag)
             if not job.future.done():
-                await self._run_reply(job)
+                self._writing.add(job.owner)
+                self._launch(self._run_reply(job))
+
+    def _next_reply(self) -> _ReplyJob | None:
+        ready = [job for job in self._replies if job.owner not in self._writing or job.future.done()]
+        return min(ready, key=_ReplyJob.order) if ready else None
+
+    def _launch(self, call: Coroutine[Any, Any, None]) -> None:
+        self._in_flight += 1
+        task = asyncio.create_task(call)
+        self._running.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._in_flight -= 1
+        self._wakeup.set()
+
+    def _publish_moods(self) -> None:
+        """Hand out finished mood reads in arrival order (a read waits for every earlier one)."""
+        order = self._mood_order
+        while order and (order[0].future.done() or order[0].outcome is not None):
+            job = order.popleft()
+            if job.future.done():
+                continue
+            if isinstance(job.outcome, BaseException):
+                _fail(job.future, job.outcome)
+            else:
+                job.future.set_result(job.outcome)  # type: ignore[arg-type]
 
     async def _call(self, function: Callable[[], Any], on_timeout: Callable[[], None] | None = None) -> Any:
         assert self._executor is not None
         loop = asyncio.get_running_loop()
-        self._busy = True
         self._calls += 1
         future = loop.run_in_executor(self._executor, function)
         try:
@@ -233,11 +285,9 @@ class InferenceWorker:
         except TimeoutError:
             if on_timeout is not None:
                 on_timeout()
-            # The thread cannot be killed; wait for it so calls never overlap.
+            # The thread cannot be killed; wait for it so no more than ``concurrency`` calls run.
             await asyncio.gather(future, return_exceptions=True)
             raise ModelTimeoutError(f"model call took longer than {self._timeout:.0f} s") from None
-        finally:
-            self._busy = False
 
     async def _run_mood_batch(self, batch: list[_MoodJob]) -> None:
         texts = [job.text for job in batch]
@@ -251,14 +301,17 @@ class InferenceWorker:
             translated = _translate(error)
             logger.error("Mood batch of %d failed: %s", len(batch), type(error).__name__)
             for job in batch:
-                _fail(job.future, translated)
+                job.outcome = translated
             if isinstance(error, asyncio.CancelledError):
+                for job in batch:
+                    _fail(job.future, translated)
                 raise
+            self._publish_moods()
             return
         logger.debug("Mood batch of %d took %.0f ms", len(batch), (time.perf_counter() - started) * 1000)
         for job, mood in zip(batch, moods, strict=True):
-            if not job.future.done():
-                job.future.set_result(mood)
+            job.outcome = mood
+        self._publish_moods()
 
     async def _run_reply(self, job: _ReplyJob) -> None:
         loop = asyncio.get_running_loop()
@@ -288,6 +341,8 @@ class InferenceWorker:
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
+        finally:
+            self._writing.discard(job.owner)
         if not job.future.done():
             job.future.set_result(text)
 

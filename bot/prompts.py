@@ -126,6 +126,15 @@ def is_chinese(text: str) -> bool:
     return len(_CJK.findall(text)) >= max(1, len(_LATIN_WORD.findall(text)))
 
 
+def language_hint(history: Sequence[ChatTurn]) -> str:
+    """An extra system line asking for Chinese when the user's last message is mostly Chinese.
+
+    The small bundled model otherwise often answers Chinese messages in English.
+    """
+    last = next((turn.content for turn in reversed(history) if turn.role == "user"), "")
+    return "请用中文回复。" if is_chinese(last) else ""
+
+
 def system_prompt_for(text: str) -> str:
     """The reply system prompt in the language of the user's message."""
     return SYSTEM_PROMPT_ZH if is_chinese(text) else SYSTEM_PROMPT_EN

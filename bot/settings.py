@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     model_timeout: float = Field(120.0, gt=0, validation_alias=_env("MOODMATE_MODEL_TIMEOUT"))
 
     stream_replies: bool = Field(True, validation_alias=_env("MOODMATE_STREAM_REPLIES"))
+
+    # --- inference server (replaces the local model when set) --------------------------------
+    inference_url: str | None = Field(None, validation_alias=_env("MOODMATE_INFERENCE_URL"))
+    inference_api_key: SecretStr | None = Field(None, validation_alias=_env("MOODMATE_INFERENCE_API_KEY"))
+    inference_model: str | None = Field(None, validation_alias=_env("MOODMATE_INFERENCE_MODEL"))
+    inference_concurrency: int = Field(
+        4, ge=1, le=256, validation_alias=_env("MOODMATE_INFERENCE_CONCURRENCY")
+    )
 
     # --- queue -------------------------------------------------------------------------------
     queue_size: int = Field(200, ge=1, validation_alias=_env("MOODMATE_QUEUE_SIZE"))
@@ -132,6 +140,27 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("inference_url", "inference_api_key", "inference_model", mode="before")
+    @classmethod
+    def _blank_inference_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @field_validator("inference_url")
+    @classmethod
+    def _inference_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from bot.model.server.urls import normalise_base_url
+
+        return normalise_base_url(value)
+
+    @property
+    def uses_inference_server(self) -> bool:
+        """Whether model calls go to an OpenAI-compatible server instead of a local model."""
+        return self.inference_url is not None
 
     @field_validator("cache_dir", mode="before")
     @classmethod

@@ -83,7 +83,15 @@ def resolve_model(spec: str) -> ModelSource:
 
 
 def load_model(settings: Settings, *, progress: bool = True) -> LanguageModel:
-    """Load the model ``settings.model`` names, converting and caching it first if needed (blocking)."""
+    """Load the model ``settings.model`` names, converting and caching it first if needed (blocking).
+
+    With ``MOODMATE_INFERENCE_URL`` set, connect to that server instead: no local model is loaded and
+    neither torch nor transformers is imported.
+    """
+    if settings.uses_inference_server:
+        from bot.model.server.model import ServerModel
+
+        return ServerModel.connect(settings)
     from bot.model.transformers_model import TransformersModel
 
     started = time.perf_counter()
@@ -100,6 +108,28 @@ def load_model(settings: Settings, *, progress: bool = True) -> LanguageModel:
         )
     logger.info("Model %s loaded in %.1f s", source.name, time.perf_counter() - started)
     return model
+
+
+def describe_local_model(settings: Settings) -> str:
+    """One line on the configured local model (for ``moodmate doctor``); loads and converts nothing."""
+    try:
+        source = resolve_model(settings.model)
+    except ModelNotFoundError as error:
+        return f"local {settings.model!r}: {error}"
+    if source.kind == "bundled":
+        assert source.bundled is not None
+        bundled = source.bundled
+        cached = _is_complete(_cache_root(Path(settings.cache_dir)) / f"{bundled.name}-{bundled.sha256[:12]}")
+        if cached:
+            return f"local {source.name} (bundled): converted and cached, ready"
+        try:
+            part_paths(bundled)
+        except ModelNotFoundError as error:
+            return f"local {source.name} (bundled): not installed: {error}"
+        return f"local {source.name} (bundled): installed, converted on first start (a minute or two)"
+    if source.kind == "hub":
+        return f"local {source.name} (Hugging Face id): downloaded and loaded on first start"
+    return f"local {source.name} ({source.kind} at {source.path})"
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ from bot.model.mood_prompt import (
     split_mood_prompt,
 )
 from bot.model.prefix_store import PrefixStore, weights_identity
-from bot.prompts import is_chinese
+from bot.prompts import language_hint
 from bot.types import Mood, MoodLabel
 
 logger = logging.getLogger(__name__)
@@ -598,15 +598,6 @@ class TransformersModel:
     def count_tokens(self, text: str) -> int:
         """Number of tokens of ``text`` under this model's tokenizer."""
         return len(self._encode(text))
-
-
-def language_hint(history: Sequence[ChatTurn]) -> str:
-    """An extra system line asking for Chinese when the user's last message is mostly Chinese.
-
-    The small bundled model otherwise often answers Chinese messages in English.
-    """
-    last = next((turn.content for turn in reversed(history) if turn.role == "user"), "")
-    return "请用中文回复。" if is_chinese(last) else ""
 
 
 #: Tokenizer classes that keep Python copies of their vocabulary and merges (``_vocab``, ``_merges``)
