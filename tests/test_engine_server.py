@@ -77,7 +77,10 @@ async def test_server_mode_answers_streams_and_logs_the_mood(
         assert reply.kind is ReplyKind.CHAT and reply.mood is not None
         assert reply.mood.label is MoodLabel.POSITIVE
         assert sink.moods and sink.partials, "the reply was shown while it streamed"
-        await app.engine.handle(message("What time is it in Tokyo?"))
+        [second] = await app.engine.handle(message("What time is it in Tokyo?"))
+        [_, stored_second] = await _user_messages(app)
+        assert stored_second.status == MessageStatus.REPLIED  # stored with its mood, not yet sent
+        await app.engine.delivered(second)
         [_, stored_second] = await _user_messages(app)
         assert stored_second.status == MessageStatus.ANSWERED
     mood_prompts = [body["messages"] for body in server.chat_requests() if body.get("max_tokens") == 1]
