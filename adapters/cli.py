@@ -1,4 +1,4 @@
-"""The ``moodmate`` command: chat, run, classify, stats, crisis-check, doctor."""
+"""The ``moodmate`` command: chat, run, classify, tune-mood, stats, crisis-check, doctor."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run every chat platform whose token is set")
     # Its own parser (bot/model/classify_cli.py) reads every argument after "classify".
     commands.add_parser("classify", help="label messages read one per line", add_help=False)
+    from bot.model.tune_cli import add_arguments as add_tune_arguments
+
+    add_tune_arguments(
+        commands.add_parser("tune-mood", help="fit the mood reads to your community's labelled messages")
+    )
     commands.add_parser("stats", help="print usage counts (never message text)")
     from bot.safety.check_cli import add_arguments
 
@@ -52,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.model:
                 rest = ["--model", args.model, *rest]
             return classify_main(rest)
+        if args.command == "tune-mood":
+            from bot.model.tune_cli import run as tune_run
+
+            return tune_run(args.file, args.language, model=args.model)
         if args.command == "crisis-check":
             from bot.safety.check_cli import run
 
