@@ -182,7 +182,7 @@ class ZeroShotLogitsMethod(Method):
         self.torch = torch
         if name is not None:
             self.name = name
-        tokenizer = model._tokenizer
+        tokenizer = model.decoder.tokenizer
         self.label_ids = [tokenizer.encode(label, add_special_tokens=False)[0] for label in LABELS]
 
     def _prompt(self, text: str) -> list[int]:
@@ -192,7 +192,8 @@ class ZeroShotLogitsMethod(Method):
             {"role": "system", "content": ZERO_SHOT_INSTRUCTION},
             {"role": "user", "content": clean_message(text)},
         ]
-        return self.model._encode(self.model._render_chat(messages))[-1024:]
+        decoder = self.model.decoder
+        return decoder.encode(decoder.render_chat(messages))[-1024:]
 
     def read(self, texts: Sequence[str]) -> list[tuple[str, dict[str, float] | None]]:
         torch = self.torch
@@ -200,7 +201,7 @@ class ZeroShotLogitsMethod(Method):
         with torch.inference_mode():
             for text in texts:
                 ids = torch.tensor([self._prompt(text)])
-                logits = self.model._model(input_ids=ids).logits[0, -1].float()
+                logits = self.model.decoder.model(input_ids=ids).logits[0, -1].float()
                 probs = torch.softmax(logits[self.label_ids], dim=-1).tolist()
                 mapping = dict(zip(LABELS, probs, strict=True))
                 results.append((max(mapping, key=mapping.__getitem__), mapping))
@@ -215,18 +216,18 @@ class GenerateSearchMethod(ZeroShotLogitsMethod):
     def read(self, texts: Sequence[str]) -> list[tuple[str, dict[str, float] | None]]:
         torch = self.torch
         results: list[tuple[str, dict[str, float] | None]] = []
-        stops = self.model._stop_ids
+        stops = self.model.replies.stop_ids
         with torch.inference_mode():
             for text in texts:
                 ids = torch.tensor([self._prompt(text)])
-                output = self.model._model.generate(
+                output = self.model.decoder.model.generate(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
                     max_new_tokens=4,
                     do_sample=False,
                     eos_token_id=list(stops),
                 )
-                answer = self.model._tokenizer.decode(
+                answer = self.model.decoder.tokenizer.decode(
                     output[0, ids.shape[1] :], skip_special_tokens=True
                 ).lower()
                 found = [(answer.find(label), label) for label in LABELS if label in answer]
@@ -316,7 +317,7 @@ def reply_speed(model, max_new_tokens: int = 64) -> dict[str, object]:  # type: 
     from bot.prompts import clean_reply, reply_turns, system_prompt_for
 
     ttfts, rates, samples = [], [], []
-    model._generator.manual_seed(7)  # the same sampling draws for every model compared
+    model.replies.seed(7)  # the same sampling draws for every model compared
     for chat in CHATS:
         history: list[ChatTurn] = []
         for user_text in chat:
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         plain = load_model(settings.model_copy(update={"quantize": False}), progress=True)
         # Stock transformers attention too, so (a)/(b) are the plain model (moodmate's grouped
         # attention computes the same numbers, faster: see bot/model/cpu_attention.py).
-        plain._model.set_attn_implementation("sdpa")  # type: ignore[attr-defined]
+        plain.decoder.model.set_attn_implementation("sdpa")  # type: ignore[attr-defined]
     makers: dict[str, Callable[[], Method]] = {
         "a": lambda: GenerateSearchMethod(plain),
         "b": lambda: ZeroShotLogitsMethod(plain),

@@ -94,7 +94,7 @@ def test_count_tokens(model: LanguageModel) -> None:
 
 
 def test_the_tokenizer_runs_without_its_python_vocabulary_copies(model: LanguageModel) -> None:
-    tokenizer = model._tokenizer  # type: ignore[attr-defined]
+    tokenizer = model.decoder.tokenizer  # type: ignore[attr-defined]
     assert type(tokenizer).__name__ == "Qwen2Tokenizer"
     assert tokenizer._vocab is None and tokenizer._merges is None
     ids = tokenizer.encode("我今天很开心 hello", add_special_tokens=False)

@@ -242,7 +242,7 @@ def test_model_without_chat_template_is_refused_in_one_sentence(tmp_path: Path) 
 
 
 def test_only_tokenizers_known_to_keep_build_copies_lose_them() -> None:
-    from bot.model.transformers_model import drop_build_copies
+    from bot.model.decoder import drop_build_copies
 
     class Qwen2Tokenizer:  # the name is what counts
         def __init__(self) -> None:

@@ -129,17 +129,18 @@ def test_cached_prefix_equals_full_prompt_forward(tmp_path: Path) -> None:
         build_tiny_model(tmp_path / "m"), name="tiny", quantize=False, threads=1, calibrate=False
     )
     for text in ("I finally finished my thesis!", "论文终于写完了！"):
-        prefix = model._mood_prefixes[mood_prompt.prompt_language(text)]
+        language = mood_prompt.prompt_language(text)
+        prefix = model.moods.prefix(language)
         cached = model.mood_log_probs([text], calibrated=False)[0]
-        ids = prefix.prefix_ids + model._mood_token_ids(text, prefix)
+        ids = prefix.prefix_ids + model.moods.token_ids(text, language)
         with torch.inference_mode():
-            hidden = model._decoder(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
-            token_log_probs = torch.log_softmax(hidden @ model._label_head.T, dim=-1)
+            hidden = model.decoder.layers(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+            token_log_probs = torch.log_softmax(hidden @ model.moods.label_head.weight.T, dim=-1)
             per_label = torch.stack(
                 [torch.logsumexp(token_log_probs[group], dim=-1) for group in prefix.label_groups]
             )
         assert torch.allclose(cached, torch.log_softmax(per_label, dim=-1), atol=1e-4)
-    english, chinese = model._mood_prefixes["en"], model._mood_prefixes["zh"]
+    english, chinese = model.moods.prefix("en"), model.moods.prefix("zh")
     assert english.prefix_ids != chinese.prefix_ids
 
 
@@ -153,7 +154,7 @@ def test_generate_streams_stops_and_reuses_the_conversation_cache(tiny_model: Tr
     assert stopped == ""
     longer = [*history, ChatTurn("assistant", reply), ChatTurn("user", "and then?")]
     tiny_model.generate("Be kind.", longer, max_new_tokens=3)
-    assert tiny_model._conversations  # the conversation's KV cache is kept for the next turn
+    assert tiny_model.replies.kept_conversations  # the conversation's KV cache is kept for the next turn
 
 
 def test_model_calls_pass_the_kv_cache_by_the_keyword_the_installed_transformers_names(
@@ -164,7 +165,7 @@ def test_model_calls_pass_the_kv_cache_by_the_keyword_the_installed_transformers
 
     from torch import nn
 
-    from bot.model.transformers_model import cache_keyword
+    from bot.model.decoder import cache_keyword
 
     class NewStyle(nn.Module):
         def forward(self, input_ids=None, cache=None, use_cache=None):  # type: ignore[no-untyped-def]

@@ -19,13 +19,13 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
 from bot.errors import ModelNotFoundError
 from bot.model.base import LanguageModel
 from bot.model.bundled import BundledModel, find_bundled, join_parts, part_paths, single_file, verify_sha256
+from bot.model.versions import transformers_version
 from bot.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -197,14 +197,6 @@ def _cache_root(cache_dir: Path) -> Path:
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:60] or "model"
-
-
-def transformers_version() -> str:
-    """The installed transformers version ("unknown" when it cannot be read)."""
-    try:
-        return version("transformers")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _major(version_string: object) -> str:
