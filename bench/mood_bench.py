@@ -314,7 +314,7 @@ def _times_in_turn(methods: Sequence[Method], calls: Sequence[Sequence[str]]) ->
 def reply_speed(model, max_new_tokens: int = 64) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Time-to-first-token and tokens/s of replies written with the bot's own reply prompt."""
     from bot.model.base import ChatTurn
-    from bot.prompts import clean_reply, reply_turns, system_prompt_for
+    from bot.prompts import clean_reply, reply_turns, system_prompt_for, with_language_hint
 
     ttfts, rates, samples = [], [], []
     model.replies.seed(7)  # the same sampling draws for every model compared
@@ -325,7 +325,7 @@ def reply_speed(model, max_new_tokens: int = 64) -> dict[str, object]:  # type: 
             first: list[float] = []
             started = time.perf_counter()
             raw = model.generate(
-                system_prompt_for(user_text),
+                with_language_hint(system_prompt_for(user_text), history),
                 reply_turns(history),
                 max_new_tokens=max_new_tokens,
                 on_text=lambda _piece, first=first: first or first.append(time.perf_counter()),
@@ -350,8 +350,10 @@ def cold_start(model_name: str, quantize: bool) -> dict[str, float]:
     """Load the model in a fresh process (cache already built) and report time and RSS."""
     code = (
         "import time,json;t=time.perf_counter();"
-        "from bot.settings import Settings;from bot.model.loader import load_model;"
-        f"m=load_model(Settings(_env_file=None, model={model_name!r}, quantize={quantize}), progress=False);"
+        "from bot.settings import Settings;from bot.bootstrap import model_options;"
+        "from bot.model.loader import load_model;"
+        f"s=Settings(_env_file=None, model={model_name!r}, quantize={quantize});"
+        "m=load_model(model_options(s), progress=False);"
         "d=time.perf_counter()-t;"
         "rss=[int(l.split()[1])/1024 for l in open('/proc/self/status') if l.startswith('VmRSS:')][0];"
         "print(json.dumps({'cold_start_s': d, 'rss_after_load_mb': rss}))"
@@ -410,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-cold-start", action="store_true")
     args = parser.parse_args(argv)
 
+    from bot.bootstrap import model_options
     from bot.model.loader import load_model
     from bot.settings import Settings
 
@@ -425,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     cold = {} if args.skip_cold_start else cold_start(settings.model, settings.quantize)
-    model = load_model(settings, progress=True)
+    model = load_model(model_options(settings), progress=True)
     rss = rss_mb()
     chat_texts = [text for _, text in tweets if model.count_tokens(text) <= 30][: args.latency_messages]
     if not chat_texts:  # a tokenizer that splits finely: use the shortest messages instead
@@ -433,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plain = model  # the plain float32 model for (a), (b) and (f): a second load unless quantize is off
     if settings.quantize and set(args.methods) & set("abf"):
-        plain = load_model(settings.model_copy(update={"quantize": False}), progress=True)
+        plain = load_model(model_options(settings.model_copy(update={"quantize": False})), progress=True)
         # Stock transformers attention too, so (a)/(b) are the plain model (moodmate's grouped
         # attention computes the same numbers, faster: see bot/model/cpu_attention.py).
         plain.decoder.model.set_attn_implementation("sdpa")  # type: ignore[attr-defined]

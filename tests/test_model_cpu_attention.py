@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bot.model import cpu_attention  # noqa: E402
-from bot.model.tiny import build_tiny_model  # noqa: E402
 from bot.model.transformers_model import TransformersModel  # noqa: E402
+from tests.tiny_model import build_tiny_model  # noqa: E402
 
 
 def _reference(query, key, value, mask):  # type: ignore[no-untyped-def]

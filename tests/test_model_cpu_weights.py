@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 
 from bot.model import cpu_weights  # noqa: E402
 from bot.model.base import ChatTurn  # noqa: E402
-from bot.model.tiny import build_tiny_model  # noqa: E402
 from bot.model.transformers_model import TransformersModel  # noqa: E402
+from tests.tiny_model import build_tiny_model  # noqa: E402
 
 nn_embedding = torch.nn.functional.embedding
 

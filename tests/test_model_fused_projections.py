@@ -11,8 +11,8 @@ from torch import nn  # noqa: E402
 
 from bot.model import cpu_weights, fused_projections  # noqa: E402
 from bot.model.fused_projections import ProjectionSlice, fuse_shared_input_projections  # noqa: E402
-from bot.model.tiny import build_tiny_model  # noqa: E402
 from bot.model.transformers_model import TransformersModel  # noqa: E402
+from tests.tiny_model import build_tiny_model  # noqa: E402
 
 
 class _Attention(nn.Module):

@@ -16,8 +16,8 @@ from bot.model.base import ChatTurn  # noqa: E402
 from bot.model.cpu_attention import use_grouped_attention  # noqa: E402
 from bot.model.decoder import cache_keyword  # noqa: E402
 from bot.model.lean_pass import LeanPass  # noqa: E402
-from bot.model.tiny import build_tiny_model  # noqa: E402
 from bot.model.transformers_model import TransformersModel  # noqa: E402
+from tests.tiny_model import build_tiny_model  # noqa: E402
 
 _SIZES = {
     "vocab_size": 97,

@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bot.model.prefix_store import PrefixStore, weights_identity  # noqa: E402
-from bot.model.tiny import build_tiny_model  # noqa: E402
 from bot.model.transformers_model import TransformersModel  # noqa: E402
+from tests.tiny_model import build_tiny_model  # noqa: E402
 
 
 def _key_values(layers: int = 2, length: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:

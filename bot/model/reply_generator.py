@@ -20,7 +20,6 @@ from bot.errors import ModelError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
 from bot.model.decoder import Decoder, KeyValues
 from bot.model.mood_prompt import clean_message
-from bot.prompts import language_hint
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +121,6 @@ class ReplyGenerator:
             for turn in history
         ]
         system_clean = clean_message(system, max_chars=self.max_input_chars * 4)
-        hint = language_hint(turns)
-        if hint:
-            system_clean = f"{system_clean}\n{hint}" if system_clean else hint
         while True:
             messages = [{"role": "system", "content": system_clean}]
             messages += [{"role": turn.role, "content": turn.content} for turn in turns]
