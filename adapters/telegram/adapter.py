@@ -415,6 +415,7 @@ class TelegramAdapter:
             self._outbox,
             int(incoming.chat_id),
             user_id=int(incoming.user_id),
+            private=incoming.chat_is_private,
             limits=limits,
             private_notes=notes,
             reply_to=reply_to,
@@ -448,7 +449,7 @@ class TelegramAdapter:
         if not message.chat_is_private and message.message_id and message.message_id.isdigit():
             reply_to = int(message.message_id)
         port = self._port(message, reply_to=reply_to, thread_id=None)
-        await self._delivery.deliver(message, port, reply)
+        await self._delivery.deliver(port, reply)
 
     async def _send_safely(
         self, chat_id: int, text: str, *, reply_to: int | None, thread_id: int | None = None

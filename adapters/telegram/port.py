@@ -32,6 +32,7 @@ class TelegramPort:
         chat_id: int,
         *,
         user_id: int,
+        private: bool,
         limits: PortLimits,
         private_notes: PrivateNotes,
         reply_to: int | None = None,
@@ -40,6 +41,7 @@ class TelegramPort:
         self._outbox = outbox
         self._chat_id = chat_id
         self._user_id = user_id
+        self._private = private
         self._reply_to = reply_to
         self._thread_id = thread_id
         self._limits = limits
@@ -53,6 +55,10 @@ class TelegramPort:
     @property
     def place(self) -> tuple[int, int | None]:
         return self._place
+
+    @property
+    def private(self) -> bool:
+        return self._private
 
     @property
     def private_notes(self) -> PrivateNotes:
@@ -119,6 +125,7 @@ class TelegramPort:
             self._outbox,
             self._user_id,
             user_id=self._user_id,
+            private=True,
             limits=self._limits,
             private_notes=self._notes,
         )

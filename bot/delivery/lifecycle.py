@@ -85,7 +85,7 @@ class Delivery:
                 unsent = list(replies)
                 shown.posted = await progress.finish()
                 for reply in replies:
-                    await self._send(incoming, port, reply, shown)
+                    await self._send(port, reply, shown)
                     unsent.remove(reply)
                     await self.engine.delivered(reply)  # the platform accepted it
         except RefusedError as error:
@@ -103,18 +103,21 @@ class Delivery:
             await _delete(port, shown.take())  # shown while written, but no reply took its place
             await progress.close()
 
-    async def deliver(self, incoming: IncomingMessage, port: ReplyPort, reply: Reply) -> None:
-        """Send one finished ``reply`` to ``port`` (answers recovered after a restart); raises
-        ``PlatformError`` when the platform did not take it."""
-        await self._send(incoming, port, reply, _Shown())
+    async def deliver(self, port: ReplyPort, reply: Reply, *, replacing: Posted | None = None) -> None:
+        """Send one finished ``reply`` to ``port`` (answers recovered after a restart, answers to
+        interactions), in place of ``replacing`` if given; raises ``PlatformError`` when the
+        platform did not take it."""
+        shown = _Shown()
+        shown.posted = replacing
+        await self._send(port, reply, shown)
 
     async def stop(self) -> None:
         """End every "typing…" loop (at shutdown)."""
         await self.typing.stop()
 
-    async def _send(self, incoming: IncomingMessage, port: ReplyPort, reply: Reply, shown: _Shown) -> None:
+    async def _send(self, port: ReplyPort, reply: Reply, shown: _Shown) -> None:
         """Send ``reply``; the first reply posted in the chat takes the place of ``shown``."""
-        if reply.private and not incoming.chat_is_private:
+        if reply.private and not port.private:
             await self._send_privately(port, reply)
             return
         texts = port.render(reply)

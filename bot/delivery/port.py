@@ -74,6 +74,12 @@ class ReplyPort(Protocol):
         ...
 
     @property
+    def private(self) -> bool:
+        """Whether only the person answered sees what is posted here (a private chat, a DM, an
+        ephemeral answer): answers about their own data are posted here, not sent privately."""
+        ...
+
+    @property
     def private_notes(self) -> PrivateNotes:
         """The notes for a private answer asked for here."""
         ...
