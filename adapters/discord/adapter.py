@@ -38,7 +38,7 @@ from adapters.discord.endpoints import EndpointOverride
 from adapters.discord.formatting import readable_mentions, strip_bot_mentions
 from adapters.discord.port import ORIGINAL, TYPING_INTERVAL_SECONDS, ChannelPort, InteractionPort
 from adapters.discord.sending import NO_MENTIONS, call_discord, platform_error
-from bot.delivery import Delivery, PortLimits, PrivateNotes
+from bot.delivery import Delivery, Place, PortLimits, PrivateNotes
 from bot.delivery.timing import EDIT_INTERVAL_SECONDS, STREAM_DELAY_SECONDS
 from bot.engine import Engine
 from bot.errors import ConfigurationError, MoodmateError, PlatformError
@@ -92,13 +92,6 @@ class DiscordAdapter:
         self.stream_delay = STREAM_DELAY_SECONDS
         self.edit_interval = EDIT_INTERVAL_SECONDS
         self._delivery = Delivery(engine, cleanup_timeout=STOP_GRACE_SECONDS)
-
-    @property
-    def client(self) -> MoodmateClient:
-        """The running discord.py client."""
-        if self._client is None:
-            raise PlatformError("The Discord adapter is not running.")
-        return self._client
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -206,6 +199,13 @@ class DiscordAdapter:
                 "Discord connection lost for good: %s", self._lost_because, exc_info=None if known else error
             )
         self._lost.set()
+
+    @property
+    def client(self) -> MoodmateClient:
+        """The running discord.py client."""
+        if self._client is not None:
+            return self._client
+        raise PlatformError("The Discord adapter is not running.")
 
     async def wait_lost(self) -> MoodmateError:
         """Return once discord.py has given up on the gateway (it reconnects by itself otherwise)."""
@@ -369,11 +369,10 @@ class DiscordAdapter:
                 fail_if_not_exists=False,
             )
         stream_delay = self.stream_delay if self.settings.stream_replies else None
+        limits = PortLimits(TYPING_INTERVAL_SECONDS, self.edit_interval, stream_delay)
         return ChannelPort(
             channel,
-            limits=PortLimits(TYPING_INTERVAL_SECONDS, self.edit_interval, stream_delay),
-            private=not in_server,
-            private_notes=NOTES,
+            Place(("channel", int(incoming.chat_id)), not in_server, limits, NOTES),
             reference=reference,
             open_dm=message.author.create_dm if message is not None else None,
             on_sent=self._remember_sent,
@@ -419,7 +418,7 @@ class DiscordAdapter:
                     await self._refuse(interaction)
                     return
                 replies = await self._run_for_interaction(interaction, text)
-                port = InteractionPort(interaction, ephemeral=ephemeral, private_notes=NOTES)
+                port = InteractionPort(interaction, ephemeral=ephemeral, notes=NOTES)
                 if not replies:
                     await port.delete(ORIGINAL)
                 for reply in replies:
@@ -438,7 +437,7 @@ class DiscordAdapter:
                     await self._refuse(interaction)
                     return
                 replies = await self._run_for_interaction(interaction, command)
-                port = InteractionPort(interaction, ephemeral=ephemeral, private_notes=NOTES)
+                port = InteractionPort(interaction, ephemeral=ephemeral, notes=NOTES)
                 for index, reply in enumerate(replies):  # the first one replaces the pressed message
                     await self._delivery.deliver(port, reply, replacing=ORIGINAL if index == 0 else None)
             except Exception:

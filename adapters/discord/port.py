@@ -15,9 +15,9 @@ import discord
 
 from adapters.discord.formatting import in_progress_text, reply_text, split_for_discord
 from adapters.discord.sending import NO_MENTIONS, ActionButtons, call_discord, files_for
-from bot.delivery import PortLimits, Posted, PrivateNotes, RefusedError
+from bot.delivery import Outgoing, Place, PortLimits, Posted, PrivateNotes, RefusedError
 from bot.delivery.timing import ATTEMPTS
-from bot.types import Action, Attachment, Mood, Reply
+from bot.types import Mood, Reply
 
 #: Discord shows "is typing…" for about ten seconds per trigger.
 TYPING_INTERVAL_SECONDS = 8.0
@@ -26,12 +26,13 @@ TYPING_INTERVAL_SECONDS = 8.0
 OpenDM = Callable[[], Awaitable[discord.abc.Messageable]]
 
 
-def _extras(actions: tuple[Action, ...], attachments: tuple[Attachment, ...]) -> dict[str, object]:
+def _extras(message: Outgoing) -> dict[str, object]:
+    """The buttons and fresh files (each try consumes them) that go with ``message``."""
     extras: dict[str, object] = {}
-    if attachments:
-        extras["files"] = files_for(attachments)
-    if actions:
-        extras["view"] = ActionButtons(actions)
+    if message.attachments:
+        extras["files"] = files_for(message.attachments)
+    if message.actions:
+        extras["view"] = ActionButtons(message.actions)
     return extras
 
 
@@ -45,39 +46,19 @@ class ChannelPort:
     def __init__(
         self,
         channel: discord.abc.Messageable,
+        place: Place,
         *,
-        limits: PortLimits,
-        private: bool,
-        private_notes: PrivateNotes,
         reference: discord.MessageReference | None = None,
         open_dm: OpenDM | None = None,
         on_sent: Callable[[discord.Message], None] | None = None,
         heading: str = "",
     ) -> None:
         self._channel = channel
-        self._limits = limits
-        self._private = private
-        self._notes = private_notes
+        self.place = place
         self._reference = reference
         self._open_dm = open_dm
         self._on_sent = on_sent
         self._heading = heading
-
-    @property
-    def limits(self) -> PortLimits:
-        return self._limits
-
-    @property
-    def place(self) -> object:
-        return ("channel", getattr(self._channel, "id", id(self._channel)))
-
-    @property
-    def private(self) -> bool:
-        return self._private
-
-    @property
-    def private_notes(self) -> PrivateNotes:
-        return self._notes
 
     def render(self, reply: Reply) -> list[str]:
         if not (reply.text or self._heading):
@@ -87,57 +68,39 @@ class ChannelPort:
     def preview(self, mood: Mood, text: str) -> str | None:
         return in_progress_text(mood, text)
 
-    async def post(
-        self,
-        text: str | None,
-        *,
-        quote: bool,
-        actions: tuple[Action, ...] = (),
-        attachments: tuple[Attachment, ...] = (),
-        retry: bool = True,
-    ) -> Posted:
+    async def post(self, message: Outgoing, *, quote: bool, retry: bool = True) -> Posted:
         nonce = secrets.randbits(63)  # one for every try
 
         async def send() -> discord.Message:
-            kwargs: dict[str, object] = {"allowed_mentions": NO_MENTIONS, "nonce": nonce}
+            kwargs: dict[str, object] = {"allowed_mentions": NO_MENTIONS, "nonce": nonce, **_extras(message)}
             if quote and self._reference is not None:
                 kwargs["reference"] = self._reference
                 kwargs["mention_author"] = False
-            kwargs.update(_extras(actions, attachments))  # fresh files for every try
-            return await self._channel.send(text, **kwargs)  # type: ignore[arg-type]
+            return await self._channel.send(message.text, **kwargs)  # type: ignore[arg-type]
 
         sent = await call_discord("send a message", send, attempts=ATTEMPTS if retry else 1)
         if self._on_sent is not None:
             self._on_sent(sent)
-        return Posted(sent, text)
+        return Posted(sent, message.text)
 
-    async def edit(
-        self,
-        posted: Posted,
-        text: str,
-        *,
-        actions: tuple[Action, ...] = (),
-        attachments: tuple[Attachment, ...] = (),
-        retry: bool = True,
-    ) -> Posted:
-        message = posted.ref
-        assert isinstance(message, discord.Message)
+    async def edit(self, posted: Posted, message: Outgoing, *, retry: bool = True) -> Posted:
+        shown = posted.ref
+        assert isinstance(shown, discord.Message)
 
         async def edit() -> None:
-            kwargs: dict[str, object] = {"content": text, "allowed_mentions": NO_MENTIONS}
-            if actions:
-                kwargs["view"] = ActionButtons(actions)
-            if attachments:
-                kwargs["attachments"] = files_for(attachments)
-            await message.edit(**kwargs)  # type: ignore[arg-type]
+            kwargs: dict[str, object] = {"content": message.text, "allowed_mentions": NO_MENTIONS}
+            if message.actions:
+                kwargs["view"] = ActionButtons(message.actions)
+            if message.attachments:
+                kwargs["attachments"] = files_for(message.attachments)
+            await shown.edit(**kwargs)  # type: ignore[arg-type]
 
         await call_discord("edit a message", edit, attempts=ATTEMPTS if retry else 1)
-        return Posted(message, text)
+        return Posted(shown, message.text)
 
     async def delete(self, posted: Posted) -> None:
-        message = posted.ref
-        if isinstance(message, discord.Message):
-            await call_discord("delete a message", message.delete, attempts=1)
+        if isinstance(posted.ref, discord.Message):
+            await call_discord("delete a message", posted.ref.delete, attempts=1)
 
     async def typing(self) -> None:
         await self._channel.typing()
@@ -146,9 +109,8 @@ class ChannelPort:
         if self._open_dm is None:
             raise RefusedError("No DM is known for this person.")
         dm = await call_discord("open a DM", self._open_dm)
-        return ChannelPort(
-            dm, limits=self._limits, private=True, private_notes=self._notes, on_sent=self._on_sent
-        )
+        place = Place(("channel", getattr(dm, "id", id(dm))), True, self.place.limits, self.place.notes)
+        return ChannelPort(dm, place, on_sent=self._on_sent)
 
 
 #: Stands for the message an interaction answers (the pressed one, or "thinking…").
@@ -157,31 +119,14 @@ ORIGINAL = Posted("original response", None)
 
 class InteractionPort:
     """Answers to a slash command or a button press: follow-ups (ephemeral in servers), and the
-    original response (:data:`ORIGINAL`) edited or deleted. Never routed elsewhere: only the person
-    sees an ephemeral answer, and a pressed message is answered in place."""
+    original response (:data:`ORIGINAL`) edited or deleted. Never routed elsewhere (its place is
+    private): only the person sees an ephemeral answer, and a pressed message is answered in place."""
 
-    def __init__(
-        self, interaction: discord.Interaction, *, ephemeral: bool, private_notes: PrivateNotes
-    ) -> None:
+    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool, notes: PrivateNotes) -> None:
         self._interaction = interaction
         self._ephemeral = ephemeral
-        self._notes = private_notes
-
-    @property
-    def limits(self) -> PortLimits:
-        return PortLimits(TYPING_INTERVAL_SECONDS, stream_delay=None)
-
-    @property
-    def place(self) -> object:
-        return ("interaction", self._interaction.id)
-
-    @property
-    def private(self) -> bool:
-        return True
-
-    @property
-    def private_notes(self) -> PrivateNotes:
-        return self._notes
+        limits = PortLimits(TYPING_INTERVAL_SECONDS, stream_delay=None)
+        self.place = Place(("interaction", interaction.id), True, limits, notes)
 
     def render(self, reply: Reply) -> list[str]:
         return split_for_discord(reply_text(reply)) if reply.text else []
@@ -189,43 +134,29 @@ class InteractionPort:
     def preview(self, mood: Mood, text: str) -> str | None:
         return None
 
-    async def post(
-        self,
-        text: str | None,
-        *,
-        quote: bool,
-        actions: tuple[Action, ...] = (),
-        attachments: tuple[Attachment, ...] = (),
-        retry: bool = True,
-    ) -> Posted:
+    async def post(self, message: Outgoing, *, quote: bool, retry: bool = True) -> Posted:
         async def send() -> object:
-            kwargs: dict[str, object] = {"allowed_mentions": NO_MENTIONS, "ephemeral": self._ephemeral}
-            kwargs.update(_extras(actions, attachments))
-            return await self._interaction.followup.send(text, **kwargs)  # type: ignore[call-overload]
+            return await self._interaction.followup.send(  # type: ignore[call-overload]
+                message.text, allowed_mentions=NO_MENTIONS, ephemeral=self._ephemeral, **_extras(message)
+            )
 
-        return Posted(await call_discord("send a follow-up", send, attempts=ATTEMPTS if retry else 1), text)
+        sent = await call_discord("send a follow-up", send, attempts=ATTEMPTS if retry else 1)
+        return Posted(sent, message.text)
 
-    async def edit(
-        self,
-        posted: Posted,
-        text: str,
-        *,
-        actions: tuple[Action, ...] = (),
-        attachments: tuple[Attachment, ...] = (),
-        retry: bool = True,
-    ) -> Posted:
+    async def edit(self, posted: Posted, message: Outgoing, *, retry: bool = True) -> Posted:
         if posted.ref != ORIGINAL.ref:
             raise RefusedError("Only the original response of an interaction is edited.")
 
         async def edit() -> None:
-            kwargs: dict[str, object] = {"content": text, "allowed_mentions": NO_MENTIONS}
-            kwargs["view"] = ActionButtons(actions) if actions else None  # the pressed buttons go
-            if attachments:
-                kwargs["attachments"] = files_for(attachments)
+            kwargs: dict[str, object] = {"content": message.text, "allowed_mentions": NO_MENTIONS}
+            # None takes the pressed buttons off
+            kwargs["view"] = ActionButtons(message.actions) if message.actions else None
+            if message.attachments:
+                kwargs["attachments"] = files_for(message.attachments)
             await self._interaction.edit_original_response(**kwargs)  # type: ignore[arg-type]
 
         await call_discord("edit a message", edit, attempts=ATTEMPTS if retry else 1)
-        return Posted(ORIGINAL.ref, text)
+        return Posted(ORIGINAL.ref, message.text)
 
     async def delete(self, posted: Posted) -> None:
         if posted.ref == ORIGINAL.ref:

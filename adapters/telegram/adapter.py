@@ -73,7 +73,7 @@ from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from typing import Any
 
-from telegram import BotCommand, Message, Update
+from telegram import BotCommand, Message, Update, User
 from telegram.constants import ChatType
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
@@ -90,7 +90,12 @@ from telegram.request import HTTPXRequest
 from adapters.telegram.addressing import BotIdentity, is_addressed, strip_bot_mention, topic_of
 from adapters.telegram.config import Allowlist, api_urls, webhook_from_settings
 from adapters.telegram.outbox import Outbox
-from adapters.telegram.port import GROUP_EDIT_INTERVAL_SECONDS, TYPING_INTERVAL_SECONDS, TelegramPort
+from adapters.telegram.port import (
+    GROUP_EDIT_INTERVAL_SECONDS,
+    TYPING_INTERVAL_SECONDS,
+    TelegramPort,
+    place_for,
+)
 from adapters.telegram.webhook import WebhookServer
 from bot.commands import COMMAND_MENU
 from bot.delivery import Delivery, PortLimits, PrivateNotes
@@ -328,15 +333,8 @@ class TelegramAdapter:
                 )
                 return
             assert message.from_user is not None
-            incoming = IncomingMessage(
-                platform=Platform.TELEGRAM,
-                chat_id=str(message.chat.id),
-                user_id=str(message.from_user.id),
-                display_name=message.from_user.full_name,
-                text=text,
-                addressed_to_bot=True,
-                chat_is_private=private,
-                message_id=str(message.message_id),
+            incoming = _incoming(
+                message.chat.id, message.from_user, text, private=private, message_id=message.message_id
             )
             receipt = self._webhook.receipt(update.update_id) if self._webhook is not None else None
             await self._answer(incoming, reply_to=reply_to, thread_id=thread_id, receipt=receipt)
@@ -376,15 +374,7 @@ class TelegramAdapter:
                     await self._outbox.remove_buttons(chat_id, message.message_id)
                 except PlatformError as error:
                     logger.info("Could not remove buttons after a press: %s", error)
-            incoming = IncomingMessage(
-                platform=Platform.TELEGRAM,
-                chat_id=str(chat_id),
-                user_id=str(user.id),
-                display_name=user.full_name,
-                text=data,
-                addressed_to_bot=True,
-                chat_is_private=chat is None or chat.type == ChatType.PRIVATE,
-            )
+            incoming = _incoming(chat_id, user, data, private=chat is None or chat.type == ChatType.PRIVATE)
             await self._answer(incoming, reply_to=None, thread_id=topic_of(message))
 
     def _accepts(self, message: Message) -> bool:
@@ -411,16 +401,9 @@ class TelegramAdapter:
         edit_interval = self._edit_interval if incoming.chat_is_private else self._group_edit_interval
         limits = PortLimits(self._typing_interval, edit_interval, self._stream_delay)
         notes = PrivateNotes(PRIVATE_SENT_NOTE, PRIVATE_BLOCKED_NOTE.format(mention=self.identity.mention))
-        return TelegramPort(
-            self._outbox,
-            int(incoming.chat_id),
-            user_id=int(incoming.user_id),
-            private=incoming.chat_is_private,
-            limits=limits,
-            private_notes=notes,
-            reply_to=reply_to,
-            thread_id=thread_id,
-        )
+        chat_id = int(incoming.chat_id)
+        place = place_for(chat_id, thread_id, private=incoming.chat_is_private, limits=limits, notes=notes)
+        return TelegramPort(self._outbox, place, (chat_id, int(incoming.user_id)), reply_to=reply_to)
 
     async def _answer(
         self,
@@ -490,6 +473,23 @@ class PollingRequest(HTTPXRequest):
         if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.NOT_FOUND):
             self._on_refused()
         return status, payload
+
+
+def _incoming(
+    chat_id: int, user: User, text: str, *, private: bool, message_id: int | None = None
+) -> IncomingMessage:
+    """A message (or a button press) from ``user`` in chat ``chat_id``, as the engine's event."""
+    message = None if message_id is None else str(message_id)
+    platform = Platform.TELEGRAM
+    return IncomingMessage(
+        platform,
+        str(chat_id),
+        str(user.id),
+        user.full_name,
+        text,
+        chat_is_private=private,
+        message_id=message,
+    )
 
 
 def _log_polling_error(error: TelegramError) -> None:

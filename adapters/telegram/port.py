@@ -10,9 +10,9 @@ from __future__ import annotations
 from adapters.telegram.addressing import topic_of
 from adapters.telegram.formatting import TEXT_LIMIT, preview_text, reply_texts, utf16_len
 from adapters.telegram.outbox import Outbox, keyboard_for
-from bot.delivery import PortLimits, Posted, PrivateNotes
+from bot.delivery import Outgoing, Place, PortLimits, Posted, PrivateNotes
 from bot.presentation import mood_badge
-from bot.types import Action, Attachment, Mood, Reply
+from bot.types import Attachment, Mood, Reply
 
 #: Telegram clears "typing…" after about five seconds, so it is renewed a little sooner.
 TYPING_INTERVAL_SECONDS = 4.0
@@ -22,47 +22,32 @@ TYPING_INTERVAL_SECONDS = 4.0
 GROUP_EDIT_INTERVAL_SECONDS = 4.0
 
 
+def place_for(
+    chat_id: int, thread_id: int | None, *, private: bool, limits: PortLimits, notes: PrivateNotes
+) -> Place:
+    """The place of a chat (and forum topic): "typing…" is shared there."""
+    return Place((chat_id, thread_id), private, limits, notes)
+
+
+def place_topic(place: Place) -> int | None:
+    """The forum topic of a place made by :func:`place_for`."""
+    _, thread_id = place.key  # type: ignore[misc]
+    return thread_id if isinstance(thread_id, int) else None
+
+
 class TelegramPort:
-    """One chat: ``chat_id``, quoting ``reply_to``, in forum topic ``thread_id``; ``user_id`` is the
-    person answered (for answers that go to their private chat)."""
+    """One chat at ``place``: ``chat`` is (chat id, the id of the person answered, for answers that
+    go to their private chat); the first message of a reply quotes ``reply_to``."""
 
     def __init__(
-        self,
-        outbox: Outbox,
-        chat_id: int,
-        *,
-        user_id: int,
-        private: bool,
-        limits: PortLimits,
-        private_notes: PrivateNotes,
-        reply_to: int | None = None,
-        thread_id: int | None = None,
+        self, outbox: Outbox, place: Place, chat: tuple[int, int], *, reply_to: int | None = None
     ) -> None:
         self._outbox = outbox
-        self._chat_id = chat_id
-        self._user_id = user_id
-        self._private = private
+        self.place = place
+        self._chat_id, self._user_id = chat
         self._reply_to = reply_to
-        self._thread_id = thread_id
-        self._limits = limits
-        self._notes = private_notes
-        self._place = (chat_id, thread_id)
-
-    @property
-    def limits(self) -> PortLimits:
-        return self._limits
-
-    @property
-    def place(self) -> tuple[int, int | None]:
-        return self._place
-
-    @property
-    def private(self) -> bool:
-        return self._private
-
-    @property
-    def private_notes(self) -> PrivateNotes:
-        return self._notes
+        #: The forum topic: the one of the place, else (for recovered answers) the replied-to one.
+        self._thread_id: int | None = place_topic(place)
 
     def render(self, reply: Reply) -> list[str]:
         return reply_texts(reply)
@@ -73,44 +58,29 @@ class TelegramPort:
         badge = mood_badge(mood) + "\n"
         return badge + preview_text(text, TEXT_LIMIT - utf16_len(badge))
 
-    async def post(
-        self,
-        text: str | None,
-        *,
-        quote: bool,
-        actions: tuple[Action, ...] = (),
-        attachments: tuple[Attachment, ...] = (),
-        retry: bool = True,
-    ) -> Posted:
+    async def post(self, message: Outgoing, *, quote: bool, retry: bool = True) -> Posted:
         posted = Posted(None, None)
-        if text is not None:
+        if message.text is not None:
             sent = await self._outbox.text(
                 self._chat_id,
-                text,
+                message.text,
                 reply_to=self._reply_to if quote else None,
                 thread_id=self._thread_id,
-                markup=keyboard_for(actions),
+                markup=keyboard_for(message.actions),
                 retry=retry,
             )
             if self._thread_id is None:  # a reply lands in its target's topic (recovered answers)
                 self._thread_id = topic_of(sent)
-            posted = Posted(sent.message_id, text)
-        await self._send_files(attachments)
+            posted = Posted(sent.message_id, message.text)
+        await self._send_files(message.attachments)
         return posted
 
-    async def edit(
-        self,
-        posted: Posted,
-        text: str,
-        *,
-        actions: tuple[Action, ...] = (),
-        attachments: tuple[Attachment, ...] = (),
-        retry: bool = True,
-    ) -> Posted:
-        assert isinstance(posted.ref, int)
-        await self._outbox.edit(self._chat_id, posted.ref, text, markup=keyboard_for(actions), retry=retry)
-        await self._send_files(attachments)
-        return Posted(posted.ref, text)
+    async def edit(self, posted: Posted, message: Outgoing, *, retry: bool = True) -> Posted:
+        assert isinstance(posted.ref, int) and message.text is not None
+        markup = keyboard_for(message.actions)
+        await self._outbox.edit(self._chat_id, posted.ref, message.text, markup=markup, retry=retry)
+        await self._send_files(message.attachments)
+        return Posted(posted.ref, message.text)
 
     async def delete(self, posted: Posted) -> None:
         if isinstance(posted.ref, int):
@@ -121,14 +91,8 @@ class TelegramPort:
 
     async def open_private(self) -> TelegramPort:
         """The private chat (Telegram refuses there with 403 if the person never started the bot)."""
-        return TelegramPort(
-            self._outbox,
-            self._user_id,
-            user_id=self._user_id,
-            private=True,
-            limits=self._limits,
-            private_notes=self._notes,
-        )
+        place = place_for(self._user_id, None, private=True, limits=self.place.limits, notes=self.place.notes)
+        return TelegramPort(self._outbox, place, (self._user_id, self._user_id))
 
     async def _send_files(self, attachments: tuple[Attachment, ...]) -> None:
         for attachment in attachments:

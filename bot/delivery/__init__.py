@@ -6,12 +6,23 @@ one retry helper; :mod:`~bot.delivery.timing` holds every timing.
 """
 
 from bot.delivery.lifecycle import Answering, Delivery, queue_notice
-from bot.delivery.port import PortLimits, Posted, PrivateNotes, RefusedError, ReplyPort, TransientError
+from bot.delivery.port import (
+    Outgoing,
+    Place,
+    PortLimits,
+    Posted,
+    PrivateNotes,
+    RefusedError,
+    ReplyPort,
+    TransientError,
+)
 from bot.delivery.retry import with_backoff
 
 __all__ = [
     "Answering",
     "Delivery",
+    "Outgoing",
+    "Place",
     "PortLimits",
     "Posted",
     "PrivateNotes",

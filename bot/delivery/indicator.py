@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 class TypingLoops:
     """Keeps "typing…" on in a place while at least one reply for it is being prepared.
 
-    Each loop renews the indicator every ``limits.typing_interval`` seconds, and at once after
+    Each loop renews the indicator every ``place.limits.typing_interval`` seconds, and at once after
     :meth:`refresh` (platforms hide it when the bot posts). Cosmetic: failures are only logged.
     """
 
@@ -26,8 +26,8 @@ class TypingLoops:
 
     @contextlib.asynccontextmanager
     async def showing(self, port: ReplyPort) -> AsyncIterator[None]:
-        """Keep "typing…" visible at ``port.place`` while the block runs."""
-        place = port.place
+        """Keep "typing…" visible at ``port.place.key`` while the block runs."""
+        place = port.place.key
         self._users[place] = self._users.get(place, 0) + 1
         if place not in self.tasks:
             self._again[place] = asyncio.Event()
@@ -62,7 +62,7 @@ class TypingLoops:
             except Exception as error:  # cosmetic: never let it end the reply it decorates
                 logger.debug("Could not show typing: %s", error)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(again.wait(), port.limits.typing_interval)
+                await asyncio.wait_for(again.wait(), port.place.limits.typing_interval)
 
     async def stop(self) -> None:
         """End every loop (at shutdown)."""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from bot.delivery.indicator import TypingLoops
-from bot.delivery.port import Posted, RefusedError, ReplyPort
+from bot.delivery.port import Outgoing, Posted, RefusedError, ReplyPort
 from bot.delivery.timing import CLEANUP_SECONDS, IN_FLIGHT_WAIT_SECONDS
 from bot.engine import ReplySink
 from bot.errors import MoodmateError, PlatformError
@@ -66,7 +66,7 @@ class Delivery:
         the chat did not refuse us. ``on_stored`` runs once the engine has stored the message."""
         progress = (
             _Streaming(port, self.typing, on_stored)
-            if port.limits.stream_delay is not None
+            if port.place.limits.stream_delay is not None
             else _Progress(port, self.typing, on_stored)
         )
         unsent: list[Reply] = []
@@ -117,7 +117,7 @@ class Delivery:
 
     async def _send(self, port: ReplyPort, reply: Reply, shown: _Shown) -> None:
         """Send ``reply``; the first reply posted in the chat takes the place of ``shown``."""
-        if reply.private and not port.private:
+        if reply.private and not port.place.private:
             await self._send_privately(port, reply)
             return
         texts = port.render(reply)
@@ -131,12 +131,10 @@ class Delivery:
     @staticmethod
     async def _finish_in_place(port: ReplyPort, preview: Posted, texts: list[str], reply: Reply) -> bool:
         """Edit ``preview`` into the first part, post the rest; False if the edit failed."""
-        only = len(texts) == 1
-        actions = reply.actions if only else ()
-        attachments = reply.attachments if only else ()
-        if texts[0] != preview.text or actions or attachments:
+        first = _part(texts, 0, reply)
+        if first.text != preview.text or first.actions or first.attachments:
             try:
-                await port.edit(preview, texts[0], actions=actions, attachments=attachments)
+                await port.edit(preview, first)
             except RefusedError:
                 raise
             except PlatformError as error:
@@ -151,16 +149,16 @@ class Delivery:
         try:
             private = await port.open_private()
             await _post_all(private, private.render(reply), reply)
-            note = port.private_notes.sent
+            note = port.place.notes.sent
         except RefusedError as error:
             logger.info("Could not send a private answer privately (%s); telling the group", error)
-            note = port.private_notes.refused
-        await port.post(note, quote=True)
+            note = port.place.notes.refused
+        await port.post(Outgoing(note), quote=True)
 
     @staticmethod
     async def _apologise(port: ReplyPort) -> None:
         try:
-            await port.post(MoodmateError.user_message, quote=True)
+            await port.post(Outgoing(MoodmateError.user_message), quote=True)
         except PlatformError as error:
             logger.warning("Could not apologise either: %s", error)
 
@@ -185,15 +183,15 @@ async def _post_all(port: ReplyPort, texts: list[str], reply: Reply, *, starts_r
     the last carries the reply's buttons and files (alone, when there is no text)."""
     if not texts and not (starts_reply and (reply.attachments or reply.actions)):
         return
-    count = max(1, len(texts))
-    for index in range(count):
-        last = index == count - 1
-        await port.post(
-            texts[index] if texts else None,
-            quote=starts_reply and index == 0,
-            actions=reply.actions if last else (),
-            attachments=reply.attachments if last else (),
-        )
+    for index in range(max(1, len(texts))):
+        await port.post(_part(texts, index, reply), quote=starts_reply and index == 0)
+
+
+def _part(texts: list[str], index: int, reply: Reply) -> Outgoing:
+    """Message ``index`` of a reply split into ``texts``: the last one carries buttons and files."""
+    if index < len(texts) - 1:
+        return Outgoing(texts[index])
+    return Outgoing(texts[index] if texts else None, reply.actions, reply.attachments)
 
 
 async def _delete(port: ReplyPort, posted: Posted | None) -> None:
@@ -230,7 +228,8 @@ class _Progress(ReplySink):
             if self._closed:
                 return
             try:
-                self._notice = await self._port.post(queue_notice(position), quote=True, retry=False)
+                notice = Outgoing(queue_notice(position))
+                self._notice = await self._port.post(notice, quote=True, retry=False)
             except PlatformError as error:
                 logger.warning("Could not send a queue notice: %s", error)
 
@@ -299,7 +298,7 @@ class _Streaming(_Progress):
         await super().close()
 
     async def _run(self, mood: Mood) -> None:
-        delay = self._port.limits.stream_delay
+        delay = self._port.place.limits.stream_delay
         await asyncio.sleep(delay or 0.0)
         seen: str | None = None
         while True:
@@ -316,19 +315,19 @@ class _Streaming(_Progress):
             self._request = asyncio.create_task(self._show(preview))
             if not await asyncio.shield(self._request):
                 return  # no more previews; the reply is delivered all the same
-            await asyncio.sleep(self._port.limits.edit_interval)
+            await asyncio.sleep(self._port.place.limits.edit_interval)
 
     async def _show(self, preview: str) -> bool:
         """Post or update the preview; False when the platform refused."""
         try:
             if self._preview is None:
-                self._preview = await self._port.post(preview, quote=True, retry=False)
-                self._typing.refresh(self._port.place)  # posting hides "typing…"
+                self._preview = await self._port.post(Outgoing(preview), quote=True, retry=False)
+                self._typing.refresh(self._port.place.key)  # posting hides "typing…"
                 async with self._lock:  # the queue notice is stale once the reply shows
                     notice, self._notice = self._notice, None
                 await _delete(self._port, notice)
             else:
-                self._preview = await self._port.edit(self._preview, preview, retry=False)
+                self._preview = await self._port.edit(self._preview, Outgoing(preview), retry=False)
         except PlatformError as error:
             logger.warning("Could not show a reply in progress; it will arrive when done: %s", error)
             return False

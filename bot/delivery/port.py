@@ -60,28 +60,34 @@ class PrivateNotes:
     refused: str
 
 
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a port answers: ``key`` (replies for the same key share one "typing…"), whether it is
+    ``private`` (only the person answered sees it: a private chat, a DM, an ephemeral answer, so
+    answers about their own data are posted right there), its pace and its private-answer notes."""
+
+    key: Hashable
+    private: bool
+    limits: PortLimits
+    notes: PrivateNotes
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to post: its text (already fitting one message, or None for files alone), the
+    buttons and the files that go with it."""
+
+    text: str | None
+    actions: tuple[Action, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+
+
 class ReplyPort(Protocol):
     """One place on one platform, answering one message (see the module docstring)."""
 
     @property
-    def limits(self) -> PortLimits:
-        """This place's pace."""
-        ...
-
-    @property
-    def place(self) -> Hashable:
-        """Where "typing…" shows: replies being written for the same place share one indicator."""
-        ...
-
-    @property
-    def private(self) -> bool:
-        """Whether only the person answered sees what is posted here (a private chat, a DM, an
-        ephemeral answer): answers about their own data are posted here, not sent privately."""
-        ...
-
-    @property
-    def private_notes(self) -> PrivateNotes:
-        """The notes for a private answer asked for here."""
+    def place(self) -> Place:
+        """Where it answers."""
         ...
 
     def render(self, reply: Reply) -> list[str]:
@@ -94,30 +100,13 @@ class ReplyPort(Protocol):
         one message, marked unfinished), or None while there is nothing to show."""
         ...
 
-    async def post(
-        self,
-        text: str | None,
-        *,
-        quote: bool,
-        actions: tuple[Action, ...] = (),
-        attachments: tuple[Attachment, ...] = (),
-        retry: bool = True,
-    ) -> Posted:
-        """Post one message (``text`` already fits one) with ``actions`` as buttons and
-        ``attachments`` as files; ``quote``: it answers the message this place answers.
-        ``retry=False``: best effort, one try."""
+    async def post(self, message: Outgoing, *, quote: bool, retry: bool = True) -> Posted:
+        """Post one message; ``quote``: it answers the message this place answers (the first of a
+        reply). ``retry=False``: best effort, one try."""
         ...
 
-    async def edit(
-        self,
-        posted: Posted,
-        text: str,
-        *,
-        actions: tuple[Action, ...] = (),
-        attachments: tuple[Attachment, ...] = (),
-        retry: bool = True,
-    ) -> Posted:
-        """Replace the text of a message this port posted (an edit to the same text is no error)."""
+    async def edit(self, posted: Posted, message: Outgoing, *, retry: bool = True) -> Posted:
+        """Replace a message this port posted (an edit to the same text is no error)."""
         ...
 
     async def delete(self, posted: Posted) -> None:
