@@ -97,7 +97,7 @@ from adapters.telegram.port import (
     place_for,
 )
 from adapters.telegram.webhook import WebhookServer
-from bot.commands import COMMAND_MENU
+from bot.commands import COMMANDS
 from bot.delivery import Delivery, PortLimits, PrivateNotes
 from bot.delivery.timing import BACKOFF_FIRST_SECONDS, EDIT_INTERVAL_SECONDS, STREAM_DELAY_SECONDS
 from bot.engine import Engine
@@ -227,7 +227,7 @@ class TelegramAdapter:
         self._outbox = Outbox(application.bot, backoff=self._network_backoff)
         try:
             await application.bot.set_my_commands(
-                [BotCommand(name, description) for name, description in COMMAND_MENU]
+                [BotCommand(spec.name, spec.menu_line) for spec in COMMANDS]
             )
         except TelegramError as error:
             logger.warning("Could not register the Telegram command menu: %s", error.message)
