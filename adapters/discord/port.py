@@ -76,7 +76,7 @@ class ChannelPort:
             if quote and self._reference is not None:
                 kwargs["reference"] = self._reference
                 kwargs["mention_author"] = False
-            return await self._channel.send(message.text, **kwargs)  # type: ignore[arg-type]
+            return await self._channel.send(message.text, **kwargs)  # type: ignore[call-overload]
 
         sent = await call_discord("send a message", send, attempts=ATTEMPTS if retry else 1)
         if self._on_sent is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -24,8 +23,6 @@ from bot.delivery import RefusedError, TransientError, with_backoff
 from bot.delivery.timing import ATTEMPTS
 from bot.errors import PlatformError
 from bot.types import Action, Attachment
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -416,8 +416,12 @@ class TelegramAdapter:
         """Answer ``incoming`` in its chat (replying to ``reply_to``, in forum topic ``thread_id``);
         ``receipt`` (webhook mode) is resolved once the engine has stored the message."""
         port = self._port(incoming, reply_to=reply_to, thread_id=thread_id)
-        on_stored = None if receipt is None else (lambda: receipt.done() or receipt.set_result(None))
-        await self._delivery.answer(incoming, port, on_stored=on_stored)
+
+        def stored() -> None:
+            if receipt is not None and not receipt.done():
+                receipt.set_result(None)
+
+        await self._delivery.answer(incoming, port, on_stored=stored)
 
     async def admits(self, message: IncomingMessage) -> bool:
         """Whether the allowlists admit ``message``'s sender now (checked again at recovery)."""

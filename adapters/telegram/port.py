@@ -31,7 +31,8 @@ def place_for(
 
 def place_topic(place: Place) -> int | None:
     """The forum topic of a place made by :func:`place_for`."""
-    _, thread_id = place.key  # type: ignore[misc]
+    key = place.key
+    thread_id = key[1] if isinstance(key, tuple) and len(key) == 2 else None
     return thread_id if isinstance(thread_id, int) else None
 
 
