@@ -185,31 +185,31 @@ class Outbox:
         retry: bool = True,
     ) -> None:
         """Replace a message's text; an edit to identical text is not an error."""
-        try:
-            await self._request(
-                lambda: self.bot.edit_message_text(
-                    text,
-                    chat_id=chat_id,
-                    message_id=message_id,
-                    reply_markup=markup,
-                    link_preview_options=_NO_PREVIEW,
-                ),
-                "edit a message",
-                retry=retry,
-            )
-        except PlatformError as error:
-            if not _is_not_modified(error):
-                raise
+        await self._modify(
+            lambda: self.bot.edit_message_text(
+                text,
+                chat_id=chat_id,
+                message_id=message_id,
+                reply_markup=markup,
+                link_preview_options=_NO_PREVIEW,
+            ),
+            "edit a message",
+            retry=retry,
+        )
 
     async def remove_buttons(self, chat_id: int, message_id: int) -> None:
         """Take the inline keyboard off a message (so a choice cannot be made twice)."""
+        await self._modify(
+            lambda: self.bot.edit_message_reply_markup(
+                chat_id=chat_id, message_id=message_id, reply_markup=None
+            ),
+            "remove buttons",
+        )
+
+    async def _modify(self, make: Callable[[], Awaitable[object]], what: str, *, retry: bool = True) -> None:
+        """An edit; Telegram's "message is not modified" (a repeat that found it done) is success."""
         try:
-            await self._request(
-                lambda: self.bot.edit_message_reply_markup(
-                    chat_id=chat_id, message_id=message_id, reply_markup=None
-                ),
-                "remove buttons",
-            )
+            await self._request(make, what, retry=retry)
         except PlatformError as error:
             if not _is_not_modified(error):
                 raise
