@@ -18,9 +18,15 @@ Methods (letters for ``--methods``):
       message, compare the three label-token logits;
   (i) (b) again, but on moodmate's int8 weights (shows how much of the speed-up is the weights alone);
   (f) moodmate's method on the plain float32 model (the accuracy the int8 weights are measured against);
-  (c) moodmate: ``LanguageModel.classify`` as the bot runs it (few-shot prefix KV cache, label rows only,
-      batched, int8 weights).
-The default is ``abc``; the speed-up column compares every row's single-message p50 with (b)'s. Read
+  (c) moodmate: ``LanguageModel.classify`` (few-shot prefix KV cache, label rows only, batched, int8
+      weights) with plain label scoring, the readout switched off;
+  (r) (c) with the learned mood readout (``bot/model/readout.py``), as the bot runs it where the model
+      has one (the same forward pass; (c) and (r) are timed side by side in one run).
+(c) and (r) are also scored per set on the English emotion tweets, the Chinese product reviews and
+the chat-style messages held aside from fitting (``bench/data/chat_holdout_*.tsv``). The readout was
+fitted on samples of the dev sets (see ``bench/fit_readout.py``), so only the held-aside chat sets
+are unseen by it; its held-out figures are those of ``bench/fit_readout.py``.
+The default is ``abcr``; the speed-up column compares every row's single-message p50 with (b)'s. Read
 times are measured side by side (each message read by every method in turn), after the accuracy runs.
 """
 
@@ -158,16 +164,46 @@ class MoodmateMethod(Method):
     name = "(c) moodmate"
     batched = True
 
-    def __init__(self, model, name: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model, name: str | None = None, *, readout: bool = False) -> None:  # type: ignore[no-untyped-def]
         self.model = model
+        self.readout = readout
         if name is not None:
             self.name = name
 
     def read(self, texts: Sequence[str]) -> list[tuple[str, dict[str, float] | None]]:
-        return [
-            (mood.label.value, {label.value: p for label, p in mood.probabilities})
-            for mood in self.model.classify(list(texts))
-        ]
+        self.model.moods.readouts_enabled = self.readout
+        try:
+            moods = self.model.classify(list(texts))
+        finally:
+            self.model.moods.readouts_enabled = True
+        return [(mood.label.value, {label.value: p for label, p in mood.probabilities}) for mood in moods]
+
+
+#: The extra sets (c) and (r) are scored on, per set: (file, three classes?).
+EXTRA_SETS: dict[str, tuple[Path, bool]] = {
+    "tweeteval_emotion": (DATA_DIR / "tweeteval_emotion_train.tsv", False),
+    "online_shopping": (DATA_DIR / "online_shopping_10_cats.tsv", False),
+    "chat_holdout_en": (ROOT / "bench" / "data" / "chat_holdout_en.tsv", True),
+    "chat_holdout_zh": (ROOT / "bench" / "data" / "chat_holdout_zh.tsv", True),
+}
+
+
+def per_set(method: Method, sets: dict[str, list[tuple[str, str]]], batch_size: int) -> dict[str, float]:
+    """``method``'s score and ECE on each of ``sets`` (macro-recall where three classes, else accuracy)."""
+    figures: dict[str, float] = {}
+    for name, rows in sets.items():
+        results: list[tuple[str, dict[str, float] | None]] = []
+        for start in range(0, len(rows), batch_size):
+            results.extend(method.read([text for _, text in rows[start : start + batch_size]]))
+        gold = [label for label, _ in rows]
+        if EXTRA_SETS[name][1]:
+            figures[f"{name}_macro_recall"] = macro_recall(gold, [answer for answer, _ in results])
+        else:
+            figures[f"{name}_accuracy"] = binary_accuracy(
+                gold, [probs for _, probs in results], [answer for answer, _ in results]
+            )
+        figures[f"{name}_calibration_error"] = calibration_error(gold, [probs for _, probs in results])
+    return figures
 
 
 class ZeroShotLogitsMethod(Method):
@@ -404,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=300, help="messages per data set (default 300)")
     parser.add_argument("--model", default=None, help="MOODMATE_MODEL override")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
-    parser.add_argument("--methods", default="abc", help="which methods to run, from 'abifc' (see above)")
+    parser.add_argument("--methods", default="abcr", help="which methods to run, from 'abifcr' (see above)")
     parser.add_argument("--no-quantize", action="store_true", help="load with quantize off")
     parser.add_argument("--latency-messages", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
@@ -446,13 +482,17 @@ def main(argv: list[str] | None = None) -> int:
         "i": lambda: ZeroShotLogitsMethod(model, name="(i) zero-shot logits, moodmate's weights"),
         "f": lambda: MoodmateMethod(plain, name="(f) moodmate's method, float32"),
         "c": lambda: MoodmateMethod(model),
+        "r": lambda: MoodmateMethod(model, "(r) moodmate + readout", readout=True),
     }
-    methods = [makers[letter]() for letter in "abifc" if letter in args.methods]
+    methods = [makers[letter]() for letter in "abifcr" if letter in args.methods]
+    extra = {name: stratified_sample(read_tsv(path), size) for name, (path, _) in EXTRA_SETS.items()}
     rows: list[dict[str, object]] = []
     for method in methods:
         print(f"running {method.name} ...", file=sys.stderr)
         row: dict[str, object] = {"method": method.name}
         row.update(evaluate(method, tweets, waimai, args.batch))
+        if isinstance(method, MoodmateMethod) and method.model is model:
+            row.update(per_set(method, extra, args.batch))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     print(f"timing mood reads side by side over {len(chat_texts)} chat-length messages ...", file=sys.stderr)
@@ -494,6 +534,24 @@ def main(argv: list[str] | None = None) -> int:
         f"waimai n={len(waimai)} threads={__import__('torch').get_num_threads()}"
     )
     print_table(rows, columns, print)
+    moodmate_rows = [
+        row for row in rows if any(key.endswith("_calibration_error") for key in row if "_" in key)
+    ]
+    moodmate_rows = [row for row in moodmate_rows if "chat_holdout_en_calibration_error" in row]
+    if moodmate_rows:
+        readouts = {language: model.moods.readout(language) is not None for language in model.moods.languages}
+        print(f"\nper set (readout loaded: {readouts}; chat_holdout_* were never fitted on):")
+        set_columns = [
+            ("tweeteval_macro_recall", "TweetEval macro-R", 3),
+            ("tweeteval_calibration_error", "ECE", 3),
+        ]
+        set_columns += [("waimai_accuracy", "waimai acc", 3)]
+        for name, (_, three) in EXTRA_SETS.items():
+            metric = "macro_recall" if three else "accuracy"
+            set_columns.append((f"{name}_{metric}", f"{name} {'macro-R' if three else 'acc'}", 3))
+            if three:
+                set_columns.append((f"{name}_calibration_error", "ECE", 3))
+        print_table(moodmate_rows, set_columns, print)
     for title, found in (("float32 weights", plain_replies), ("moodmate (int8)", replies)):
         if found.get("samples"):
             print(f"\nsample replies, {title}:")

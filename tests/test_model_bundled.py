@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from bot.bootstrap import model_options
 from bot.model.base import ChatTurn, LanguageModel
@@ -112,3 +113,26 @@ def test_the_language_hint_from_the_prompt_layer_gives_the_same_prompt_token_for
     for system, history in PROMPT_CASES:
         found = model.replies.prompt_ids(with_language_hint(system, history), history)  # type: ignore[attr-defined]
         assert found == prompt_ids_with_the_models_own_hint(model, system, history), (system, history)  # type: ignore[arg-type]
+
+
+def test_the_shipped_mood_readout_loads_for_the_bundled_model(model: LanguageModel) -> None:
+    from bot.model.readout import packaged_readout_path, read_readout_file
+
+    path = packaged_readout_path(model.name)
+    shipped = read_readout_file(path)
+    assert shipped.model == model.identity  # type: ignore[attr-defined]
+    assert "en" in shipped.languages  # Chinese keeps plain label scoring: no setting gained there
+    for language in model.moods.languages:  # type: ignore[attr-defined]
+        readout = model.moods.readout(language)  # type: ignore[attr-defined]
+        if language in shipped.languages:
+            assert readout is not None and torch.equal(readout.weight, shipped.languages[language].weight)
+        else:
+            assert readout is None
+    texts = ["I finally got the job!!", "what time is it?", "I am so tired of this"]
+    with_readout = model.mood_log_probs(texts)  # type: ignore[attr-defined]
+    model.moods.readouts_enabled = False  # type: ignore[attr-defined]
+    try:
+        plain = model.mood_log_probs(texts)  # type: ignore[attr-defined]
+    finally:
+        model.moods.readouts_enabled = True  # type: ignore[attr-defined]
+    assert not torch.equal(with_readout, plain)

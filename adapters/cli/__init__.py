@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run every chat platform whose token is set")
     # Its own parser (adapters/cli/classify.py) reads every argument after "classify".
     commands.add_parser("classify", help="label messages read one per line", add_help=False)
-    from bot.model.tune_cli import add_arguments as add_tune_arguments
+    from adapters.cli.tune_mood import add_arguments as add_tune_arguments
 
     add_tune_arguments(
         commands.add_parser("tune-mood", help="fit the mood reads to your community's labelled messages")
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rest = ["--model", args.model, *rest]
             return classify_main(rest)
         if args.command == "tune-mood":
-            from bot.model.tune_cli import run as tune_run
+            from adapters.cli.tune_mood import run as tune_run
 
             return tune_run(args.file, args.language, model=args.model)
         if args.command == "crisis-check":

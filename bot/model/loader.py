@@ -105,9 +105,26 @@ def load_model(options: ModelOptions, *, progress: bool = True) -> LanguageModel
             threads=options.threads,
             max_input_chars=options.max_input_chars,
             prefix_cache_dir=Path(options.cache_dir) / "prefix-kv",
+            identity=model_identity(source),
+            readout_files=readout_files(source.name, Path(options.cache_dir)),
         )
     logger.info("Model %s loaded in %.1f s", source.name, time.perf_counter() - started)
     return model
+
+
+def model_identity(source: ModelSource) -> str | None:
+    """What names a bundled model's weights wherever it is installed (its GGUF's sha256); None for the
+    others, whose loaded files name them (see ``weights_identity``)."""
+    if source.bundled is not None:
+        return f"bundled:{source.bundled.name}:sha256={source.bundled.sha256}"
+    return None
+
+
+def readout_files(model_name: str, cache_dir: Path) -> tuple[Path, ...]:
+    """The mood readout files tried for ``model_name``: the shipped one, then ``moodmate tune-mood``'s."""
+    from bot.model.readout import packaged_readout_path, tuned_readout_path
+
+    return (packaged_readout_path(model_name), tuned_readout_path(cache_dir, model_name))
 
 
 def describe_local_model(options: ModelOptions) -> str:

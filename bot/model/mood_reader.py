@@ -7,8 +7,8 @@ three label probabilities are renormalised (optionally calibrated against conten
 default: it measured worse on the dev sets with this prompt).
 
 :meth:`MoodReader.label_scores` gives a batch's label log-probabilities together with the last hidden
-states they came from; :meth:`MoodReader.adjust` is where a per-language correction of those scores
-applies (today: the calibration).
+states they came from; :meth:`MoodReader.adjust` applies a language's learned readout to them where it
+has one (see :mod:`bot.model.readout`; without one, plain label scoring) and the calibration.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from bot.model.mood_prompt import (
     prompt_language,
     split_mood_prompt,
 )
+from bot.model.readout import LanguageReadout, prompt_digest
 from bot.types import Mood, MoodLabel
 
 #: Inputs whose label distribution is the model's bias (contextual calibration).
@@ -165,6 +166,9 @@ class MoodReader:
         self._prefixes: dict[str, MoodPrefix] = {}
         self.rebuild_prefixes()
         self._calibration = {language: torch.zeros(len(LABELS)) for language in self._prefixes}
+        self._readouts: dict[str, LanguageReadout] = {}
+        #: False: every language is read with plain label scores (benchmarks compare the two).
+        self.readouts_enabled = True
 
     # ------------------------------------------------------------------ prompt
 
@@ -243,8 +247,44 @@ class MoodReader:
         return MoodScores(torch.log_softmax(per_label, dim=-1), last)
 
     def adjust(self, scores: MoodScores, language: str) -> torch.Tensor:
-        """The label log-probabilities of ``scores`` after ``language``'s correction (its calibration)."""
-        return torch.log_softmax(scores.log_probs - self._calibration[language], dim=-1)
+        """The label log-probabilities of ``scores`` after ``language``'s readout (where it has one and
+        ``readouts_enabled``) and its calibration."""
+        readout = self._readouts.get(language) if self.readouts_enabled else None
+        corrected = (
+            scores.log_probs if readout is None else readout.scores(scores.log_probs, scores.last_hidden)
+        )
+        return torch.log_softmax(corrected - self._calibration[language], dim=-1)
+
+    # ------------------------------------------------------------------ readout
+
+    @property
+    def hidden_size(self) -> int:
+        """The width of the last hidden states (what a readout's weight multiplies)."""
+        return int(self.label_head.weight.shape[1])
+
+    def prompt_digests(self) -> dict[str, str]:
+        """Per language, the digest of its mood prompt as run (tokens, label rows): what readouts key to."""
+        return {
+            language: prompt_digest(prefix.prefix_ids, prefix.suffix_ids, prefix.label_groups)
+            for language, prefix in self._prefixes.items()
+        }
+
+    def use_readouts(self, readouts: Mapping[str, LanguageReadout]) -> None:
+        """Read these languages through their readouts from now on (the others with plain label scores)."""
+        unknown = set(readouts) - set(self._prefixes)
+        if unknown:
+            raise ValueError(f"no mood prompt for {', '.join(sorted(unknown))}")
+        wrong = [language for language, found in readouts.items() if found.hidden_size != self.hidden_size]
+        if wrong:
+            raise ValueError(
+                f"the readout for {', '.join(wrong)} does not fit the hidden size {self.hidden_size}"
+            )
+        with self.lock:
+            self._readouts = dict(readouts)
+
+    def readout(self, language: str) -> LanguageReadout | None:
+        """``language``'s readout, None where it is read with plain label scores."""
+        return self._readouts.get(language)
 
     def calibration(self, language: str) -> torch.Tensor:
         """The log-bias subtracted from ``language``'s label log-probabilities (zeros: none)."""

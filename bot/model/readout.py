@@ -220,7 +220,7 @@ class Penalty:
     """How strongly fitting pulls each part of a readout back to the identity (L2, per mean example);
     ``math.inf`` keeps that part at the identity."""
 
-    weight: float = 1e-2
+    weight: float = 0.1
     bias: float = 1e-3
     scale: float = 1e-3
 
@@ -228,7 +228,8 @@ class Penalty:
         return {"weight": self.weight, "bias": self.bias, "scale": self.scale}
 
 
-#: Used where there is nothing to choose a penalty by (``moodmate tune-mood``): the shipped readout's.
+#: Used where there is nothing to choose a penalty by (``moodmate tune-mood``): the one chosen for the
+#: bundled model's English readout by cross-domain validation (``bench/fit_readout.py``).
 DEFAULT_PENALTY = Penalty()
 
 

@@ -29,6 +29,8 @@ from bot.model.base import ChatTurn, StopCheck, TextCallback
 from bot.model.cpu_weights import release_free_memory
 from bot.model.decoder import Decoder, check_lean_pass, open_pretrained, prepare_decoder
 from bot.model.mood_reader import MoodReader, build_label_head
+from bot.model.prefix_store import weights_identity
+from bot.model.readout import LanguageReadout, load_readout
 from bot.model.reply_generator import ReplyGenerator, SamplingConfig
 from bot.types import Mood
 
@@ -40,12 +42,24 @@ __all__ = ["SamplingConfig", "TransformersModel"]
 class TransformersModel:
     """A causal language model from a Hugging Face directory, implementing ``LanguageModel``."""
 
-    def __init__(self, name: str, decoder: Decoder, moods: MoodReader, replies: ReplyGenerator) -> None:
-        """Compose the parts (built on ``decoder``, sharing one lock); see ``load``."""
+    def __init__(
+        self,
+        name: str,
+        decoder: Decoder,
+        moods: MoodReader,
+        replies: ReplyGenerator,
+        *,
+        identity: str | None = None,
+    ) -> None:
+        """Compose the parts (built on ``decoder``, sharing one lock); see ``load``.
+
+        ``identity`` names the weights (what a mood readout file is keyed to); None: no readout applies.
+        """
         self.name = name
         self.decoder = decoder
         self.moods = moods
         self.replies = replies
+        self.identity = identity
 
     @classmethod
     def load(
@@ -59,10 +73,15 @@ class TransformersModel:
         calibrate: bool = False,
         sampling: SamplingConfig | None = None,
         prefix_cache_dir: Path | None = None,
+        identity: str | None = None,
+        readout_files: Sequence[Path] = (),
     ) -> TransformersModel:
         """Load a model directory (config.json, safetensors, tokenizer) or hub id for fast CPU inference.
 
         With ``prefix_cache_dir`` the few-shot prefixes' key/values are kept there between runs.
+        ``identity`` names the weights (default: the directory's files, see ``weights_identity``); each of
+        ``readout_files`` that exists and was fitted for them gives the mood reads of its languages a
+        learned readout, a later file's languages taking precedence.
         """
         started = time.perf_counter()
         pretrained = open_pretrained(location, threads=threads)
@@ -86,10 +105,14 @@ class TransformersModel:
         decoder.use_lean_pass(check_lean_pass(decoder, *moods.lean_pass_check()))
         if calibrate:
             moods.calibrate()
+        if identity is None:
+            identity = weights_identity(location, getattr(pretrained.model.config, "_commit_hash", None))
+        if identity is not None:
+            use_readouts(moods, identity, readout_files)
         replies = ReplyGenerator(decoder, max_input_chars=max_input_chars, sampling=sampling, lock=lock)
         release_free_memory()  # the prefix passes' scratch memory (~100 MB of RSS otherwise)
         logger.info("Model %s ready in %.1f s", name, time.perf_counter() - started)
-        return cls(name, decoder, moods, replies)
+        return cls(name, decoder, moods, replies, identity=identity)
 
     @property
     def weights(self) -> str:
@@ -126,3 +149,26 @@ class TransformersModel:
     def count_tokens(self, text: str) -> int:
         """Number of tokens of ``text`` under this model's tokenizer."""
         return len(self.decoder.encode(text))
+
+
+def use_readouts(moods: MoodReader, identity: str, files: Sequence[Path]) -> None:
+    """Give ``moods`` the readouts of ``files`` that fit the model and its prompts (later files win for
+    a language), and say in one log line which languages read through which file."""
+    readouts: dict[str, LanguageReadout] = {}
+    sources: dict[str, Path] = {}
+    prompts = moods.prompt_digests()
+    for path in files:
+        for language, readout in load_readout(
+            path, model=identity, prompts=prompts, hidden_size=moods.hidden_size
+        ).items():
+            readouts[language], sources[language] = readout, path
+    moods.use_readouts(readouts)
+    plain = [language for language in moods.languages if language not in readouts]
+    if readouts:
+        logger.info(
+            "Mood readout: %s%s",
+            ", ".join(f"{language} from {sources[language]}" for language in readouts),
+            f"; plain label scores for {', '.join(plain)}" if plain else "",
+        )
+    else:
+        logger.info("Mood readout: none for this model, plain label scores")

@@ -108,7 +108,7 @@ def run(path: Path, language: str | None, *, model: str | None = None) -> int:
     except TuneInputError as error:
         print(f"moodmate tune-mood: {error}", file=sys.stderr)
         return 2
-    from bot.bootstrap import load_settings
+    from bot.bootstrap import load_settings, model_options
 
     try:
         settings = load_settings(**({"model": model} if model else {}))
@@ -120,7 +120,7 @@ def run(path: Path, language: str | None, *, model: str | None = None) -> int:
         from bot.model.loader import load_model
 
         print(f"Loading {settings.model} ...", file=sys.stderr, flush=True)
-        loaded = load_model(settings, progress=sys.stderr.isatty())
+        loaded = load_model(model_options(settings), progress=sys.stderr.isatty())
         if not hasattr(loaded, "moods"):
             raise TuneInputError(f"the model {settings.model} has no mood reader to tune.")
         return tune(loaded, chosen, language, Path(settings.cache_dir), skipped=len(rows) - len(chosen))

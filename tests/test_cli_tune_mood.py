@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from adapters import cli
-from bot.model import tune_cli
+from adapters.cli import tune_mood as tune_cli
 
 
 def write(tmp_path: Path, lines: list[str], name: str = "mine.tsv") -> Path:
@@ -82,3 +82,26 @@ def test_a_model_bad_to_load_gets_one_sentence(
     path = write(tmp_path, english_rows(40))
     assert cli.main(["--model", str(tmp_path / "missing-dir"), "tune-mood", str(path)]) == 2
     assert "MOODMATE_MODEL" in capsys.readouterr().err
+
+
+def test_a_real_fit_on_a_tiny_model_is_saved_and_used_at_the_next_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.model.loader import load_model
+    from bot.model.options import ModelOptions
+    from bot.model.readout import read_readout_file, tuned_readout_path
+    from tests.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tiny")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MOODMATE_CACHE_DIR", str(cache))
+    path = write(tmp_path, ["label\ttext", *english_rows(45), "positive\t今天很开心"])
+    assert cli.main(["--model", str(model_dir), "tune-mood", str(path), "--language", "en"]) == 0
+    out = capsys.readouterr().out
+    assert "45 en messages (1 in another language left out), 5-fold cross-validated macro-recall" in out
+    assert "plain label scores" in out and "tuned readout" in out
+    saved = tuned_readout_path(cache, model_dir.name)
+    assert f"Saved to {saved}" in out
+    assert set(read_readout_file(saved).languages) == {"en"}
+    loaded = load_model(ModelOptions(model=str(model_dir), cache_dir=cache, threads=1), progress=False)
+    assert loaded.moods.readout("en") is not None and loaded.moods.readout("zh") is None  # type: ignore[attr-defined]
