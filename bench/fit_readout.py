@@ -148,6 +148,26 @@ def load_or_extract(model, data: DataSet) -> dict[str, object]:  # type: ignore[
     return features
 
 
+def check_features(model, features: dict[str, dict[str, object]], rows: int = 16) -> None:  # type: ignore[no-untyped-def]
+    """Read a few messages of each set again and warn where the stored features differ from them (the
+    features must be what this model computes as it serves)."""
+    from bot.model.readout import read_features
+
+    for data in SETS:
+        texts = [row["text"] for row in read_rows(data)][:rows]
+        found = features[data.name]
+        language = found["languages"][0]
+        same = [index for index in range(len(texts)) if found["languages"][index] == language]
+        log_probs, _ = read_features(model.moods, [texts[index] for index in same], language)
+        difference = float((log_probs - found["log_probs"][same]).abs().max())
+        if difference > 1e-4:
+            print(
+                f"WARNING: {data.name}'s stored features differ from this load's by up to {difference:.3g} "
+                "in label log-probability: delete bench/results/readout-features/ and read them again",
+                file=sys.stderr,
+            )
+
+
 # ---------------------------------------------------------------------------------- validation
 
 
@@ -329,12 +349,6 @@ def main(argv: list[str] | None = None) -> int:
             found = sorted(FEATURE_DIR.glob(f"{data.name}-*.pt"), key=lambda path: path.stat().st_mtime)
             if found:
                 features[data.name] = torch.load(found[-1])
-                if "log_probs" not in features[data.name]:  # TEMPORARY: features read before the split
-                    from bot.model.mood_prompt import prompt_language
-
-                    old = features[data.name]
-                    old["log_probs"] = torch.log_softmax(old["scores"], dim=-1)
-                    old["languages"] = [prompt_language(row["text"]) for row in read_rows(data)]
         validate(features, args.only)
         return 0
 
@@ -346,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(_env_file=None, threads=args.threads, **({"model": args.model} if args.model else {}))
     model = load_model(model_options(settings), progress=True)
     features = {data.name: load_or_extract(model, data) for data in SETS}
+    check_features(model, features)
     readouts, info = validate(features, args.only)
     if args.write:
         from bot.model.readout import packaged_readout_path
