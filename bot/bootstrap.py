@@ -19,8 +19,8 @@ from bot.engine import Engine, utcnow
 from bot.errors import ConfigurationError
 from bot.inference import InferenceWorker
 from bot.model.base import LanguageModel
+from bot.repository import Repository
 from bot.settings import Settings
-from storage import Repository, open_repository
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,16 @@ def load_settings(**overrides: object) -> Settings:
             for item in error.errors()
         )
         raise ConfigurationError(f"Invalid settings ({problems}); see .env.example.") from None
+
+
+def open_storage(database_url: str) -> Repository:
+    """The repository for ``database_url`` (not yet initialized); the one place the core meets ``storage``.
+
+    A URL moodmate cannot use raises :class:`ConfigurationError` (one sentence).
+    """
+    from storage import open_repository
+
+    return open_repository(database_url)
 
 
 @dataclass
@@ -107,7 +117,7 @@ async def bootstrap(
 ) -> App:
     """Build the app. Pass ``model`` or ``repository`` to replace the real ones (tests, benchmarks)."""
     settings = settings or load_settings()
-    repository = repository or open_repository(settings.database_url)
+    repository = repository or open_storage(settings.database_url)
     await repository.initialize()
     if model is None:
         from bot.model.loader import load_model

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bot import moodlog
+from bot.records import UserRecord
+from bot.repository import Repository
 from bot.settings import Settings
 from bot.types import Action, Attachment, IncomingMessage, Reply, ReplyKind
-from storage import Repository, UserRecord
 
 logger = logging.getLogger(__name__)
 

@@ -27,19 +27,12 @@ from bot.errors import DuplicateMessageError, MoodmateError
 from bot.inference import InferenceWorker, WorkerStoppedError
 from bot.model.base import ChatTurn
 from bot.prompts import clean_partial, clean_reply, is_chinese, reply_turns, system_prompt_for
+from bot.records import ChatRecord, MessageRecord, MessageStatus, MoodRecord, PendingMessage, UserRecord
+from bot.repository import Repository
 from bot.safety.guard import SafetyGuard
 from bot.settings import Settings
 from bot.text import is_blank, sanitize, truncate
 from bot.types import IncomingMessage, Mood, MoodLabel, Platform, Reply, ReplyKind
-from storage import (
-    ChatRecord,
-    MessageRecord,
-    MessageStatus,
-    MoodRecord,
-    PendingMessage,
-    Repository,
-    UserRecord,
-)
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The SQLAlchemy 2.0 implementation of :class:`storage.repository.Repository`.
+"""The SQLAlchemy 2.0 implementation of the storage port, :class:`bot.repository.Repository`.
 
 SQLite by default (WAL mode, foreign keys on, a busy timeout) through aiosqlite, or PostgreSQL
 through asyncpg. This module is the only code that opens sessions. Statement parameters (message
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from bot.errors import ConfigurationError, DuplicateMessageError, StorageError
-from storage.records import (
+from bot.records import (
     UNFINISHED,
     ChatRecord,
     MessageRecord,
@@ -189,6 +189,11 @@ class SqlAlchemyRepository:
         self._url = parse_database_url(database_url) if isinstance(database_url, str) else database_url
         self._engine = create_engine(self._url)
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False, class_=AsyncSession)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine, for an operator's or a test's own read-only queries."""
+        return self._engine
 
     async def initialize(self) -> None:
         """Create or migrate the schema, one process at a time; a database that cannot be opened
@@ -637,21 +642,6 @@ class SqlAlchemyRepository:
                 result = await session.execute(delete(table).where(condition))
                 deleted[name] = int(result.rowcount or 0)
             return deleted
-
-    @_translated
-    async def count_rows(self, user_id: int) -> dict[str, int]:
-        async with self._sessions() as session:
-            counts: dict[str, int] = {}
-            for name, table, condition in (
-                ("users", UserRow, UserRow.id == user_id),
-                ("chats", ChatRow, ChatRow.owner_user_id == user_id),
-                ("messages", MessageRow, MessageRow.user_id == user_id),
-                ("mood_entries", MoodRow, MoodRow.user_id == user_id),
-            ):
-                counts[name] = int(
-                    await session.scalar(select(func.count()).select_from(table).where(condition)) or 0
-                )
-            return counts
 
     # --- operators -----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from bot.presentation import mood_badge
 from bot.types import IncomingMessage, Mood, MoodLabel, Platform, Reply, ReplyKind
 from tests.conftest import conversation, make_settings
 from tests.fakes.discord_server import FakeDiscordServer, FakeGuild, FakeUser, RecordedRequest
+from tests.rows import count_rows
 
 DEFAULT_BASE = discord.http.Route.BASE
 DEFAULT_GATEWAY = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
@@ -454,14 +455,14 @@ async def test_forget_deletes_everything_after_the_button_is_pressed(
     await replies_in(fake, fake.dm_channel_id(world.alice))
     user = await bot.app.repository.get_user("discord", world.alice.id)
     assert user is not None
-    assert (await bot.app.repository.count_rows(user.id))["messages"] == 2
+    assert (await count_rows(bot.app.repository, user.id))["messages"] == 2
 
     await fake.invoke_command("forget", world.alice, world.general)
     [question] = await fake.wait_for(lambda r: r.path.startswith(f"/webhooks/{fake.application_id}/"))
     assert question.payload["flags"] & 64
     buttons = [c for row in question.payload["components"] for c in row["components"]]
     assert [button["custom_id"] for button in buttons] == ["/forget confirm", "/forget cancel"]
-    assert (await bot.app.repository.count_rows(user.id))["messages"] == 2  # nothing deleted yet
+    assert (await count_rows(bot.app.repository, user.id))["messages"] == 2  # nothing deleted yet
 
     press = await fake.click_button(question.response, "/forget confirm", world.alice)
     [edit] = await fake.wait_for(lambda r: r.method == "PATCH" and press["token"] in r.path)
@@ -470,7 +471,7 @@ async def test_forget_deletes_everything_after_the_button_is_pressed(
     assert edit.path.endswith("/messages/@original")
     assert "deleted" in edit.payload["content"]
     assert edit.payload["components"] == []
-    assert await bot.app.repository.count_rows(user.id) == {
+    assert await count_rows(bot.app.repository, user.id) == {
         "users": 0,
         "chats": 0,
         "messages": 0,

@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.moodlog.summary import mood_value
-from storage.records import MessageRecord, MoodRecord, UserRecord
+from bot.records import MessageRecord, MoodRecord, UserRecord
 
 EXPORT_FORMAT = "moodmate-export"
 EXPORT_VERSION = 1
