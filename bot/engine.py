@@ -26,7 +26,14 @@ from bot.commands import CommandContext, parse_command
 from bot.errors import DuplicateMessageError, MoodmateError
 from bot.inference import InferenceWorker, TokenCounter, TurnsBuilder, WorkerStoppedError
 from bot.model.base import ChatTurn
-from bot.prompts import clean_partial, clean_reply, is_chinese, reply_turns, system_prompt_for
+from bot.prompts import (
+    clean_partial,
+    clean_reply,
+    is_chinese,
+    reply_turns,
+    system_prompt_for,
+    with_language_hint,
+)
 from bot.records import ChatRecord, MessageRecord, MessageStatus, MoodRecord, PendingMessage, UserRecord
 from bot.repository import Repository
 from bot.safety.guard import SafetyGuard
@@ -356,7 +363,8 @@ class Engine:
         earlier = _earlier_turns(await self.repository.history(user.id, chat.id, HISTORY_ROWS), stored.id)
         # The safety review reads the stored turns as they are: fitting them to the reply's token
         # budget needs the tokenizer, on the model thread, and a crisis reply never waits for it.
-        safety = self.safety.review(model_text, [*_from_user(earlier), ChatTurn("user", model_text)])
+        conversation = [*_from_user(earlier), ChatTurn("user", model_text)]
+        safety = self.safety.review(model_text, conversation)
         if safety.crisis_reply is not None:
             return await self._answer_crisis(user, chat, stored, model_text, safety.crisis_reply)
         owner = f"{user.platform}:{user.platform_user_id}"
@@ -372,7 +380,8 @@ class Engine:
                 progress.send(sink.mood(mood))
             reply = self.worker.submit_reply(
                 owner,
-                safety.system_prompt(system_prompt_for(model_text)),
+                # The language hint goes by the last user turn, the message itself, which no trim drops.
+                with_language_hint(safety.system_prompt(system_prompt_for(model_text)), conversation),
                 _reply_turns_within(earlier, model_text, self.settings.history_tokens),
                 max_new_tokens=self.settings.max_reply_tokens,
                 on_partial=_throttled(progress) if safety.may_stream else None,
