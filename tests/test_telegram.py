@@ -20,8 +20,8 @@ import pytest
 from adapters.runner import build_adapters, serve
 from adapters.telegram import TelegramAdapter
 from adapters.telegram.adapter import NON_TEXT_REPLY, PRIVATE_SENT_NOTE, TOKEN_REVOKED
-from adapters.telegram.sink import QUEUE_NOTICE
 from bot.bootstrap import App, bootstrap
+from bot.delivery import queue_notice
 from bot.errors import ConfigurationError, MoodmateError
 from bot.model.base import ChatTurn
 from bot.model.fake import FakeModel
@@ -447,7 +447,7 @@ async def test_typing_stays_alive_and_a_queued_message_learns_its_place(
     await server.quiet()
     notices = [c for c in server.calls_to("sendMessage") if c.params["text"].startswith("⏳")]
     assert len(notices) >= 1
-    assert notices[0].params["text"] == QUEUE_NOTICE.format(position=1)
+    assert notices[0].params["text"] == queue_notice(1)
     for chat_id in (42, 43):
         texts = [c.params["text"] for c in bot.sent(chat_id)]
         assert len([t for t in texts if not t.startswith("⏳")]) == 1
