@@ -170,8 +170,14 @@ class CommandContext:
         return f"{message.platform.value}:{message.user_id}" in admins or message.user_id in admins
 
 
-def _command_reply(text: str, **kwargs: object) -> Reply:
-    return Reply(text=text, kind=ReplyKind.COMMAND, **kwargs)  # type: ignore[arg-type]
+def _command_reply(
+    text: str,
+    *,
+    attachments: tuple[Attachment, ...] = (),
+    actions: tuple[Action, ...] = (),
+    private: bool = False,
+) -> Reply:
+    return Reply(text=text, kind=ReplyKind.COMMAND, attachments=attachments, actions=actions, private=private)
 
 
 async def _start(ctx: CommandContext, user: UserRecord, message: IncomingMessage, args: str) -> Reply:

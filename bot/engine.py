@@ -29,7 +29,6 @@ from bot.model.base import ChatTurn
 from bot.prompts import (
     clean_partial,
     clean_reply,
-    is_chinese,
     reply_turns,
     system_prompt_for,
     with_language_hint,
@@ -38,7 +37,7 @@ from bot.records import ChatRecord, MessageRecord, MessageStatus, MoodRecord, Pe
 from bot.repository import Repository
 from bot.safety.guard import SafetyGuard
 from bot.settings import Settings
-from bot.text import is_blank, sanitize, truncate
+from bot.text import is_blank, is_chinese, sanitize, truncate
 from bot.types import IncomingMessage, Mood, MoodLabel, Platform, Reply, ReplyKind
 
 logger = logging.getLogger(__name__)

@@ -133,11 +133,11 @@ class InferenceWorker:
         """Let the calls in flight finish (up to ``grace`` seconds); jobs not yet started fail with
         :class:`WorkerStoppedError` so their messages stay pending for the next start."""
         self._closing = True
-        for job in list(self._moods):
-            _fail(job.future, WorkerStoppedError("the inference worker stopped"))
+        for mood_job in list(self._moods):
+            _fail(mood_job.future, WorkerStoppedError("the inference worker stopped"))
         self._moods.clear()
-        for job in self._replies:
-            _fail(job.future, WorkerStoppedError("the inference worker stopped"))
+        for reply_job in self._replies:
+            _fail(reply_job.future, WorkerStoppedError("the inference worker stopped"))
         self._replies.clear()
         self._wakeup.set()
         if self._task is not None:
@@ -281,8 +281,8 @@ class InferenceWorker:
                 continue
             if isinstance(job.outcome, BaseException):
                 _fail(job.future, job.outcome)
-            else:
-                job.future.set_result(job.outcome)  # type: ignore[arg-type]
+            elif job.outcome is not None:
+                job.future.set_result(job.outcome)
 
     async def _call(self, function: Callable[[], Any], on_timeout: Callable[[], None] | None = None) -> Any:
         assert self._executor is not None

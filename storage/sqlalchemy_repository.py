@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import and_, delete, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, CursorResult, Result
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -58,7 +58,7 @@ def _is_locked(error: OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _get_or_create(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _get_or_create(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Run a get-or-create again when a concurrent caller created the same row first."""
 
     @wraps(method)
@@ -71,7 +71,7 @@ def _get_or_create(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T
     return wrapper
 
 
-def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _translated(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Retry briefly when SQLite says the database is locked; turn other failures into StorageError."""
 
     @wraps(method)
@@ -90,6 +90,12 @@ def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched (its result is a ``CursorResult``, typed as a plain one)."""
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount or 0)
 
 
 def quiet_driver_loggers() -> None:
@@ -375,7 +381,7 @@ class SqlAlchemyRepository:
                 )
                 .values(claimed_by=instance_id, lease_until=lease_until)
             )
-            return int(result.rowcount or 0) == 1
+            return _rowcount(result) == 1
 
     @_translated
     async def renew_claims(self, instance_id: str, message_ids: Sequence[int], lease_until: datetime) -> int:
@@ -387,7 +393,7 @@ class SqlAlchemyRepository:
                 .where(MessageRow.id.in_(list(message_ids)), MessageRow.claimed_by == instance_id)
                 .values(lease_until=lease_until)
             )
-            return int(result.rowcount or 0)
+            return _rowcount(result)
 
     @_translated
     async def release_claims(self, instance_id: str) -> int:
@@ -397,7 +403,7 @@ class SqlAlchemyRepository:
                 .where(MessageRow.claimed_by == instance_id)
                 .values(claimed_by=None, lease_until=None)
             )
-            return int(result.rowcount or 0)
+            return _rowcount(result)
 
     @_translated
     async def finish_reply(
@@ -420,7 +426,7 @@ class SqlAlchemyRepository:
                 )
                 .values(status=MessageStatus.REPLIED.value)
             )
-            if int(result.rowcount or 0) != 1:
+            if _rowcount(result) != 1:
                 return None
             now = utcnow()
             row = MessageRow(
@@ -494,7 +500,7 @@ class SqlAlchemyRepository:
                 )
                 .values(in_history=False)
             )
-            return int(result.rowcount or 0)
+            return _rowcount(result)
 
     @_translated
     async def messages_for_user(self, user_id: int) -> list[MessageRecord]:
@@ -551,7 +557,7 @@ class SqlAlchemyRepository:
                 .where(MessageRow.created_at < older_than, MessageRow.text.is_not(None))
                 .values(text=None)
             )
-            return int(result.rowcount or 0)
+            return _rowcount(result)
 
     # --- moods ---------------------------------------------------------------------------------
 
@@ -640,7 +646,7 @@ class SqlAlchemyRepository:
                 ("users", UserRow, UserRow.id == user_id),
             ):
                 result = await session.execute(delete(table).where(condition))
-                deleted[name] = int(result.rowcount or 0)
+                deleted[name] = _rowcount(result)
             return deleted
 
     # --- operators -----------------------------------------------------------------------------

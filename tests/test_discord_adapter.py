@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import discord
 import discord.gateway
 import discord.http
 import pytest
 
 from adapters.discord import DiscordAdapter
+from adapters.discord.client import MoodmateClient, MoodmateShardedClient, Shards, build_client
 from adapters.discord.formatting import split_for_discord
 from bot.bootstrap import App, bootstrap
 from bot.errors import ConfigurationError
@@ -924,6 +926,22 @@ async def test_a_process_identifies_as_its_shard_of_the_bot(
     assert fake.identify_payloads[0]["shard"] == [1, 2]
     assert bot.adapter.client.shard_id == 1 and bot.adapter.client.shard_count == 2
     await bot.adapter.stop()
+
+
+async def test_a_process_can_run_several_shards_of_the_bot() -> None:
+    class Handlers:
+        async def on_setup(self, client: MoodmateClient) -> None: ...
+
+        async def on_message(self, message: discord.Message) -> None: ...
+
+        async def on_action(self, interaction: discord.Interaction, command: str) -> None: ...
+
+        async def on_slash_command(self, interaction: discord.Interaction, text: str) -> None: ...
+
+    client = build_client(Handlers(), Shards(count=3, ids=(0, 2)))
+    assert isinstance(client, MoodmateShardedClient)
+    assert client.shard_ids == [0, 2] and client.shard_count == 3
+    assert client.intents.message_content
 
 
 @pytest.mark.parametrize(

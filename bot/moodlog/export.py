@@ -166,7 +166,8 @@ def export_json(
 
 
 def _check_owner(user: UserRecord, messages: Sequence[MessageRecord], moods: Sequence[MoodRecord]) -> None:
-    strangers = sum(1 for row in (*messages, *moods) if row.user_id != user.id)
+    rows: list[MessageRecord | MoodRecord] = [*messages, *moods]
+    strangers = sum(1 for row in rows if row.user_id != user.id)
     if strangers:
         raise ValueError(f"refusing to export {strangers} rows that belong to other users")
 
