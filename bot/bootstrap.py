@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -28,10 +29,10 @@ logger = logging.getLogger(__name__)
 RETENTION_INTERVAL_SECONDS = 3600.0
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read settings once from the environment and ``.env``; one clear sentence if they are wrong."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"

@@ -97,7 +97,7 @@ class ServerModel:
         )
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.model_id or "server"
 
     @classmethod
