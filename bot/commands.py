@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bot import moodlog
+from bot.records import UserRecord
+from bot.repository import Repository
 from bot.settings import Settings
 from bot.types import Action, Attachment, IncomingMessage, Reply, ReplyKind
-from storage import Repository, UserRecord
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +170,14 @@ class CommandContext:
         return f"{message.platform.value}:{message.user_id}" in admins or message.user_id in admins
 
 
-def _command_reply(text: str, **kwargs: object) -> Reply:
-    return Reply(text=text, kind=ReplyKind.COMMAND, **kwargs)  # type: ignore[arg-type]
+def _command_reply(
+    text: str,
+    *,
+    attachments: tuple[Attachment, ...] = (),
+    actions: tuple[Action, ...] = (),
+    private: bool = False,
+) -> Reply:
+    return Reply(text=text, kind=ReplyKind.COMMAND, attachments=attachments, actions=actions, private=private)
 
 
 async def _start(ctx: CommandContext, user: UserRecord, message: IncomingMessage, args: str) -> Reply:

@@ -285,6 +285,7 @@ class DiscordAdapter:
         if is_dm:
             allowed = await self.policy.allows_dm(message.author.id, message.channel.id)
         else:
+            assert guild_id is not None  # a server's channel: other kinds were left above
             allowed = self.policy.allows_guild_channel(
                 guild_id, message.channel.id, _parent_id(message.channel)
             )
@@ -397,11 +398,14 @@ class DiscordAdapter:
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Send ``reply`` to the channel ``message`` came from (answers recovered after a restart)."""
         client = self.client
-        channel = client.get_channel(int(message.chat_id)) or client.get_partial_messageable(
-            int(message.chat_id)
+        known = client.get_channel(int(message.chat_id))
+        channel = (
+            known
+            if isinstance(known, discord.abc.Messageable)
+            else client.get_partial_messageable(int(message.chat_id))
         )
         heading = "" if message.chat_is_private else f"*{escape_markdown(message.display_name)}:*\n"
-        port = self._channel_port(channel, message, heading=heading)  # type: ignore[arg-type]
+        port = self._channel_port(channel, message, heading=heading)
         await self._delivery.deliver(port, reply)
 
     # --- slash commands and buttons --------------------------------------------------------------

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 import discord
+from discord.utils import MISSING
 
 from adapters.discord.formatting import in_progress_text, reply_text, split_for_discord
 from adapters.discord.sending import NO_MENTIONS, ActionButtons, call_discord, files_for
@@ -76,7 +77,10 @@ class ChannelPort:
             if quote and self._reference is not None:
                 kwargs["reference"] = self._reference
                 kwargs["mention_author"] = False
-            return await self._channel.send(message.text, **kwargs)  # type: ignore[call-overload]
+            # discord.py's overloads take no None for a reference, view or files left out (its
+            # implementation does), so those go in through **kwargs, which overloads cannot check.
+            sent: discord.Message = await self._channel.send(message.text, **kwargs)  # type: ignore[call-overload]
+            return sent
 
         sent = await call_discord("send a message", send, attempts=ATTEMPTS if retry else 1)
         if self._on_sent is not None:
@@ -88,12 +92,12 @@ class ChannelPort:
         assert isinstance(shown, discord.Message)
 
         async def edit() -> None:
-            kwargs: dict[str, object] = {"content": message.text, "allowed_mentions": NO_MENTIONS}
-            if message.actions:
-                kwargs["view"] = ActionButtons(message.actions)
-            if message.attachments:
-                kwargs["attachments"] = files_for(message.attachments)
-            await shown.edit(**kwargs)  # type: ignore[arg-type]
+            await shown.edit(  # MISSING: leave the buttons or files as they are
+                content=message.text,
+                allowed_mentions=NO_MENTIONS,
+                view=ActionButtons(message.actions) if message.actions else MISSING,
+                attachments=files_for(message.attachments) if message.attachments else MISSING,
+            )
 
         await call_discord("edit a message", edit, attempts=ATTEMPTS if retry else 1)
         return Posted(shown, message.text)
@@ -136,6 +140,7 @@ class InteractionPort:
 
     async def post(self, message: Outgoing, *, quote: bool, retry: bool = True) -> Posted:
         async def send() -> object:
+            # As in ChannelPort.post: the overloads take no None for a view or files left out.
             return await self._interaction.followup.send(  # type: ignore[call-overload]
                 message.text, allowed_mentions=NO_MENTIONS, ephemeral=self._ephemeral, **_extras(message)
             )
@@ -148,12 +153,13 @@ class InteractionPort:
             raise RefusedError("Only the original response of an interaction is edited.")
 
         async def edit() -> None:
-            kwargs: dict[str, object] = {"content": message.text, "allowed_mentions": NO_MENTIONS}
-            # None takes the pressed buttons off
-            kwargs["view"] = ActionButtons(message.actions) if message.actions else None
-            if message.attachments:
-                kwargs["attachments"] = files_for(message.attachments)
-            await self._interaction.edit_original_response(**kwargs)  # type: ignore[arg-type]
+            await self._interaction.edit_original_response(
+                content=message.text,
+                allowed_mentions=NO_MENTIONS,
+                # None takes the pressed buttons off; MISSING leaves the files as they are
+                view=ActionButtons(message.actions) if message.actions else None,
+                attachments=files_for(message.attachments) if message.attachments else MISSING,
+            )
 
         await call_discord("edit a message", edit, attempts=ATTEMPTS if retry else 1)
         return Posted(ORIGINAL.ref, message.text)

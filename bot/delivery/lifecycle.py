@@ -221,7 +221,7 @@ class _Progress(ReplySink):
             self._on_stored()
 
     async def queued(self, position: int) -> None:
-        if self._closed or self._notice_told or position < 1:
+        if self._notice_told or position < 1:
             return
         self._notice_told = True
         async with self._lock:

@@ -29,12 +29,15 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from bot.model.fused_projections import fuse_shared_input_projections
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +94,9 @@ class Int8Embedding(nn.Module):
     #: How the rows are rounded; part of the prefix store's key (see :func:`prepare_for_cpu`).
     numerics: ClassVar[str] = "int8 embedding rows"
 
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim = weight.shape
@@ -118,6 +124,10 @@ class Int8Linear(nn.Module):
 
     #: How the numbers are rounded; part of the prefix store's key, so change it with the arithmetic.
     numerics: ClassVar[str] = "weights in ±127, 8-bit activations per token"
+
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows_per_chunk: int = 8192) -> None:
         super().__init__()
@@ -157,6 +167,8 @@ class PackedInt8Linear(nn.Module):
     #: How the numbers are rounded; part of the prefix store's key, so change it with the arithmetic.
     numerics: ClassVar[str] = f"weights in ±{PACKED_WEIGHT_LIMIT}, 8-bit activations per token"
 
+    bias: torch.Tensor | None
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
@@ -176,6 +188,7 @@ class PackedInt8Linear(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         flat = hidden.reshape(-1, self.in_features)
+        output: torch.Tensor
         if flat.shape[0] == 1:  # one token (a decoding step): fbgemm's range is already this token's own
             output = torch.ops.quantized.linear_dynamic(flat, self._packed, False)
         else:
@@ -186,9 +199,10 @@ class PackedInt8Linear(nn.Module):
 
     def _several_tokens(self, flat: torch.Tensor) -> torch.Tensor:
         scale = flat.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
-        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+        output: torch.Tensor = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
             flat / scale, UNIT_RANGE_SCALE, UNIT_RANGE_ZERO_POINT, self._packed
-        ).mul_(scale)
+        )
+        return output.mul_(scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (fbgemm)"
@@ -209,6 +223,9 @@ class HybridInt8Linear(PackedInt8Linear):
     numerics: ClassVar[str] = (
         f"weights in ±{PACKED_WEIGHT_LIMIT}, 8-bit activations per token; torch._int_mm for several tokens"
     )
+
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
 
     def _keep_int8_weights(self, quantized: torch.Tensor, scales: torch.Tensor) -> None:
         self.register_buffer("weight_int8", quantized)
@@ -406,7 +423,7 @@ def choose_int8_layer() -> type[Int8Linear] | type[PackedInt8Linear] | None:
     return None
 
 
-def prepare_for_cpu(model: nn.Module, *, quantize: bool) -> str:
+def prepare_for_cpu(model: PreTrainedModel, *, quantize: bool) -> str:
     """Make ``model`` run fast on CPU: int8 linear layers when ``quantize``, else float32.
 
     The int8 layer kind is the one fast on this CPU (see :func:`choose_int8_layer`); where none is,
@@ -421,7 +438,9 @@ def prepare_for_cpu(model: nn.Module, *, quantize: bool) -> str:
         release_free_memory()
         return "float32"
     _small_parameters_to_float(model)
-    model.set_input_embeddings(Int8Embedding(model.get_input_embeddings().weight))
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)
+    model.set_input_embeddings(Int8Embedding(weight))
     fuse_shared_input_projections(model)
     _convert_linears(model, layer_kind)
     gc.collect()
@@ -429,7 +448,7 @@ def prepare_for_cpu(model: nn.Module, *, quantize: bool) -> str:
     return f"{layer_kind.__name__} ({layer_kind.numerics}; {Int8Embedding.numerics})"
 
 
-def _convert_linears(model: nn.Module, layer_kind: type[Int8Linear] | type[PackedInt8Linear]) -> None:
+def _convert_linears(model: PreTrainedModel, layer_kind: type[Int8Linear] | type[PackedInt8Linear]) -> None:
     """Replace every ``nn.Linear`` of ``model`` by ``layer_kind`` (in :class:`RowBlocks` when large).
 
     With :class:`HybridInt8Linear` the output head becomes a :class:`PackedInt8Linear`: it only ever
@@ -475,7 +494,7 @@ def _row_blocks(rows: int, largest: int) -> list[slice]:
     return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
-def _small_parameters_to_float(model: nn.Module) -> None:
+def _small_parameters_to_float(model: PreTrainedModel) -> None:
     """Norm weights, non-linear biases and float buffers to float32 (linears and embedding stay)."""
     embedding = model.get_input_embeddings()
     for module in model.modules():
