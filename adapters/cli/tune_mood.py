@@ -14,8 +14,12 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.errors import MoodmateError
+
+if TYPE_CHECKING:
+    from bot.model.transformers_model import TransformersModel
 
 #: Fewest usable messages, and of each of at least two labels, that tune-mood fits on.
 MIN_MESSAGES = 30
@@ -121,17 +125,30 @@ def run(path: Path, language: str | None, *, model: str | None = None) -> int:
 
         print(f"Loading {settings.model} ...", file=sys.stderr, flush=True)
         loaded = load_model(model_options(settings), progress=sys.stderr.isatty())
-        if not hasattr(loaded, "moods"):
+        from bot.model.transformers_model import TransformersModel
+
+        if not isinstance(loaded, TransformersModel):
             raise TuneInputError(f"the model {settings.model} has no mood reader to tune.")
+        if loaded.identity is None:
+            raise TuneInputError(
+                f"the model {settings.model} names no fixed weights (a Hugging Face id without a known "
+                "commit), so a readout cannot be keyed to it; download it and give its directory."
+            )
         return tune(loaded, chosen, language, Path(settings.cache_dir), skipped=len(rows) - len(chosen))
     except (TuneInputError, MoodmateError) as error:
         print(f"moodmate tune-mood: {error}", file=sys.stderr)
         return 2
 
 
-def tune(model, rows: list[Labelled], language: str, cache_dir: Path, *, skipped: int = 0) -> int:  # type: ignore[no-untyped-def]
-    """Read, cross-validate, fit and save; prints the figures. ``model`` is a ``TransformersModel``."""
+def tune(
+    model: TransformersModel, rows: list[Labelled], language: str, cache_dir: Path, *, skipped: int = 0
+) -> int:
+    """Read, cross-validate, fit and save; prints the figures."""
     from tqdm import tqdm
+
+    identity = model.identity
+    if identity is None:
+        raise TuneInputError(f"the model {model.name} names no fixed weights to key a readout to.")
 
     from bot.model.readout import (
         DEFAULT_PENALTY,
@@ -176,14 +193,14 @@ def tune(model, rows: list[Labelled], language: str, cache_dir: Path, *, skipped
         earlier = read_readout_file(path) if path.is_file() else None
     except ValueError:
         earlier = None
-    if earlier is not None and earlier.model == model.identity:
-        for other, found in earlier.languages.items():
+    if earlier is not None and earlier.model == identity:
+        for other, kept in earlier.languages.items():
             if other != language and earlier.prompts.get(other) == prompts.get(other):
-                readouts[other] = found
+                readouts[other] = kept
     save_readout(
         path,
         readouts,
-        model=model.identity,
+        model=identity,
         prompts=prompts,
         info={
             "fitted_by": "moodmate tune-mood",

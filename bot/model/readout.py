@@ -22,9 +22,11 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -343,11 +345,13 @@ def fit_readout(
         ):
             if part.requires_grad:
                 loss = loss + strength * (part - anchor).pow(2).sum()
-        loss.backward()
+        for part, gradient in zip(fitted, torch.autograd.grad(loss, fitted), strict=True):
+            part.grad = gradient
         return loss
 
+    step: Callable[[Callable[[], torch.Tensor]], object] = optimizer.step  # torch leaves it unannotated
     with torch.enable_grad():
-        optimizer.step(closure)
+        step(closure)
     return LanguageReadout(
         scale=scale.detach().float(),
         bias=bias.detach().float(),
@@ -418,7 +422,7 @@ def cross_validated(
     penalty: Penalty = DEFAULT_PENALTY,
     *,
     folds: int = 5,
-    progress=None,  # type: ignore[no-untyped-def]
+    progress: Callable[[], object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's plain and readout log-probabilities, the readout fitted without the row's fold.
 
@@ -458,12 +462,30 @@ def tuned_readout_path(cache_dir: Path, model_name: str) -> Path:
     return Path(cache_dir).expanduser() / "readouts" / _file_name(model_name)
 
 
+class _Scores(Protocol):
+    @property
+    def log_probs(self) -> torch.Tensor: ...
+    @property
+    def last_hidden(self) -> torch.Tensor: ...
+
+
+class ScoringReader(Protocol):
+    """What ``read_features`` needs of a mood reader (``bot.model.mood_reader.MoodReader``)."""
+
+    @property
+    def lock(self) -> AbstractContextManager[object]: ...
+    @property
+    def batch_size(self) -> int: ...
+    def token_ids(self, text: str, language: str) -> list[int]: ...
+    def label_scores(self, sequences: Sequence[list[int]], language: str) -> _Scores: ...
+
+
 def read_features(
-    reader,  # type: ignore[no-untyped-def]
+    reader: ScoringReader,
     texts: Sequence[str],
     language: str,
     *,
-    progress=None,  # type: ignore[no-untyped-def]
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Label log-probabilities ``[n, 3]`` and last hidden states ``[n, hidden]`` of ``texts`` read with
     ``language``'s prompt by the mood reader's own scoring (``MoodReader.label_scores``, as it serves),
