@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -87,20 +88,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _chat(settings: Settings) -> int:
+    """The terminal chat: the prompt shows at once while the model loads in the background."""
     from adapters.console import ConsoleAdapter
-    from bot.bootstrap import bootstrap
+    from bot.bootstrap import App, bootstrap
 
     if settings.uses_inference_server:
         print("Connecting to the inference server...", file=sys.stderr, flush=True)
     else:
         print(
-            "Loading the language model (the first start converts it once, which takes a minute or two)...",
+            "Loading the language model in the background (the first start converts it once, which takes "
+            "a minute or two)...",
             file=sys.stderr,
             flush=True,
         )
-    app = await bootstrap(settings)
-    async with app:
-        await ConsoleAdapter(app.engine).run()
+
+    async def started_app() -> App:
+        app = await bootstrap(settings)
+        await app.start()
+        return app
+
+    loading = asyncio.create_task(started_app(), name="moodmate-load")
+
+    async def engine():  # type: ignore[no-untyped-def]
+        return (await loading).engine
+
+    engine_ready = asyncio.create_task(engine())
+    try:
+        await ConsoleAdapter(engine_ready).run()
+    finally:
+        engine_ready.cancel()
+        if loading.done() and not loading.cancelled() and loading.exception() is None:
+            await loading.result().stop()
+        else:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
     return 0
 
 
