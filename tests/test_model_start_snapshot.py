@@ -1,0 +1,111 @@
+"""The start snapshot: the lean modules compute as transformers' do, and a stored model as the one stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bot.model import cpu_weights
+from bot.model.lean_modules import KeyValueCache, lean_copy
+from bot.model.lean_pass import LeanPass
+from bot.model.start_snapshot import (
+    StartSnapshot,
+    load_snapshot,
+    save_snapshot,
+    share_tied_int8,
+    snapshot_key,
+    snapshot_path,
+)
+from bot.model.tiny import build_tiny_model
+
+
+def _converted(directory: Path, kind: type[cpu_weights.Int8Linear] | type[cpu_weights.PackedInt8Linear]):  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype="auto").eval()
+    original = cpu_weights.choose_int8_layer
+    cpu_weights.choose_int8_layer = lambda: kind  # type: ignore[assignment]
+    try:
+        cpu_weights.prepare_for_cpu(model, quantize=True)
+    finally:
+        cpu_weights.choose_int8_layer = original  # type: ignore[assignment]
+    return model
+
+
+def _run(model, tokens: list[int], steps: int = 3):  # type: ignore[no-untyped-def]
+    """Last hidden states of a prefix pass, a batched read after it, and a few one-token steps."""
+    from transformers import DynamicCache
+
+    lean = LeanPass.for_decoder(model.get_decoder())
+    assert lean is not None
+    cache = DynamicCache(config=model.config) if hasattr(model.config, "to_dict") else KeyValueCache()
+    outputs = [lean.extend(torch.tensor([tokens]), cache)]
+    prefix = [(layer.keys, layer.values) for layer in cache.layers]
+    outputs.append(lean.last_hidden_states(torch.tensor([tokens[:4], tokens[1:5]]), [4, 3], prefix))
+    for step in range(steps):
+        outputs.append(lean.extend(torch.tensor([[tokens[step]]]), cache))
+    return outputs
+
+
+@pytest.mark.parametrize(
+    "kind", [cpu_weights.Int8Linear, cpu_weights.PackedInt8Linear, cpu_weights.HybridInt8Linear]
+)
+def test_lean_modules_compute_as_transformers_and_survive_a_round_trip(
+    tmp_path: Path, kind: type[cpu_weights.Int8Linear]
+) -> None:
+    model = _converted(build_tiny_model(tmp_path / "m", dtype="float16"), kind)
+    tokens = [5, 17, 42, 8, 99, 23, 4]
+    expected = _run(model, tokens)
+    lean = lean_copy(model)
+    assert lean is not None
+    assert all(torch.equal(a, b) for a, b in zip(expected, _run(lean, tokens), strict=True))
+    path = tmp_path / "lean.pt"
+    torch.save(lean, path)
+    stored = torch.load(path, mmap=True, weights_only=False)
+    assert all(torch.equal(a, b) for a, b in zip(expected, _run(stored, tokens), strict=True))
+
+
+def test_tied_int8_rows_are_shared_only_where_equal(tmp_path: Path) -> None:
+    model = _converted(build_tiny_model(tmp_path / "m"), cpu_weights.Int8Linear)
+    assert not share_tied_int8(model)  # the tiny model's head is its own matrix
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    head.weight_int8 = embedding.weight_int8.clone()
+    head.weight_scale = embedding.weight_scale.clone()
+    assert share_tied_int8(model)
+    assert head.weight_int8.untyped_storage().data_ptr() == embedding.weight_int8.untyped_storage().data_ptr()
+
+
+def _snapshot(tmp_path: Path) -> StartSnapshot:
+    model = _converted(build_tiny_model(tmp_path / "m"), cpu_weights.Int8Linear)
+    lean = lean_copy(model)
+    assert lean is not None
+    return StartSnapshot(
+        name="tiny",
+        model=lean,
+        tokenizer=None,
+        label_head=torch.randn(3, 32),
+        label_bias=None,
+        label_groups={"en": [[0], [1], [2]]},
+        weights="int8",
+        prefix_identity="tiny",
+    )
+
+
+def test_a_snapshot_is_read_back_only_under_its_own_key_and_a_broken_file_is_ignored(tmp_path: Path) -> None:
+    key = snapshot_key("sha-of-tiny", quantize=True, threads=1)
+    assert key != snapshot_key("sha-of-other", quantize=True, threads=1)
+    assert key != snapshot_key("sha-of-tiny", quantize=False, threads=1)
+    path = snapshot_path(tmp_path / "cache", key)
+    assert load_snapshot(path, key) is None  # none yet
+    snapshot = _snapshot(tmp_path)
+    assert save_snapshot(path, key, snapshot)
+    back = load_snapshot(path, key)
+    assert back is not None and torch.equal(back.label_head, snapshot.label_head)
+    assert load_snapshot(path, "another key") is None
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut short, as by a crash
+    assert load_snapshot(path, key) is None
+    path.write_bytes(b"not a snapshot")
+    assert load_snapshot(path, key) is None
+    assert not list(path.parent.glob("*.tmp"))
