@@ -94,9 +94,9 @@ def _snapshot(tmp_path: Path) -> StartSnapshot:
 
 
 def test_a_snapshot_is_read_back_only_under_its_own_key_and_a_broken_file_is_ignored(tmp_path: Path) -> None:
-    key = snapshot_key("sha-of-tiny", quantize=True, threads=1)
-    assert key != snapshot_key("sha-of-other", quantize=True, threads=1)
-    assert key != snapshot_key("sha-of-tiny", quantize=False, threads=1)
+    key = snapshot_key("sha-of-tiny", quantize=True)
+    assert key != snapshot_key("sha-of-other", quantize=True)
+    assert key != snapshot_key("sha-of-tiny", quantize=False)
     path = snapshot_path(tmp_path / "cache", key)
     assert load_snapshot(path, key) is None  # none yet
     snapshot = _snapshot(tmp_path)

@@ -100,17 +100,13 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def snapshot_key(model_checksum: str, *, quantize: bool, threads: int) -> str:
-    """The file key of a model (``model_checksum`` names its weights) as this code and CPU run it.
-
-    ``threads`` is part of it because the int8 kernel is chosen by timing on this many threads.
-    """
+def snapshot_key(model_checksum: str, *, quantize: bool) -> str:
+    """The file key of a model (``model_checksum`` names its weights) as this code and CPU run it."""
     capability = torch.backends.cpu.get_cpu_capability()
     return _digest(
         SNAPSHOT_FORMAT,
         model_checksum,
         f"quantize={quantize}",
-        f"threads={threads}",
         f"torch {torch.__version__}",
         capability,
         prompt_version(),
@@ -224,6 +220,42 @@ def share_tied_int8(model: nn.Module) -> bool:
         block.weight_scale = embedding.weight_scale[start : start + rows]
         start += rows
     return True
+
+
+def build_snapshot(model) -> StartSnapshot | None:  # type: ignore[no-untyped-def]
+    """The snapshot of a fully loaded ``TransformersModel``, or None where a start from it could differ.
+
+    Only a model on the lean pass (checked against transformers' at this load) whose modules
+    :func:`~bot.model.lean_modules.lean_copy` rebuilds and whose tokenizer :class:`ChatTokenizer`
+    reproduces (on probes and the mood prompts) gets one.
+    """
+    from bot.model.fast_tokenizer import ChatTokenizer, matches
+    from bot.model.lean_modules import lean_copy
+
+    decoder = model.decoder
+    if decoder.lean_pass is None:
+        return None
+    lean = lean_copy(decoder.model)
+    tokenizer = ChatTokenizer.from_transformers(decoder.tokenizer)
+    if lean is None or tokenizer is None:
+        return None
+    prompts = [decoder.decode(model.moods.prefix(language).prefix_ids) for language in model.moods.languages]
+    if not matches(tokenizer, decoder.tokenizer, prompts):
+        logger.info("No start snapshot: the lean tokenizer does not reproduce this model's")
+        return None
+    share_tied_int8(lean)
+    head = model.moods.label_head
+    store = decoder.prefix_store
+    return StartSnapshot(
+        name=model.name,
+        model=lean,
+        tokenizer=tokenizer,
+        label_head=head.weight,
+        label_bias=head.bias,
+        label_groups={language: list(groups) for language, groups in head.groups.items()},
+        weights=decoder.weights,
+        prefix_identity=store.identity if store is not None else None,
+    )
 
 
 def pack_in_background(model: nn.Module) -> threading.Thread | None:
