@@ -32,16 +32,18 @@ async def doctor(settings: Settings, out: Callable[[str], None] = print) -> int:
 
 def _model_line(settings: Settings) -> tuple[bool, str]:
     if not settings.uses_inference_server:
+        from bot.bootstrap import model_options
         from bot.model.loader import describe_local_model
 
-        line = describe_local_model(settings)
+        line = describe_local_model(model_options(settings))
         return "not installed" not in line and "No model" not in line, f"model: {line}"
+    from bot.bootstrap import server_options
     from bot.model.server.model import ServerModel
     from bot.model.server.urls import display_url
 
     where = display_url(settings.inference_url or "")
     try:
-        model = ServerModel.connect(settings)
+        model = ServerModel.connect(server_options(settings))
     except MoodmateError as error:
         return False, f"model: server {where}: refused ({error})"
     try:

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.model.base import ChatTurn, LanguageModel
-from bot.prompts import clean_reply, reply_turns, system_prompt_for
+from bot.prompts import clean_reply, reply_turns, system_prompt_for, with_language_hint
 from bot.safety.detector import is_crisis
 from bot.safety.guard import SafetyGuard
 from bot.safety.labelled import evaluate, load_default, report
@@ -63,12 +63,12 @@ _YES = re.compile(r"^\W*(?:yes|是|有)", re.IGNORECASE)
 
 
 def _load(model_name: str | None) -> LanguageModel:
-    from bot.bootstrap import load_settings
+    from bot.bootstrap import load_settings, model_options
     from bot.model.loader import load_model
 
     settings = load_settings(**({"model": model_name} if model_name else {}))
     started = time.perf_counter()
-    model = load_model(settings, progress=False)
+    model = load_model(model_options(settings), progress=False)
     print(f"# model {model.name} loaded in {time.perf_counter() - started:.0f} s", flush=True)
     return model
 
@@ -96,7 +96,9 @@ def follow_ups(model: LanguageModel, samples: int, max_tokens: int, first_seed: 
                 ("plain", system_prompt_for(follow_up)),
             ):
                 _seed(model, seed)
-                raw = model.generate(system, reply_turns(turns), max_new_tokens=max_tokens)
+                raw = model.generate(
+                    with_language_hint(system, turns), reply_turns(turns), max_new_tokens=max_tokens
+                )
                 text = clean_reply(raw, follow_up)
                 agreeing = agrees_with_hopelessness(text) or is_crisis(text)
                 counts[arm] += 1
@@ -123,7 +125,8 @@ def risk(model: LanguageModel, limit: int | None) -> int:
     started = time.perf_counter()
     for example in examples:
         message = 'Message: """' + example.text + '"""'
-        answer = model.generate(RISK_INSTRUCTION, [ChatTurn("user", message)], max_new_tokens=3)
+        turns = [ChatTurn("user", message)]
+        answer = model.generate(with_language_hint(RISK_INSTRUCTION, turns), turns, max_new_tokens=3)
         readings[(example.text, example.context)] = bool(_YES.match(answer))
     elapsed = time.perf_counter() - started
     print(

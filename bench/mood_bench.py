@@ -182,7 +182,7 @@ class ZeroShotLogitsMethod(Method):
         self.torch = torch
         if name is not None:
             self.name = name
-        tokenizer = model._tokenizer
+        tokenizer = model.decoder.tokenizer
         self.label_ids = [tokenizer.encode(label, add_special_tokens=False)[0] for label in LABELS]
 
     def _prompt(self, text: str) -> list[int]:
@@ -192,7 +192,8 @@ class ZeroShotLogitsMethod(Method):
             {"role": "system", "content": ZERO_SHOT_INSTRUCTION},
             {"role": "user", "content": clean_message(text)},
         ]
-        return self.model._encode(self.model._render_chat(messages))[-1024:]
+        decoder = self.model.decoder
+        return decoder.encode(decoder.render_chat(messages))[-1024:]
 
     def read(self, texts: Sequence[str]) -> list[tuple[str, dict[str, float] | None]]:
         torch = self.torch
@@ -200,7 +201,7 @@ class ZeroShotLogitsMethod(Method):
         with torch.inference_mode():
             for text in texts:
                 ids = torch.tensor([self._prompt(text)])
-                logits = self.model._model(input_ids=ids).logits[0, -1].float()
+                logits = self.model.decoder.model(input_ids=ids).logits[0, -1].float()
                 probs = torch.softmax(logits[self.label_ids], dim=-1).tolist()
                 mapping = dict(zip(LABELS, probs, strict=True))
                 results.append((max(mapping, key=mapping.__getitem__), mapping))
@@ -215,18 +216,18 @@ class GenerateSearchMethod(ZeroShotLogitsMethod):
     def read(self, texts: Sequence[str]) -> list[tuple[str, dict[str, float] | None]]:
         torch = self.torch
         results: list[tuple[str, dict[str, float] | None]] = []
-        stops = self.model._stop_ids
+        stops = self.model.replies.stop_ids
         with torch.inference_mode():
             for text in texts:
                 ids = torch.tensor([self._prompt(text)])
-                output = self.model._model.generate(
+                output = self.model.decoder.model.generate(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
                     max_new_tokens=4,
                     do_sample=False,
                     eos_token_id=list(stops),
                 )
-                answer = self.model._tokenizer.decode(
+                answer = self.model.decoder.tokenizer.decode(
                     output[0, ids.shape[1] :], skip_special_tokens=True
                 ).lower()
                 found = [(answer.find(label), label) for label in LABELS if label in answer]
@@ -313,10 +314,10 @@ def _times_in_turn(methods: Sequence[Method], calls: Sequence[Sequence[str]]) ->
 def reply_speed(model, max_new_tokens: int = 64) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Time-to-first-token and tokens/s of replies written with the bot's own reply prompt."""
     from bot.model.base import ChatTurn
-    from bot.prompts import clean_reply, reply_turns, system_prompt_for
+    from bot.prompts import clean_reply, reply_turns, system_prompt_for, with_language_hint
 
     ttfts, rates, samples = [], [], []
-    model._generator.manual_seed(7)  # the same sampling draws for every model compared
+    model.replies.seed(7)  # the same sampling draws for every model compared
     for chat in CHATS:
         history: list[ChatTurn] = []
         for user_text in chat:
@@ -324,7 +325,7 @@ def reply_speed(model, max_new_tokens: int = 64) -> dict[str, object]:  # type: 
             first: list[float] = []
             started = time.perf_counter()
             raw = model.generate(
-                system_prompt_for(user_text),
+                with_language_hint(system_prompt_for(user_text), history),
                 reply_turns(history),
                 max_new_tokens=max_new_tokens,
                 on_text=lambda _piece, first=first: first or first.append(time.perf_counter()),
@@ -349,8 +350,10 @@ def cold_start(model_name: str, quantize: bool) -> dict[str, float]:
     """Load the model in a fresh process (cache already built) and report time and RSS."""
     code = (
         "import time,json;t=time.perf_counter();"
-        "from bot.settings import Settings;from bot.model.loader import load_model;"
-        f"m=load_model(Settings(_env_file=None, model={model_name!r}, quantize={quantize}), progress=False);"
+        "from bot.settings import Settings;from bot.bootstrap import model_options;"
+        "from bot.model.loader import load_model;"
+        f"s=Settings(_env_file=None, model={model_name!r}, quantize={quantize});"
+        "m=load_model(model_options(s), progress=False);"
         "d=time.perf_counter()-t;"
         "rss=[int(l.split()[1])/1024 for l in open('/proc/self/status') if l.startswith('VmRSS:')][0];"
         "print(json.dumps({'cold_start_s': d, 'rss_after_load_mb': rss}))"
@@ -409,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-cold-start", action="store_true")
     args = parser.parse_args(argv)
 
+    from bot.bootstrap import model_options
     from bot.model.loader import load_model
     from bot.settings import Settings
 
@@ -424,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     cold = {} if args.skip_cold_start else cold_start(settings.model, settings.quantize)
-    model = load_model(settings, progress=True)
+    model = load_model(model_options(settings), progress=True)
     rss = rss_mb()
     chat_texts = [text for _, text in tweets if model.count_tokens(text) <= 30][: args.latency_messages]
     if not chat_texts:  # a tokenizer that splits finely: use the shortest messages instead
@@ -432,10 +436,10 @@ def main(argv: list[str] | None = None) -> int:
 
     plain = model  # the plain float32 model for (a), (b) and (f): a second load unless quantize is off
     if settings.quantize and set(args.methods) & set("abf"):
-        plain = load_model(settings.model_copy(update={"quantize": False}), progress=True)
+        plain = load_model(model_options(settings.model_copy(update={"quantize": False})), progress=True)
         # Stock transformers attention too, so (a)/(b) are the plain model (moodmate's grouped
         # attention computes the same numbers, faster: see bot/model/cpu_attention.py).
-        plain._model.set_attn_implementation("sdpa")  # type: ignore[attr-defined]
+        plain.decoder.model.set_attn_implementation("sdpa")  # type: ignore[attr-defined]
     makers: dict[str, Callable[[], Method]] = {
         "a": lambda: GenerateSearchMethod(plain),
         "b": lambda: ZeroShotLogitsMethod(plain),

@@ -128,9 +128,10 @@ def run_setup(name: str, args: argparse.Namespace, sample: list[tuple[str, str]]
             mood_p50 = statistics.median(_mood_calls) if _mood_calls else float("nan")
         recall = float("nan")
         if sample:
+            from bot.bootstrap import model_options
             from bot.model.loader import load_model
 
-            model = load_model(Settings(_env_file=None), progress=False)  # type: ignore[call-arg]
+            model = load_model(model_options(Settings(_env_file=None)), progress=False)  # type: ignore[call-arg]
             recall = macro_recall(model, sample, batch=8)
             close = getattr(model, "close", None)
             if callable(close):

@@ -19,6 +19,7 @@ from bot.engine import Engine, utcnow
 from bot.errors import ConfigurationError
 from bot.inference import InferenceWorker
 from bot.model.base import LanguageModel
+from bot.model.options import ModelOptions, ServerOptions
 from bot.settings import Settings
 from storage import Repository, open_repository
 
@@ -99,6 +100,33 @@ class App:
         await self.stop()
 
 
+def server_options(settings: Settings) -> ServerOptions:
+    """The inference server ``settings`` name (``MOODMATE_INFERENCE_*``)."""
+    if settings.inference_url is None:
+        raise ConfigurationError("MOODMATE_INFERENCE_URL is not set.")
+    key = settings.inference_api_key
+    return ServerOptions(
+        url=settings.inference_url,
+        api_key=key.get_secret_value() if key is not None else None,
+        model=settings.inference_model,
+        timeout=settings.model_timeout,
+        concurrency=settings.inference_concurrency,
+        max_input_chars=settings.max_input_chars,
+    )
+
+
+def model_options(settings: Settings) -> ModelOptions:
+    """What loading the model ``settings`` configure needs (see ``bot.model.loader.load_model``)."""
+    return ModelOptions(
+        model=settings.model,
+        cache_dir=settings.cache_dir,
+        quantize=settings.quantize,
+        threads=settings.threads,
+        max_input_chars=settings.max_input_chars,
+        server=server_options(settings) if settings.uses_inference_server else None,
+    )
+
+
 async def bootstrap(
     settings: Settings | None = None,
     *,
@@ -113,7 +141,7 @@ async def bootstrap(
         from bot.model.loader import load_model
 
         # Progress bars only on a terminal: a service's log gets no carriage-return noise.
-        model = await asyncio.to_thread(load_model, settings, progress=sys.stderr.isatty())
+        model = await asyncio.to_thread(load_model, model_options(settings), progress=sys.stderr.isatty())
     worker = InferenceWorker(
         model,
         queue_size=settings.queue_size,

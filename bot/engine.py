@@ -26,7 +26,14 @@ from bot.commands import CommandContext, parse_command
 from bot.errors import DuplicateMessageError, MoodmateError
 from bot.inference import InferenceWorker, WorkerStoppedError
 from bot.model.base import ChatTurn
-from bot.prompts import clean_partial, clean_reply, is_chinese, reply_turns, system_prompt_for
+from bot.prompts import (
+    clean_partial,
+    clean_reply,
+    is_chinese,
+    reply_turns,
+    system_prompt_for,
+    with_language_hint,
+)
 from bot.safety.guard import SafetyGuard
 from bot.settings import Settings
 from bot.text import is_blank, sanitize, truncate
@@ -343,7 +350,7 @@ class Engine:
                 progress.send(sink.mood(mood))
             reply = self.worker.submit_reply(
                 owner,
-                safety.system_prompt(system_prompt_for(model_text)),
+                with_language_hint(safety.system_prompt(system_prompt_for(model_text)), history),
                 reply_turns(history),
                 max_new_tokens=self.settings.max_reply_tokens,
                 on_partial=_throttled(progress) if safety.may_stream else None,

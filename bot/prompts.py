@@ -6,6 +6,8 @@ import re
 from collections.abc import Sequence
 
 from bot.model.base import ChatTurn
+from bot.model.mood_prompt import clean_message
+from bot.text import is_chinese
 from bot.types import MOOD_LABELS, MoodLabel
 
 SYSTEM_PROMPT_EN = (
@@ -69,8 +71,6 @@ FALLBACK_REPLIES: dict[MoodLabel, tuple[str, str]] = {
     ),
 }
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 _ROLE_PREFIX = re.compile(r"^\s*(assistant|moodmate|bot|ai|助手)\s*[:：]\s*", re.IGNORECASE)
 _TURN_MARKER = re.compile(
     r"(<\|im_(start|end)\|>|<\|endoftext\|>|</?s>|\n\s*(user|human|assistant|system|用户)\s*[:：])",
@@ -121,18 +121,31 @@ _BARE_LABEL = re.compile(
 )
 
 
-def is_chinese(text: str) -> bool:
-    """True when the text is mostly Chinese (more CJK characters than Latin words)."""
-    return len(_CJK.findall(text)) >= max(1, len(_LATIN_WORD.findall(text)))
+#: The last line of the reply system prompt when the user's last message is mostly Chinese.
+LANGUAGE_HINT_ZH = "请用中文回复。"
 
 
 def language_hint(history: Sequence[ChatTurn]) -> str:
     """An extra system line asking for Chinese when the user's last message is mostly Chinese.
 
-    The small bundled model otherwise often answers Chinese messages in English.
+    The small bundled model otherwise often answers Chinese messages in English. The message is
+    judged as the model sees it (after ``clean_message``).
     """
     last = next((turn.content for turn in reversed(history) if turn.role == "user"), "")
-    return "请用中文回复。" if is_chinese(last) else ""
+    return LANGUAGE_HINT_ZH if is_chinese(clean_message(last, max_chars=max(len(last), 1))) else ""
+
+
+def with_language_hint(system: str, history: Sequence[ChatTurn]) -> str:
+    """The reply system text: ``system``, then ``language_hint(history)`` as its last line if any.
+
+    With a hint, ``system`` is cleaned first (as the model cleans any system text, which leaves this
+    result unchanged), so the prompt the model renders is what it was when the model added the hint.
+    """
+    hint = language_hint(history)
+    if not hint:
+        return system
+    cleaned = clean_message(system, max_chars=max(len(system), 1))
+    return f"{cleaned}\n{hint}" if cleaned else hint
 
 
 def system_prompt_for(text: str) -> str:

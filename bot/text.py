@@ -9,6 +9,13 @@ import unicodedata
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff]")
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _INVISIBLE_ONLY = re.compile(r"^[\s\u200b-\u200f\u2028-\u202f\u2060-\u2064\u180e]*$")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
+def is_chinese(text: str) -> bool:
+    """True when the text is mostly Chinese (more CJK characters than Latin words)."""
+    return len(_CJK.findall(text)) >= max(1, len(_LATIN_WORD.findall(text)))
 
 
 def sanitize(text: str) -> str:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from adapters.cli import classify as classify_cli
 from adapters.cli import main
 from adapters.doctor import doctor
-from bot.model import classify_cli
 from tests.conftest import make_settings
 from tests.fakes.openai_server import FakeOpenAIServer
 

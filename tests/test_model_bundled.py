@@ -6,8 +6,10 @@ import re
 
 import pytest
 
+from bot.bootstrap import model_options
 from bot.model.base import ChatTurn, LanguageModel
 from bot.model.loader import load_model
+from bot.prompts import with_language_hint
 from bot.settings import Settings
 from bot.types import MoodLabel
 
@@ -22,7 +24,7 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 @pytest.fixture(scope="module")
 def model() -> LanguageModel:
-    return load_model(Settings(_env_file=None), progress=False)
+    return load_model(model_options(Settings(_env_file=None)), progress=False)
 
 
 @pytest.mark.parametrize(
@@ -76,7 +78,8 @@ def test_english_reply_is_generated_without_role_leakage(model: LanguageModel) -
 
 
 def test_chinese_in_chinese_out(model: LanguageModel) -> None:
-    reply = model.generate(SYSTEM, [ChatTurn("user", "我今天考试没考好，心里很难过。")], max_new_tokens=60)
+    turns = [ChatTurn("user", "我今天考试没考好，心里很难过。")]
+    reply = model.generate(with_language_hint(SYSTEM, turns), turns, max_new_tokens=60)
     assert len(_CJK.findall(reply)) >= len(reply) * 0.3, reply
 
 
@@ -94,8 +97,18 @@ def test_count_tokens(model: LanguageModel) -> None:
 
 
 def test_the_tokenizer_runs_without_its_python_vocabulary_copies(model: LanguageModel) -> None:
-    tokenizer = model._tokenizer  # type: ignore[attr-defined]
+    tokenizer = model.decoder.tokenizer  # type: ignore[attr-defined]
     assert type(tokenizer).__name__ == "Qwen2Tokenizer"
     assert tokenizer._vocab is None and tokenizer._merges is None
     ids = tokenizer.encode("我今天很开心 hello", add_special_tokens=False)
     assert tokenizer.decode(ids) == "我今天很开心 hello" and len(tokenizer.get_vocab()) > 150_000
+
+
+def test_the_language_hint_from_the_prompt_layer_gives_the_same_prompt_token_for_token(
+    model: LanguageModel,
+) -> None:
+    from tests.test_model_prompt import PROMPT_CASES, prompt_ids_with_the_models_own_hint
+
+    for system, history in PROMPT_CASES:
+        found = model.replies.prompt_ids(with_language_hint(system, history), history)  # type: ignore[attr-defined]
+        assert found == prompt_ids_with_the_models_own_hint(model, system, history), (system, history)  # type: ignore[arg-type]

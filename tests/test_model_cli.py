@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.model import classify_cli
+from adapters.cli import classify as classify_cli
 from bot.model.fake import FakeModel
-from bot.model.tiny import build_tiny_model
+from tests.tiny_model import build_tiny_model
 
 
 def test_classify_stream_tab_output_skips_blank_lines_and_batches() -> None:

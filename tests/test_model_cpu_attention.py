@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bot.model import cpu_attention  # noqa: E402
-from bot.model.tiny import build_tiny_model  # noqa: E402
 from bot.model.transformers_model import TransformersModel  # noqa: E402
+from tests.tiny_model import build_tiny_model  # noqa: E402
 
 
 def _reference(query, key, value, mask):  # type: ignore[no-untyped-def]
@@ -104,17 +103,14 @@ def test_unsupported_options_go_to_sdpa_and_single_token_decoding_computes_as_it
 def test_tiny_model_gives_the_same_results_with_grouped_attention(tmp_path: Path) -> None:
     directory = build_tiny_model(tmp_path / "m")
     grouped = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
-    assert grouped._model.config._attn_implementation == cpu_attention.ATTENTION_NAME
+    assert grouped.decoder.model.config._attn_implementation == cpu_attention.ATTENTION_NAME
     plain = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
-    plain._model.set_attn_implementation("sdpa")
-    assert plain._model.config._attn_implementation == "sdpa"
-    plain._mood_prefixes = {  # recomputed with SDPA
-        language: replace(prefix, key_values=plain._compute_prefix_kv(prefix.prefix_ids))
-        for language, prefix in plain._mood_prefixes.items()
-    }
+    plain.decoder.model.set_attn_implementation("sdpa")
+    assert plain.decoder.model.config._attn_implementation == "sdpa"
+    plain.moods.rebuild_prefixes()  # recomputed with SDPA
     texts = ["I am happy today", "我很难过", "What time is it? " * 4]
     assert torch.allclose(grouped.mood_log_probs(texts), plain.mood_log_probs(texts), atol=1e-5)
-    ids = torch.tensor([grouped._mood_prefixes["en"].prefix_ids[:40]])
+    ids = torch.tensor([grouped.moods.prefix("en").prefix_ids[:40]])
     with torch.inference_mode():
-        expected = plain._model(input_ids=ids).logits
-        assert torch.allclose(grouped._model(input_ids=ids).logits, expected, atol=1e-4)
+        expected = plain.decoder.model(input_ids=ids).logits
+        assert torch.allclose(grouped.decoder.model(input_ids=ids).logits, expected, atol=1e-4)

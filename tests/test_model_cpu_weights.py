@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 
 from bot.model import cpu_weights  # noqa: E402
 from bot.model.base import ChatTurn  # noqa: E402
-from bot.model.tiny import build_tiny_model  # noqa: E402
 from bot.model.transformers_model import TransformersModel  # noqa: E402
+from tests.tiny_model import build_tiny_model  # noqa: E402
 
 nn_embedding = torch.nn.functional.embedding
 
@@ -131,10 +131,10 @@ def test_quantized_tiny_model_matches_float_and_batches_exactly(
     directory = build_tiny_model(tmp_path / "m", dtype="float16")
     exact = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
     quantized = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
-    assert any(type(module) is layer_kind for module in quantized._model.modules())
-    assert isinstance(quantized._model.get_input_embeddings(), cpu_weights.Int8Embedding)
+    assert any(type(module) is layer_kind for module in quantized.decoder.model.modules())
+    assert isinstance(quantized.decoder.model.get_input_embeddings(), cpu_weights.Int8Embedding)
     assert quantized.weights.startswith(layer_kind.__name__) and exact.weights == "float32"
-    assert not any(isinstance(module, torch.nn.Linear) for module in quantized._model.modules())
+    assert not any(isinstance(module, torch.nn.Linear) for module in quantized.decoder.model.modules())
     texts = ["I am happy today", "我很难过", "What time is it? " * 4]
     batched = quantized.mood_log_probs(texts)
     assert (exact.mood_log_probs(texts).exp() - batched.exp()).abs().max() < 0.02
@@ -154,9 +154,9 @@ def test_a_cpu_with_slow_int8_products_runs_float32_weights(
     model = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
     assert not any(
         isinstance(module, (cpu_weights.Int8Linear, cpu_weights.PackedInt8Linear))
-        for module in model._model.modules()
+        for module in model.decoder.model.modules()
     )
-    assert all(parameter.dtype == torch.float32 for parameter in model._model.parameters())
+    assert all(parameter.dtype == torch.float32 for parameter in model.decoder.model.parameters())
     assert "slower than float32" in caplog.text
     assert model.weights == "float32"  # what the benchmark prints beside its figures
     assert model.classify(["I am happy today"])[0].label is not None
@@ -235,14 +235,16 @@ def test_layers_converted_in_row_blocks_compute_the_same_numbers(
     whole = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
     monkeypatch.setattr(cpu_weights, "ROWS_PER_CONVERSION", 7)
     blocks = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
-    assert isinstance(blocks._model.get_output_embeddings(), cpu_weights.RowBlocks)
-    assert not isinstance(whole._model.get_output_embeddings(), cpu_weights.RowBlocks)
+    assert isinstance(blocks.decoder.model.get_output_embeddings(), cpu_weights.RowBlocks)
+    assert not isinstance(whole.decoder.model.get_output_embeddings(), cpu_weights.RowBlocks)
     texts = ["I am happy today", "我很难过"]
     assert torch.allclose(whole.mood_log_probs(texts), blocks.mood_log_probs(texts), atol=1e-6)
     with torch.inference_mode():
         for ids in ([[5, 17, 3, 99]], [[42]]):  # several tokens, and one (a decoding step)
-            expected = whole._model(input_ids=torch.tensor(ids)).logits
-            assert torch.allclose(blocks._model(input_ids=torch.tensor(ids)).logits, expected, atol=1e-5)
+            expected = whole.decoder.model(input_ids=torch.tensor(ids)).logits
+            assert torch.allclose(
+                blocks.decoder.model(input_ids=torch.tensor(ids)).logits, expected, atol=1e-5
+            )
 
 
 def test_packed_int8_quantizes_scaled_tokens_as_fbgemm_does_for_the_range_minus_one_to_one() -> None:
@@ -284,7 +286,7 @@ def test_hybrid_layers_leave_the_output_head_on_fbgemm_alone(
     hybrid_times = KERNEL_TIMES_FOR[cpu_weights.HybridInt8Linear]
     monkeypatch.setattr(cpu_weights, "int8_kernel_times", lambda: hybrid_times)
     model = TransformersModel.load(build_tiny_model(tmp_path / "m"), name="tiny", quantize=True, threads=1)
-    assert type(model._model.get_output_embeddings()) is cpu_weights.PackedInt8Linear
+    assert type(model.decoder.model.get_output_embeddings()) is cpu_weights.PackedInt8Linear
     assert model.weights.startswith("HybridInt8Linear")
 
 

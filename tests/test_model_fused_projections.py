@@ -11,8 +11,8 @@ from torch import nn  # noqa: E402
 
 from bot.model import cpu_weights, fused_projections  # noqa: E402
 from bot.model.fused_projections import ProjectionSlice, fuse_shared_input_projections  # noqa: E402
-from bot.model.tiny import build_tiny_model  # noqa: E402
 from bot.model.transformers_model import TransformersModel  # noqa: E402
+from tests.tiny_model import build_tiny_model  # noqa: E402
 
 
 class _Attention(nn.Module):
@@ -81,15 +81,19 @@ def test_int8_tiny_model_joins_query_key_value_with_the_same_numbers(
     joined = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
     monkeypatch.setattr(fused_projections, "SHARED_INPUT_GROUPS", ())
     separate = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
-    assert sum(isinstance(m, ProjectionSlice) for m in joined._model.modules()) == 6  # 2 layers x q, k, v
-    assert not any(isinstance(m, ProjectionSlice) for m in separate._model.modules())
+    assert (
+        sum(isinstance(m, ProjectionSlice) for m in joined.decoder.model.modules()) == 6
+    )  # 2 layers x q, k, v
+    assert not any(isinstance(m, ProjectionSlice) for m in separate.decoder.model.modules())
     texts = ["I am happy today", "我很难过", "What time is it? " * 4]
     assert torch.equal(joined.mood_log_probs(texts), separate.mood_log_probs(texts))
-    ids = torch.tensor([joined._encode("hello there, how are you")])
+    ids = torch.tensor([joined.decoder.encode("hello there, how are you")])
     with torch.inference_mode():
-        assert torch.equal(joined._model(input_ids=ids).logits, separate._model(input_ids=ids).logits)
+        assert torch.equal(
+            joined.decoder.model(input_ids=ids).logits, separate.decoder.model(input_ids=ids).logits
+        )
 
 
 def test_float32_weights_keep_the_layers_transformers_built(tmp_path: Path) -> None:
     model = TransformersModel.load(build_tiny_model(tmp_path / "m"), name="tiny", quantize=False, threads=1)
-    assert not any(isinstance(m, ProjectionSlice) for m in model._model.modules())
+    assert not any(isinstance(m, ProjectionSlice) for m in model.decoder.model.modules())

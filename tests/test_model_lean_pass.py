@@ -14,9 +14,10 @@ transformers = pytest.importorskip("transformers")
 from bot.model import lean_pass  # noqa: E402
 from bot.model.base import ChatTurn  # noqa: E402
 from bot.model.cpu_attention import use_grouped_attention  # noqa: E402
+from bot.model.decoder import cache_keyword  # noqa: E402
 from bot.model.lean_pass import LeanPass  # noqa: E402
-from bot.model.tiny import build_tiny_model  # noqa: E402
-from bot.model.transformers_model import TransformersModel, cache_keyword  # noqa: E402
+from bot.model.transformers_model import TransformersModel  # noqa: E402
+from tests.tiny_model import build_tiny_model  # noqa: E402
 
 _SIZES = {
     "vocab_size": 97,
@@ -119,28 +120,28 @@ def test_decoders_built_otherwise_keep_transformers_pass() -> None:
 def test_the_models_mood_reads_use_the_lean_pass_and_read_the_same(tmp_path: Path, quantize: bool) -> None:
     directory = build_tiny_model(tmp_path / "m")
     model = TransformersModel.load(directory, name="tiny", quantize=quantize, threads=1)
-    assert isinstance(model._lean_pass, LeanPass)
+    assert isinstance(model.decoder.lean_pass, LeanPass)
     texts = ["I am happy today", "我很难过", "What time is it? " * 4, "ok"]
     lean = model.mood_log_probs(texts)
-    model._lean_pass = None
+    model.decoder.use_lean_pass(None)
     assert torch.equal(lean, model.mood_log_probs(texts))
 
 
 def test_replies_are_the_same_with_the_lean_pass(tmp_path: Path) -> None:
     directory = build_tiny_model(tmp_path / "m")
     model = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
-    assert model._lean_pass is not None
+    assert model.decoder.lean_pass is not None
     first = [ChatTurn("user", "hello, what time is it?")]
 
     def conversation() -> list[str]:
-        model._conversations.clear()
-        model._generator.manual_seed(3)
+        model.replies.forget_conversations()
+        model.replies.seed(3)
         reply = model.generate("Be kind.", first, max_new_tokens=12)
         later = [*first, ChatTurn("assistant", reply), ChatTurn("user", "thanks a lot")]
         return [reply, model.generate("Be kind.", later, max_new_tokens=12)]  # reuses the first turn's cache
 
     lean = conversation()
-    model._lean_pass = None
+    model.decoder.use_lean_pass(None)
     assert conversation() == lean
     assert any(lean)
 
@@ -155,9 +156,9 @@ def test_a_lean_pass_that_computes_otherwise_is_not_used(
         return real(self, input_ids, cache) * 1.01
 
     monkeypatch.setattr(lean_pass.LeanPass, "extend", shifted)
-    with caplog.at_level(logging.WARNING, logger="bot.model.transformers_model"):
+    with caplog.at_level(logging.WARNING, logger="bot.model.decoder"):
         model = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
-    assert model._lean_pass is None
+    assert model.decoder.lean_pass is None
     assert "lean pass differs" in caplog.text
 
     def failing(self, input_ids, cache):  # type: ignore[no-untyped-def]
@@ -165,9 +166,9 @@ def test_a_lean_pass_that_computes_otherwise_is_not_used(
 
     monkeypatch.setattr(lean_pass.LeanPass, "extend", failing)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bot.model.transformers_model"):
+    with caplog.at_level(logging.WARNING, logger="bot.model.decoder"):
         model = TransformersModel.load(directory, name="tiny", quantize=False, threads=1)
-    assert model._lean_pass is None
+    assert model.decoder.lean_pass is None
     assert "lean pass failed" in caplog.text
     assert model.classify(["I am happy today"])[0].label is not None
     assert isinstance(model.generate("Be kind.", [ChatTurn("user", "hello")], max_new_tokens=4), str)

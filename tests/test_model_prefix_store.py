@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bot.model.prefix_store import PrefixStore, weights_identity  # noqa: E402
-from bot.model.tiny import build_tiny_model  # noqa: E402
 from bot.model.transformers_model import TransformersModel  # noqa: E402
+from tests.tiny_model import build_tiny_model  # noqa: E402
 
 
 def _key_values(layers: int = 2, length: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -76,11 +76,11 @@ def test_a_second_load_reuses_the_stored_prefixes_and_reads_the_same(tmp_path: P
         directory, name="tiny", quantize=False, threads=1, prefix_cache_dir=store_dir
     )
     stored = sorted(store_dir.iterdir())
-    assert len(stored) == len(first._mood_prefixes)
+    assert len(stored) == len(first.moods.languages)
 
     from transformers.models.qwen2 import modeling_qwen2
 
-    prefix_lengths = {len(prefix.prefix_ids) for prefix in first._mood_prefixes.values()}
+    prefix_lengths = {len(prefix.prefix_ids) for prefix in map(first.moods.prefix, first.moods.languages)}
     passes: list[int] = []  # input lengths of the decoder's passes
     original_forward = modeling_qwen2.Qwen2Model.forward
 
@@ -117,7 +117,7 @@ def test_changed_int8_rounding_misses_the_stored_prefixes(
     model = TransformersModel.load(
         directory, name="tiny", quantize=True, threads=1, prefix_cache_dir=store_dir
     )
-    assert len(set(store_dir.iterdir()) - stored) == len(model._mood_prefixes)
+    assert len(set(store_dir.iterdir()) - stored) == len(model.moods.languages)
 
 
 def test_a_save_keeps_only_the_most_recently_used_files(tmp_path: Path) -> None:

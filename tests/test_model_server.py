@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bot.bootstrap import server_options
 from bot.errors import (
     ConfigurationError,
     ModelError,
@@ -23,6 +24,7 @@ from bot.model.mood_prompt import FEW_SHOT, clean_message, label_words_for, mood
 from bot.model.server.client import RetryPolicy, ServerClient, iter_sse_data, parse_retry_after
 from bot.model.server.model import ServerModel, estimate_tokens
 from bot.model.server.mood import MoodMode, label_of_token, mood_from_top_logprobs
+from bot.prompts import with_language_hint
 from bot.types import MoodLabel
 from tests.conftest import make_settings
 from tests.fakes.openai_server import FakeOpenAIServer, Fault
@@ -165,13 +167,15 @@ def test_the_served_model_is_found_when_none_is_configured(server: FakeOpenAISer
 def test_a_wrong_model_name_is_one_sentence_at_start(server: FakeOpenAIServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(tmp_path, inference_url=server.base_url, inference_model="no-such-model")
     with pytest.raises(ConfigurationError, match="MOODMATE_INFERENCE_MODEL"):
-        ServerModel.connect(settings)
+        ServerModel.connect(server_options(settings))
 
 
 def test_a_server_down_at_start_is_set_up_at_the_first_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
     port = _free_port()
     settings = make_settings(tmp_path, inference_url=f"http://127.0.0.1:{port}/v1")
-    model = ServerModel.connect(settings)  # warns, does not fail: the server may come up later
+    model = ServerModel.connect(
+        server_options(settings)
+    )  # warns, does not fail: the server may come up later
     assert model.mood_mode is None
     with FakeOpenAIServer(port=port):
         mood = model.classify(["I love it"])[0]
@@ -186,7 +190,9 @@ def test_replies_stream_piece_by_piece_with_the_local_models_prompt(server: Fake
     model = _model(server)
     pieces: list[str] = []
     history = [ChatTurn("user", "hi"), ChatTurn("assistant", "hello!"), ChatTurn("user", "我今天很累")]
-    text = model.generate("be kind", history, max_new_tokens=40, on_text=pieces.append)
+    text = model.generate(
+        with_language_hint("be kind", history), history, max_new_tokens=40, on_text=pieces.append
+    )
     assert len(pieces) > 2 and "".join(pieces).strip() == text == "我听到了。能多说说吗？"
     body = server.chat_requests()[-1]
     assert body["stream"] is True and body["max_tokens"] == 40

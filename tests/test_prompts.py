@@ -11,6 +11,7 @@ from bot.prompts import (
     FALLBACK_REPLIES,
     FALLBACK_REPLY_EN,
     FALLBACK_REPLY_ZH,
+    LANGUAGE_HINT_ZH,
     REPLY_EXAMPLES_EN,
     REPLY_EXAMPLES_ZH,
     SYSTEM_PROMPT_EN,
@@ -41,7 +42,7 @@ async def test_chinese_message_gets_chinese_prompt_and_examples(app: App, fake_m
     await app.engine.handle(message("我今天考试没考好，有点难过。"))
     await app.engine.handle(message("I failed my exam today", user="u2"))
     (zh_system, zh_history), (en_system, _en_history) = fake_model.generate_inputs
-    assert zh_system == SYSTEM_PROMPT_ZH and en_system == SYSTEM_PROMPT_EN
+    assert zh_system == f"{SYSTEM_PROMPT_ZH}\n{LANGUAGE_HINT_ZH}" and en_system == SYSTEM_PROMPT_EN
     assert tuple(zh_history[: len(REPLY_EXAMPLES_ZH)]) == REPLY_EXAMPLES_ZH
 
 

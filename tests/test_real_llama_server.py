@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.llama_servers import LlamaServer, llama_cpp_available
-from bot.bootstrap import bootstrap
+from bot.bootstrap import bootstrap, model_options, server_options
 from bot.engine import ReplySink
 from bot.errors import ModelInterruptedError
 from bot.model.base import ChatTurn
@@ -58,12 +58,12 @@ def _settings(tmp_path: Path, llama: LlamaServer, **overrides: object) -> Settin
 def test_obvious_moods_get_the_local_models_labels(llama: LlamaServer, tmp_path: Path) -> None:
     from bot.model.loader import load_model
 
-    server_model = ServerModel.connect(_settings(tmp_path, llama))
+    server_model = ServerModel.connect(server_options(_settings(tmp_path, llama)))
     assert server_model.mood_mode is MoodMode.LOGPROBS
     texts = [text for text, _ in OBVIOUS]
     served = server_model.classify(texts)
     server_model.close()
-    local = load_model(Settings(_env_file=None), progress=False).classify(texts)
+    local = load_model(model_options(Settings(_env_file=None)), progress=False).classify(texts)
     assert [mood.label for mood in served] == [mood.label for mood in local]
     assert [mood.label for mood in served] == [label for _, label in OBVIOUS]
     for mood in served:
@@ -71,7 +71,7 @@ def test_obvious_moods_get_the_local_models_labels(llama: LlamaServer, tmp_path:
 
 
 def test_a_streamed_reply_arrives_in_pieces(llama: LlamaServer, tmp_path: Path) -> None:
-    model = ServerModel.connect(_settings(tmp_path, llama))
+    model = ServerModel.connect(server_options(_settings(tmp_path, llama)))
     pieces: list[str] = []
     text = model.generate(
         "You are a kind friend. Answer in one short sentence.",

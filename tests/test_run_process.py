@@ -10,8 +10,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from bot.model.tiny import build_tiny_model
 from tests.fakes.telegram_server import FakeTelegramServer
+from tests.tiny_model import build_tiny_model
 
 
 async def test_moodmate_run_answers_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ norm), so the numbers are the same bit for bit. On the bundled model with int8 w
 
 It covers decoders built like Llama and Qwen2 (full causal attention, rotary positions, no norms on
 queries and keys); anything else keeps transformers' pass (:meth:`LeanPass.for_decoder` returns None).
-:class:`~bot.model.transformers_model.TransformersModel` also compares the two passes once at load and
+:func:`~bot.model.decoder.check_lean_pass` also compares the two passes once at load, and the model
 keeps transformers' pass if they differ.
 """
 

@@ -19,14 +19,14 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
 from bot.errors import ModelNotFoundError
 from bot.model.base import LanguageModel
 from bot.model.bundled import BundledModel, find_bundled, join_parts, part_paths, single_file, verify_sha256
-from bot.settings import Settings
+from bot.model.options import ModelOptions
+from bot.model.versions import transformers_version
 
 logger = logging.getLogger(__name__)
 
@@ -82,44 +82,44 @@ def resolve_model(spec: str) -> ModelSource:
     return ModelSource("hub", spec)
 
 
-def load_model(settings: Settings, *, progress: bool = True) -> LanguageModel:
-    """Load the model ``settings.model`` names, converting and caching it first if needed (blocking).
+def load_model(options: ModelOptions, *, progress: bool = True) -> LanguageModel:
+    """Load the model ``options.model`` names, converting and caching it first if needed (blocking).
 
-    With ``MOODMATE_INFERENCE_URL`` set, connect to that server instead: no local model is loaded and
-    neither torch nor transformers is imported.
+    With ``options.server`` set, connect to that server instead: no local model is loaded and neither
+    torch nor transformers is imported.
     """
-    if settings.uses_inference_server:
+    if options.server is not None:
         from bot.model.server.model import ServerModel
 
-        return ServerModel.connect(settings)
+        return ServerModel.connect(options.server)
     from bot.model.transformers_model import TransformersModel
 
     started = time.perf_counter()
-    source = resolve_model(settings.model)
-    directory = prepare_model_directory(source, Path(settings.cache_dir), progress=progress)
+    source = resolve_model(options.model)
+    directory = prepare_model_directory(source, Path(options.cache_dir), progress=progress)
     with _transformers_progress(progress):
         model = TransformersModel.load(
             directory if directory is not None else source.name,
             name=source.name,
-            quantize=settings.quantize,
-            threads=settings.threads,
-            max_input_chars=settings.max_input_chars,
-            prefix_cache_dir=Path(settings.cache_dir) / "prefix-kv",
+            quantize=options.quantize,
+            threads=options.threads,
+            max_input_chars=options.max_input_chars,
+            prefix_cache_dir=Path(options.cache_dir) / "prefix-kv",
         )
     logger.info("Model %s loaded in %.1f s", source.name, time.perf_counter() - started)
     return model
 
 
-def describe_local_model(settings: Settings) -> str:
+def describe_local_model(options: ModelOptions) -> str:
     """One line on the configured local model (for ``moodmate doctor``); loads and converts nothing."""
     try:
-        source = resolve_model(settings.model)
+        source = resolve_model(options.model)
     except ModelNotFoundError as error:
-        return f"local {settings.model!r}: {error}"
+        return f"local {options.model!r}: {error}"
     if source.kind == "bundled":
         assert source.bundled is not None
         bundled = source.bundled
-        cached = _is_complete(_cache_root(Path(settings.cache_dir)) / f"{bundled.name}-{bundled.sha256[:12]}")
+        cached = _is_complete(_cache_root(Path(options.cache_dir)) / f"{bundled.name}-{bundled.sha256[:12]}")
         if cached:
             return f"local {source.name} (bundled): converted and cached, ready"
         try:
@@ -197,14 +197,6 @@ def _cache_root(cache_dir: Path) -> Path:
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:60] or "model"
-
-
-def transformers_version() -> str:
-    """The installed transformers version ("unknown" when it cannot be read)."""
-    try:
-        return version("transformers")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _major(version_string: object) -> str:

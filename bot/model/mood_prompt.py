@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bot.prompts import is_chinese
+from bot.text import is_chinese
 from bot.types import MOOD_LABELS, MoodLabel
 
 #: "{positive}", "{neutral}" and "{negative}" are replaced by the label words of the prompt's language.

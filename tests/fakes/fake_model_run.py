@@ -14,7 +14,7 @@ from bot.model import loader
 from bot.model.fake import FakeModel
 
 
-def _fake_model(settings, progress=False):  # type: ignore[no-untyped-def]
+def _fake_model(options, progress=False):  # type: ignore[no-untyped-def]
     return FakeModel(
         mood_delay=float(os.environ.get("FAKE_MODEL_MOOD_SECONDS", "0")),
         reply_delay=float(os.environ.get("FAKE_MODEL_REPLY_SECONDS", "0")),

@@ -1,8 +1,8 @@
 """``LanguageModel`` on an OpenAI-compatible server (vLLM, llama.cpp's server, Ollama).
 
 * Replies stream from ``/chat/completions`` (server-sent events) into ``on_text``; ``should_stop``
-  closes the stream. The prompt is the local model's: the cleaned system prompt with the same
-  language hint, then the turns the engine chose.
+  closes the stream. The prompt is the local model's: the cleaned system prompt, then the
+  turns the engine chose.
 * Mood reads use the local model's history-free prompt, scored as :mod:`bot.model.server.mood`
   describes; how (log-probabilities or a constrained answer) is detected once, at start, or at the
   first read when the server was down then.
@@ -24,11 +24,11 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from bot.errors import ConfigurationError, ModelError, ModelTimeoutError, ModelUnavailableError, MoodmateError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
 from bot.model.mood_prompt import clean_message
+from bot.model.options import ServerOptions
 from bot.model.server.client import Json, ServerClient, ServerRejectedError
 from bot.model.server.mood import (
     CONSTRAINED_MODES,
@@ -43,7 +43,6 @@ from bot.model.server.mood import (
     mood_prompt,
     one_hot,
 )
-from bot.prompts import language_hint
 from bot.types import Mood, MoodLabel
 
 logger = logging.getLogger(__name__)
@@ -102,23 +101,22 @@ class ServerModel:
         return self.model_id or "server"
 
     @classmethod
-    def connect(cls, settings: Any) -> ServerModel:
-        """The server ``settings`` name, with its model and mood mode found now where it answers."""
-        if not settings.inference_url:
+    def connect(cls, options: ServerOptions) -> ServerModel:
+        """The server ``options`` name, with its model and mood mode found now where it answers."""
+        if not options.url:
             raise ConfigurationError("MOODMATE_INFERENCE_URL is not set.")
-        key = settings.inference_api_key
         client = ServerClient(
-            settings.inference_url,
-            api_key=key.get_secret_value() if key is not None else None,
-            timeout=settings.model_timeout,
-            read_timeout=settings.model_timeout,
-            max_connections=settings.inference_concurrency + 2,
+            options.url,
+            api_key=options.api_key,
+            timeout=options.timeout,
+            read_timeout=options.timeout,
+            max_connections=options.concurrency + 2,
         )
         model = cls(
             client,
-            model=settings.inference_model,
-            concurrency=settings.inference_concurrency,
-            max_input_chars=settings.max_input_chars,
+            model=options.model,
+            concurrency=options.concurrency,
+            max_input_chars=options.max_input_chars,
         )
         try:
             model.prepare(attempts=1)
@@ -255,9 +253,6 @@ class ServerModel:
         limit = self.max_input_chars * 4
         turns = [ChatTurn(turn.role, clean_message(turn.content, max_chars=limit)) for turn in history]
         system_clean = clean_message(system, max_chars=limit)
-        hint = language_hint(turns)
-        if hint:
-            system_clean = f"{system_clean}\n{hint}" if system_clean else hint
         messages = [{"role": "system", "content": system_clean}]
         messages += [{"role": turn.role, "content": turn.content} for turn in turns]
         body: Json = {

@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("chat", help="chat in the terminal (reads stdin; piped input works too)")
     commands.add_parser("run", help="run every chat platform whose token is set")
-    # Its own parser (bot/model/classify_cli.py) reads every argument after "classify".
+    # Its own parser (adapters/cli/classify.py) reads every argument after "classify".
     commands.add_parser("classify", help="label messages read one per line", add_help=False)
     commands.add_parser("stats", help="print usage counts (never message text)")
     from bot.safety.check_cli import add_arguments
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "classify":
-            from bot.model.classify_cli import main as classify_main
+            from adapters.cli.classify import main as classify_main
 
             if args.model:
                 rest = ["--model", args.model, *rest]
@@ -155,7 +155,3 @@ async def _stats(settings: Settings) -> int:
         for day, label, count in stats.moods_per_day:
             print(f"{day}\t{label}\t{count}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -77,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"moodmate classify: cannot read {args.file}: {error.strerror}", file=sys.stderr)
         return 2
-    from bot.bootstrap import load_settings
+    from bot.bootstrap import load_settings, model_options
     from bot.model.loader import load_model
 
     with contextlib.nullcontext(source) if source is sys.stdin else source:
         try:
             settings = load_settings(**({"model": args.model} if args.model else {}))
-            model = load_model(settings, progress=sys.stderr.isatty())
+            model = load_model(model_options(settings), progress=sys.stderr.isatty())
         except MoodmateError as error:
             print(f"moodmate classify: {error}", file=sys.stderr)
             return 2

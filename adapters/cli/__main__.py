@@ -1,0 +1,5 @@
+"""``python -m adapters.cli``: the ``moodmate`` command."""
+
+from adapters.cli import main
+
+raise SystemExit(main())
