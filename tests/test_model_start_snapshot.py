@@ -18,7 +18,7 @@ from bot.model.start_snapshot import (
     snapshot_key,
     snapshot_path,
 )
-from bot.model.tiny import build_tiny_model
+from tests.tiny_model import build_tiny_model
 
 
 def _converted(directory: Path, kind: type[cpu_weights.Int8Linear] | type[cpu_weights.PackedInt8Linear]):  # type: ignore[no-untyped-def]
@@ -109,3 +109,64 @@ def test_a_snapshot_is_read_back_only_under_its_own_key_and_a_broken_file_is_ign
     path.write_bytes(b"not a snapshot")
     assert load_snapshot(path, key) is None
     assert not list(path.parent.glob("*.tmp"))
+
+
+def _options(tmp_path: Path, model_dir: Path):  # type: ignore[no-untyped-def]
+    from bot.model.options import ModelOptions
+
+    return ModelOptions(model=str(model_dir), cache_dir=tmp_path / "cache", quantize=True, threads=1)
+
+
+def _snapshot_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "cache" / "start").glob("*.pt"))
+
+
+TEXTS = ["I am happy today, thanks a lot!", "I feel sad and tired.", "What time is it?", "今天心情很好。"]
+
+
+def test_a_start_from_the_snapshot_reads_and_replies_as_the_full_load(tmp_path: Path) -> None:
+    from bot.model.base import ChatTurn
+    from bot.model.lean_modules import CausalLM
+    from bot.model.loader import load_model
+
+    model_dir = build_tiny_model(tmp_path / "m", dtype="float16")
+    full = load_model(_options(tmp_path, model_dir), progress=False)
+    assert not isinstance(full.decoder.model, CausalLM)  # type: ignore[attr-defined]
+    [written] = _snapshot_files(tmp_path)
+    warm = load_model(_options(tmp_path, model_dir), progress=False)
+    assert isinstance(warm.decoder.model, CausalLM)  # type: ignore[attr-defined]
+    assert _snapshot_files(tmp_path) == [written]
+    assert torch.equal(full.mood_log_probs(TEXTS), warm.mood_log_probs(TEXTS))  # type: ignore[attr-defined]
+    assert [m.label for m in full.classify(TEXTS)] == [m.label for m in warm.classify(TEXTS)]
+    replies = []
+    for model in (full, warm):
+        model.sampling.temperature = 0  # type: ignore[attr-defined]  # greedy
+        history = [ChatTurn("user", "hello world")]
+        first = model.generate("Be kind.", history, max_new_tokens=12)
+        history += [ChatTurn("assistant", first), ChatTurn("user", "I am happy today")]
+        replies.append((first, model.generate("Be kind.", history, max_new_tokens=12)))
+    assert replies[0] == replies[1]
+
+
+def test_a_stale_or_broken_snapshot_falls_back_to_the_full_load_and_is_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.model import start_snapshot
+    from bot.model.lean_modules import CausalLM
+    from bot.model.loader import load_model
+
+    model_dir = build_tiny_model(tmp_path / "m")
+    expected = load_model(_options(tmp_path, model_dir), progress=False).mood_log_probs(TEXTS)  # type: ignore[attr-defined]
+    [path] = _snapshot_files(tmp_path)
+    path.write_bytes(path.read_bytes()[:1000])  # cut short
+    again = load_model(_options(tmp_path, model_dir), progress=False)
+    assert not isinstance(again.decoder.model, CausalLM)  # type: ignore[attr-defined]  # loaded in full
+    assert torch.equal(again.mood_log_probs(TEXTS), expected)  # type: ignore[attr-defined]
+    assert start_snapshot.load_snapshot(path, path.stem) is not None  # written again
+    monkeypatch.setattr(start_snapshot, "prompt_version", lambda: "another prompt")  # a changed prompt
+    stale = load_model(_options(tmp_path, model_dir), progress=False)
+    assert not isinstance(stale.decoder.model, CausalLM)  # type: ignore[attr-defined]
+    files = _snapshot_files(tmp_path)
+    assert len(files) == 2 and path in files  # a new key, written beside the old one
+    fresh = load_model(_options(tmp_path, model_dir), progress=False)
+    assert isinstance(fresh.decoder.model, CausalLM)  # type: ignore[attr-defined]

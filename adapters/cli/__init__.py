@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,6 +39,20 @@ def _configure_logging(settings: Settings, level: str, verbose: bool) -> None:
     api_key = settings.inference_api_key.get_secret_value() if settings.inference_api_key else None
     secrets = (settings.telegram_token, settings.discord_token, api_key)
     configure_logging("DEBUG" if verbose else level, secrets)
+
+
+def run() -> None:
+    """The ``moodmate`` console script: ``main``, then exit without tearing the interpreter down.
+
+    Everything is finished and flushed by then; what would remain is unloading torch, ~0.7 s of every
+    ``moodmate classify`` here.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ keeps RSS near a third of float32. The few-shot prefixes' key/values can be kept
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -28,8 +29,11 @@ from bot.errors import ModelNotFoundError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
 from bot.model.cpu_weights import release_free_memory
 from bot.model.decoder import Decoder, check_lean_pass, open_pretrained, prepare_decoder
-from bot.model.mood_reader import MoodReader, build_label_head
+from bot.model.lean_pass import LeanPass
+from bot.model.mood_reader import LabelHead, MoodReader, build_label_head
+from bot.model.prefix_store import PrefixStore
 from bot.model.reply_generator import ReplyGenerator, SamplingConfig
+from bot.model.start_snapshot import StartSnapshot, pack_in_background
 from bot.types import Mood
 
 logger = logging.getLogger(__name__)
@@ -59,15 +63,19 @@ class TransformersModel:
         calibrate: bool = False,
         sampling: SamplingConfig | None = None,
         prefix_cache_dir: Path | None = None,
+        progress: bool = False,
     ) -> TransformersModel:
         """Load a model directory (config.json, safetensors, tokenizer) or hub id for fast CPU inference.
 
-        With ``prefix_cache_dir`` the few-shot prefixes' key/values are kept there between runs.
+        With ``prefix_cache_dir`` the few-shot prefixes' key/values are kept there between runs;
+        ``progress`` shows a progress bar while the layers are quantized.
         """
         started = time.perf_counter()
         pretrained = open_pretrained(location, threads=threads)
         label_head = build_label_head(pretrained.model, pretrained.tokenizer)  # from the float weights
-        decoder = prepare_decoder(pretrained, quantize=quantize, prefix_cache_dir=prefix_cache_dir)
+        decoder = prepare_decoder(
+            pretrained, quantize=quantize, prefix_cache_dir=prefix_cache_dir, progress=progress
+        )
         logger.info(
             "Loaded %s in %.1f s (weights %s, grouped attention=%s)",
             name,
@@ -90,6 +98,52 @@ class TransformersModel:
         release_free_memory()  # the prefix passes' scratch memory (~100 MB of RSS otherwise)
         logger.info("Model %s ready in %.1f s", name, time.perf_counter() - started)
         return cls(name, decoder, moods, replies)
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        snapshot: StartSnapshot,
+        *,
+        threads: int = 0,
+        max_input_chars: int = 4000,
+        calibrate: bool = False,
+        sampling: SamplingConfig | None = None,
+        prefix_cache_dir: Path | None = None,
+    ) -> TransformersModel:
+        """The model a start snapshot holds (see :mod:`bot.model.start_snapshot`), without transformers.
+
+        Its lean pass was checked against transformers' pass when the snapshot was written.
+        """
+        started = time.perf_counter()
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        store = None
+        if prefix_cache_dir is not None and snapshot.prefix_identity is not None:
+            store = PrefixStore(prefix_cache_dir, snapshot.prefix_identity)
+        decoder = Decoder(
+            snapshot.model,
+            snapshot.tokenizer,
+            weights=snapshot.weights,
+            grouped_attention=True,
+            prefix_store=store,
+        )
+        lean = LeanPass.for_decoder(decoder.layers)
+        if lean is None:
+            raise ModelNotFoundError(f"The start snapshot of {snapshot.name} holds no lean decoder")
+        decoder.use_lean_pass(lean)
+        lock = threading.RLock()
+        label_head = LabelHead(snapshot.label_head, snapshot.label_bias, snapshot.label_groups)
+        moods = MoodReader(decoder, label_head, max_input_chars=max_input_chars, lock=lock)
+        if calibrate:
+            moods.calibrate()
+        replies = ReplyGenerator(decoder, max_input_chars=max_input_chars, sampling=sampling, lock=lock)
+        logger.info(
+            "Model %s ready from its start snapshot in %.2f s", snapshot.name, time.perf_counter() - started
+        )
+        return cls(snapshot.name, decoder, moods, replies)
+
+    def prepare_replies(self) -> None:
+        """Ready what only replies use (fbgemm's packed weights after a snapshot start) in the background."""
+        pack_in_background(self.decoder.model)
 
     @property
     def weights(self) -> str:
