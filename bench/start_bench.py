@@ -2,7 +2,7 @@
 
 Usage (from the project root)::
 
-    python bench/start_bench.py [--threads 2] [--runs 3] [--messages 40] [--json PATH] [--skip-llama]
+    python bench/start_bench.py [--threads 2] [--runs 3] [--messages 40] [--first-run] [--json PATH]
 
 Measured, with the model cache already built (a first, untimed start of each warms it and the page cache):
 
@@ -15,7 +15,9 @@ Measured, with the model cache already built (a first, untimed start of each war
 * reply time to first token and decode tokens/s on the bot's reply prompts (the same token ids for
   both, the same sampling settings, 64 new tokens at most), with sample replies;
 * moodmate alone: ``echo hi | moodmate classify`` (whole process, wall time and peak RSS) and
-  ``moodmate chat`` on a terminal (time until its prompt shows, and until its first answer).
+  ``moodmate chat`` on a terminal (time until its prompt shows, and until its first answer); with
+  ``--first-run`` also ``echo hi | moodmate classify`` on an empty temporary cache (join, checksum,
+  conversion, quantization and the start snapshot), with the progress bars it shows.
 
 llama.cpp runs with its weight repacking ("extra buffer types") off, as ``bench/llama_cpp_server.py``
 does (llama-cpp-python 0.3.36 crashes with it on AMX CPUs); ``--llama-repack`` turns it on.
@@ -50,9 +52,9 @@ _RSS = "[int(l.split()[1])//1024 for l in open('/proc/self/status') if l.startsw
 
 MOODMATE_READY = f"""
 import json
-from bot.bootstrap import load_settings
+from bot.bootstrap import load_settings, model_options
 from bot.model.loader import load_model
-model = load_model(load_settings(), progress=False)
+model = load_model(model_options(load_settings()), progress=False)
 print(json.dumps({{"ready": True, "rss_mb": {_RSS}}}), flush=True)
 """
 
@@ -73,6 +75,17 @@ def child_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, st
     env["MOODMATE_THREADS"] = str(threads)
     env.pop("MOODMATE_INFERENCE_URL", None)
     return {**env, **(extra or {})}
+
+
+def _terminal() -> tuple[int, int]:
+    """A pseudo-terminal (leader, follower) 120 columns wide (tqdm draws nothing on a 0-column one)."""
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    return leader, follower
 
 
 def _wait_rss_mb(process: subprocess.Popen[str]) -> float:
@@ -120,11 +133,58 @@ def classify_hi(env: dict[str, str]) -> dict[str, float]:
     return {"wall_s": time.perf_counter() - started, "peak_rss_mb": rss, "output": output.strip()}
 
 
+def first_run(threads: int) -> dict[str, object]:
+    """``echo hi | moodmate classify`` on an empty cache (a temporary one), its stderr on a terminal.
+
+    Returns the wall time to the answer, the peak RSS, and the progress bars it showed (their titles).
+    """
+    import re
+    import shutil
+
+    cache = Path(tempfile.mkdtemp(prefix="moodmate-first-run-"))
+    leader, follower = _terminal()
+    env = child_env(threads, {"MOODMATE_CACHE_DIR": str(cache)})
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", "classify"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write("hi\n")
+    process.stdin.close()
+    seen = b""
+    rss = math.nan
+    while True:  # the follower stays open here, so the terminal never hangs up before it is drained
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            seen += os.read(leader, 65536)
+            continue
+        if math.isnan(rss):
+            pid, _, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                rss, wall = usage.ru_maxrss / 1024, time.perf_counter() - started
+                process.returncode = 0
+        else:
+            break
+    output = process.stdout.read()
+    os.close(follower)
+    os.close(leader)
+    shutil.rmtree(cache, ignore_errors=True)
+    text = seen.decode("utf-8", "replace").replace("\r", "\n")
+    titles = list(dict.fromkeys(re.findall(r"^([a-z][^:\n]{2,60}):\s+\d+%", text, flags=re.MULTILINE)))
+    return {"wall_s": wall, "peak_rss_mb": rss, "bars": titles, "output": output.strip()}
+
+
 def chat_on_terminal(env: dict[str, str], message: str = "hi", timeout: float = 300.0) -> dict[str, float]:
     """``moodmate chat`` on a pseudo-terminal: seconds to its prompt, and to its first answer."""
     from adapters.console import PROMPT
 
-    leader, follower = pty.openpty()
+    leader, follower = _terminal()
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "adapters.cli", "chat"],
@@ -261,11 +321,11 @@ def llama_reply(llm, prompt_ids: list[int], stop_ids: set[int], max_new_tokens: 
 def moodmate_mood_prompt(model) -> tuple[list[int], Callable[[str], list[int]], list[list[int]]]:  # type: ignore[no-untyped-def]
     """The English mood prompt as moodmate runs it: prefix ids, message-to-ids, label token groups."""
     from bot.model.mood_prompt import label_words_for
-    from bot.model.transformers_model import _label_token_groups
+    from bot.model.mood_reader import label_token_groups
 
-    prefix = model._mood_prefixes["en"]
-    groups = _label_token_groups(model._tokenizer, label_words_for("en"))
-    return list(prefix.prefix_ids), lambda text: model._mood_token_ids(text, prefix), groups
+    prefix = model.moods.prefix("en")
+    groups = label_token_groups(model.decoder.tokenizer, label_words_for("en"))
+    return list(prefix.prefix_ids), lambda text: model.moods.token_ids(text, "en"), groups
 
 
 def moodmate_reply(model, system: str, turns, max_new_tokens: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -323,15 +383,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-llama", action="store_true", help="moodmate alone")
     parser.add_argument("--llama-repack", action="store_true", help="let llama.cpp repack its weights")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument(
+        "--first-run", action="store_true", help="also time a first start on an empty (temporary) cache"
+    )
     args = parser.parse_args(argv)
 
     import torch
 
     from bench.llama_servers import bundled_gguf
-    from bot.bootstrap import load_settings
+    from bot.bootstrap import load_settings, model_options
     from bot.model.base import ChatTurn
     from bot.model.loader import load_model
-    from bot.prompts import clean_reply, reply_turns, system_prompt_for
+    from bot.prompts import clean_reply, reply_turns, system_prompt_for, with_language_hint
 
     use_llama = llama_cpp_installed() and not args.skip_llama
     if not use_llama and not args.skip_llama:
@@ -342,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     chat_env = child_env(args.threads, {"DATABASE_URL": f"sqlite+aiosqlite:///{scratch / 'chat.db'}"})
 
     print("loading moodmate in this process (builds the cache if needed) ...", file=sys.stderr)
-    model = load_model(settings, progress=True)
+    model = load_model(model_options(settings), progress=True)
     torch.set_num_threads(args.threads)
     prefix_ids, message_ids, label_groups = moodmate_mood_prompt(model)
     gguf = str(bundled_gguf(Path(settings.cache_dir))) if use_llama else ""
@@ -406,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             agree += max(range(3), key=probabilities.__getitem__) == max(range(3), key=theirs.__getitem__)  # type: ignore[index,attr-defined]
 
     print("replies side by side ...", file=sys.stderr)
-    model._generator.manual_seed(7)
+    model.replies.seed(7)
+    stop_ids = set(model.replies.stop_ids)
     if llm is not None:
         llm.set_seed(7)
     replies: dict[str, list[dict[str, object]]] = {"moodmate": [], "llama": []}
@@ -414,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         history: list[ChatTurn] = []
         for user_text in chat:
             history.append(ChatTurn("user", user_text))
-            system, turns = system_prompt_for(user_text), reply_turns(history)
+            system = with_language_hint(system_prompt_for(user_text), history)
+            turns = reply_turns(history)
             runs: list[tuple[str, Callable[[], dict[str, object]]]] = [
                 (
                     "moodmate",
@@ -422,8 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ]
             if llm is not None:
-                ids = model._reply_prompt_ids(system, turns)
-                runs.append(("llama", lambda ids=ids: llama_reply(llm, ids, model._stop_ids, REPLY_TOKENS)))
+                ids = model.replies.prompt_ids(system, turns)
+                runs.append(("llama", lambda ids=ids: llama_reply(llm, ids, stop_ids, REPLY_TOKENS)))
             if chat_index % 2:
                 runs.reverse()
             for name, run_reply in runs:
@@ -504,6 +569,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nsample replies, {name}:")
         for reply in replies[name]:
             print(f"  user: {reply['user']}\n  {name}: {str(reply['text']).strip()[:300]}")
+    if args.first_run:
+        print("first start on an empty cache ...", file=sys.stderr)
+        first = first_run(args.threads)
+        print(
+            f"\nfirst start on an empty cache, `echo hi | moodmate classify`: {first['wall_s']:.1f} s to the "
+            f"answer ({first['output']}), peak RSS {first['peak_rss_mb']:.0f} MB; progress bars: "
+            + "; ".join(map(str, first["bars"]))  # type: ignore[call-overload]
+        )
     print(f"\nclassify said: {starts['classify'][-1]['output'] if starts['classify'] else '-'}")
     if args.json is not None:
         payload = {"rows": rows, "starts": starts, "mood_ms": times, "replies": replies, "agree": agree}
