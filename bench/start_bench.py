@@ -7,7 +7,8 @@ Usage (from the project root)::
 Measured, with the model cache already built (a first, untimed start of each warms it and the page cache):
 
 * load to ready in a fresh process (spawn to "ready", ``--runs`` times each, in turn): moodmate's
-  ``load_model``; llama.cpp's ``Llama(...)`` plus its pass over the English mood prefix;
+  ``load_model`` (its prefix key/values come from the cache); llama.cpp's ``Llama(...)`` plus its pass
+  over the English mood prefix (also shown without that pass);
 * mood read p50/p95 on chat-length messages (TweetEval validation tweets of at most 30 tokens, read in
   place from ``../shared/data/sentiment``), one message at a time, each read by both in turn: moodmate's
   ``classify``; llama.cpp evaluating the same message and answer-cue tokens after its cached few-shot
@@ -56,6 +57,8 @@ from bot.bootstrap import load_settings, model_options
 from bot.model.loader import load_model
 model = load_model(model_options(load_settings()), progress=False)
 print(json.dumps({{"ready": True, "rss_mb": {_RSS}}}), flush=True)
+model.classify(["hi"])
+print(json.dumps({{"read_rss_mb": {_RSS}}}), flush=True)
 """
 
 LLAMA_READY = f"""
@@ -64,6 +67,7 @@ sys.path.insert(0, {str(ROOT)!r})
 from bench.start_bench import open_llama
 request = json.load(open(sys.argv[1]))
 llm = open_llama(request["model"], request["threads"], repack=request["repack"])
+print(json.dumps({{"loaded": True}}), flush=True)
 llm.eval(request["prefix_ids"])
 print(json.dumps({{"ready": True, "rss_mb": {_RSS}}}), flush=True)
 """
@@ -102,12 +106,17 @@ def time_to_ready(command: Sequence[str], env: dict[str, str]) -> dict[str, floa
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert process.stdout is not None
-    result = {"ready_s": math.nan, "rss_mb": math.nan}
+    result = {"ready_s": math.nan, "rss_mb": math.nan, "loaded_s": math.nan}
     for line in process.stdout:
+        if line.startswith("{") and '"loaded"' in line:
+            result["loaded_s"] = time.perf_counter() - started
         if line.startswith("{") and '"ready"' in line:
-            result = {"ready_s": time.perf_counter() - started, "rss_mb": float(json.loads(line)["rss_mb"])}
+            result.update(ready_s=time.perf_counter() - started, rss_mb=float(json.loads(line)["rss_mb"]))
             break
-    _, errors = process.communicate()
+    rest, errors = process.communicate()
+    for line in rest.splitlines():
+        if line.startswith("{") and "read_rss_mb" in line:
+            result["read_rss_mb"] = float(json.loads(line)["read_rss_mb"])
     if math.isnan(result["ready_s"]):
         print(errors[-3000:], file=sys.stderr)
     return result
@@ -508,6 +517,18 @@ def main(argv: list[str] | None = None) -> int:
             _spread(ready_m, 2),
             _spread(ready_l, 2) if use_llama else "-",
             _ratio(_median(ready_l) / _median(ready_m)),
+        ),
+        (
+            "… of which llama.cpp's model load, before its prefix pass (s)",
+            "",
+            _spread([run["loaded_s"] for run in starts["llama"]], 2) if use_llama else "-",
+            "",
+        ),
+        (
+            "RSS after its first mood read (MB)",
+            _spread([run.get("read_rss_mb", math.nan) for run in starts["moodmate"]], 0),
+            "",
+            "",
         ),
         (
             "RSS at ready (MB)",

@@ -170,3 +170,19 @@ def test_a_stale_or_broken_snapshot_falls_back_to_the_full_load_and_is_written_a
     assert len(files) == 2 and path in files  # a new key, written beside the old one
     fresh = load_model(_options(tmp_path, model_dir), progress=False)
     assert isinstance(fresh.decoder.model, CausalLM)  # type: ignore[attr-defined]
+
+
+def test_concurrent_first_starts_build_the_snapshot_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bot.model.lean_modules import CausalLM
+    from bot.model.loader import load_model
+
+    model_dir = build_tiny_model(tmp_path / "m")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        models = list(pool.map(lambda _: load_model(_options(tmp_path, model_dir), progress=False), range(2)))
+    kinds = sorted(isinstance(model.decoder.model, CausalLM) for model in models)  # type: ignore[attr-defined]
+    assert kinds == [False, True]  # one loaded in full and wrote it, the other waited and read it
+    assert len(_snapshot_files(tmp_path)) == 1
+    assert not list((tmp_path / "cache" / "start").glob(".*.tmp"))
+    assert torch.equal(models[0].mood_log_probs(TEXTS), models[1].mood_log_probs(TEXTS))  # type: ignore[attr-defined]

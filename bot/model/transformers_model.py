@@ -11,7 +11,8 @@ Three parts share one loaded model and one lock:
 With ``quantize`` the linear layers (including the output head) run with int8 weights and per-token
 int8 activations, and the token embedding becomes int8 rows (see :mod:`bot.model.cpu_weights`), which
 keeps RSS near a third of float32. The few-shot prefixes' key/values can be kept on disk between runs
-(see :mod:`bot.model.prefix_store`).
+(see :mod:`bot.model.prefix_store`). :meth:`TransformersModel.from_snapshot` builds the same model from
+a start snapshot (see :mod:`bot.model.start_snapshot`) without transformers.
 """
 
 from __future__ import annotations
