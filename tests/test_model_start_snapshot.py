@@ -188,3 +188,25 @@ def test_concurrent_first_starts_build_the_snapshot_once(tmp_path: Path) -> None
     assert len(_snapshot_files(tmp_path)) == 1
     assert not list((tmp_path / "cache" / "start").glob(".*.tmp"))
     assert torch.equal(models[0].mood_log_probs(TEXTS), models[1].mood_log_probs(TEXTS))  # type: ignore[attr-defined]
+
+
+def test_the_lean_model_gives_every_positions_logits_like_transformers(tmp_path: Path) -> None:
+    model = _converted(build_tiny_model(tmp_path / "m"), cpu_weights.Int8Linear)
+    ids = torch.tensor([[5, 17, 42, 8, 99]])
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits
+        lean = lean_copy(model)
+        assert lean is not None
+        found = lean(input_ids=ids).logits
+    assert found.shape == expected.shape
+    assert torch.allclose(found, expected, atol=1e-4)
+
+
+def test_float32_weights_write_no_snapshot(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from bot.model.loader import load_model
+
+    model_dir = build_tiny_model(tmp_path / "m")
+    load_model(replace(_options(tmp_path, model_dir), quantize=False), progress=False)
+    assert _snapshot_files(tmp_path) == []

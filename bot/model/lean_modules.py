@@ -154,8 +154,10 @@ class CausalLM(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
 
-    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
-        raise NotImplementedError("the lean model runs through LeanPass only")
+    def forward(self, input_ids: torch.Tensor, **_: object) -> SimpleNamespace:
+        """``.logits [batch, width, vocab]`` of every position of ``input_ids``, from an empty cache."""
+        hidden = self.model(input_ids, cache=KeyValueCache()).last_hidden_state
+        return SimpleNamespace(logits=self.lm_head(hidden))
 
 
 class _CacheLayer:

@@ -96,7 +96,7 @@ def load_model(options: ModelOptions, *, progress: bool = True) -> LanguageModel
         return ServerModel.connect(options.server)
     started = time.perf_counter()
     source = resolve_model(options.model)
-    checksum = model_checksum(source)
+    checksum = model_checksum(source) if options.quantize else None  # float32 (~2 GB) is not kept
     if checksum is None:
         return _full_load(source, options, progress=progress)
     from bot.model import start_snapshot
