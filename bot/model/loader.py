@@ -10,6 +10,7 @@ leaves a broken cache behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -220,6 +221,25 @@ def prepare_model_directory(source: ModelSource, cache_dir: Path, *, progress: b
     return target
 
 
+@contextlib.contextmanager
+def _quiet_gguf_reader() -> Iterator[None]:
+    """Hide the bar transformers' GGUF reader draws with its own tqdm (transformers' switch misses it)."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def _prepare_bundled(bundled: BundledModel, cache_dir: Path, *, progress: bool) -> Path:
     target = _cache_root(cache_dir) / f"{bundled.name}-{bundled.sha256[:12]}"
     if _is_complete(target):
@@ -300,7 +320,7 @@ def convert_gguf(
     started = time.perf_counter()
     steps = tqdm(total=4, desc=f"converting {gguf_path.name}", unit="step", disable=not progress, leave=False)
     # One bar for the conversion, not transformers' three.
-    with _transformers_progress(False):
+    with _transformers_progress(False), _quiet_gguf_reader():
         try:
             steps.set_postfix_str("tokenizer")
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
