@@ -80,9 +80,9 @@ async def _database_line(settings: Settings) -> tuple[bool, str]:
     on_disk = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
     if on_disk and not Path(str(parsed.database)).expanduser().is_file():
         return True, f"database: {shown}: no file yet (created at the first start)"
-    from storage import open_repository
+    from bot.bootstrap import open_storage
 
-    repository = open_repository(settings.database_url)
+    repository = open_storage(settings.database_url)
     try:
         await repository.initialize()
         stats = await repository.stats()

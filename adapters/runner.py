@@ -95,7 +95,7 @@ async def serve(app: App, adapters: dict[Platform, PlatformAdapter], stop: async
             recovery.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await recovery
-        lost = [task for task in done if task in watches]
+        lost = [watch for watch in watches if watch in done]
         if lost:
             error = lost[0].result()
             logger.error("%s stopped working for good (%s); moodmate stops", watches[lost[0]].value, error)

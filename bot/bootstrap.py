@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -20,24 +21,34 @@ from bot.errors import ConfigurationError
 from bot.inference import InferenceWorker
 from bot.model.base import LanguageModel
 from bot.model.options import ModelOptions, ServerOptions
+from bot.repository import Repository
 from bot.settings import Settings
-from storage import Repository, open_repository
 
 logger = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_SECONDS = 3600.0
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read settings once from the environment and ``.env``; one clear sentence if they are wrong."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
             for item in error.errors()
         )
         raise ConfigurationError(f"Invalid settings ({problems}); see .env.example.") from None
+
+
+def open_storage(database_url: str) -> Repository:
+    """The repository for ``database_url`` (not yet initialized); the one place the core meets ``storage``.
+
+    A URL moodmate cannot use raises :class:`ConfigurationError` (one sentence).
+    """
+    from storage import open_repository
+
+    return open_repository(database_url)
 
 
 @dataclass
@@ -135,7 +146,7 @@ async def bootstrap(
 ) -> App:
     """Build the app. Pass ``model`` or ``repository`` to replace the real ones (tests, benchmarks)."""
     settings = settings or load_settings()
-    repository = repository or open_repository(settings.database_url)
+    repository = repository or open_storage(settings.database_url)
     await repository.initialize()
     if model is None:
         from bot.model.loader import load_model

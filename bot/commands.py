@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bot import moodlog
+from bot.records import UserRecord
+from bot.repository import Repository
 from bot.settings import Settings
 from bot.types import Action, Attachment, IncomingMessage, Reply, ReplyKind
-from storage import Repository, UserRecord
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +26,71 @@ FORGET_ACTIONS = (
     Action("Cancel", "/forget cancel"),
 )
 
-#: Shown by /help and registered as platform command menus: (name, short description).
-COMMAND_MENU: tuple[tuple[str, str], ...] = (
-    ("start", "What moodmate does and what it stores"),
-    ("help", "List the commands"),
-    ("mood", "Your mood summary and chart: /mood 7d|30d|90d|all"),
-    ("reset", "Forget our conversation (keeps your mood log)"),
-    ("forget", "Delete everything stored about you"),
-    ("export", "Download your messages and mood log (CSV and JSON)"),
-    ("timezone", "Set your timezone, e.g. /timezone Europe/Berlin"),
-    ("moodlog", "Turn mood logging on or off: /moodlog off"),
+
+@dataclass(frozen=True, slots=True)
+class CommandArgument:
+    """The one optional argument a command takes: a slash-command option where the platform has
+    them. ``choices`` are (label, value) pairs; none: free text."""
+
+    name: str
+    description: str
+    choices: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One command of the table every platform registers: ``description`` is the short line of a
+    slash command, ``menu`` the line of /help and of a command menu (the description by default)."""
+
+    name: str
+    description: str
+    menu: str = ""
+    argument: CommandArgument | None = None
+
+    @property
+    def menu_line(self) -> str:
+        return self.menu or self.description
+
+
+PERIODS = (("last 7 days", "7d"), ("last 30 days", "30d"), ("last 90 days", "90d"), ("everything", "all"))
+EXPORT_FORMATS = (("CSV and JSON", "csv json"), ("CSV", "csv"), ("JSON", "json"))
+
+#: Every command, in the order /help and the platforms' menus show them.
+COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec("start", "What moodmate does and what it stores"),
+    CommandSpec("help", "List the commands"),
+    CommandSpec(
+        "mood",
+        "Your mood summary and chart",
+        "Your mood summary and chart: /mood 7d|30d|90d|all",
+        CommandArgument("period", "Which days to look at (default: last 7 days)", PERIODS),
+    ),
+    CommandSpec("reset", "Forget our conversation (keeps your mood log)"),
+    CommandSpec("forget", "Delete everything stored about you"),
+    CommandSpec(
+        "export",
+        "Download your messages and mood log",
+        "Download your messages and mood log (CSV and JSON)",
+        CommandArgument("format", "File format (default: both)", EXPORT_FORMATS),
+    ),
+    CommandSpec(
+        "timezone",
+        "Show or set your timezone for mood days",
+        "Set your timezone, e.g. /timezone Europe/Berlin",
+        CommandArgument("zone", "An IANA timezone such as Europe/Berlin (leave empty to see yours)"),
+    ),
+    CommandSpec(
+        "moodlog",
+        "Turn mood logging on or off",
+        "Turn mood logging on or off: /moodlog off",
+        CommandArgument(
+            "state", "on or off (leave empty to see the current setting)", (("on", "on"), ("off", "off"))
+        ),
+    ),
 )
+
+#: Shown by /help and registered as command menus: (name, short description).
+COMMAND_MENU: tuple[tuple[str, str], ...] = tuple((spec.name, spec.menu_line) for spec in COMMANDS)
 
 START_TEXT = (
     "Hi {name}, I'm moodmate, a companion you can talk to about anything.\n\n"
@@ -115,8 +170,14 @@ class CommandContext:
         return f"{message.platform.value}:{message.user_id}" in admins or message.user_id in admins
 
 
-def _command_reply(text: str, **kwargs: object) -> Reply:
-    return Reply(text=text, kind=ReplyKind.COMMAND, **kwargs)  # type: ignore[arg-type]
+def _command_reply(
+    text: str,
+    *,
+    attachments: tuple[Attachment, ...] = (),
+    actions: tuple[Action, ...] = (),
+    private: bool = False,
+) -> Reply:
+    return Reply(text=text, kind=ReplyKind.COMMAND, attachments=attachments, actions=actions, private=private)
 
 
 async def _start(ctx: CommandContext, user: UserRecord, message: IncomingMessage, args: str) -> Reply:

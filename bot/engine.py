@@ -24,29 +24,21 @@ from datetime import UTC, datetime, timedelta
 
 from bot.commands import CommandContext, parse_command
 from bot.errors import DuplicateMessageError, MoodmateError
-from bot.inference import InferenceWorker, WorkerStoppedError
+from bot.inference import InferenceWorker, TokenCounter, TurnsBuilder, WorkerStoppedError
 from bot.model.base import ChatTurn
 from bot.prompts import (
     clean_partial,
     clean_reply,
-    is_chinese,
     reply_turns,
     system_prompt_for,
     with_language_hint,
 )
+from bot.records import ChatRecord, MessageRecord, MessageStatus, MoodRecord, PendingMessage, UserRecord
+from bot.repository import Repository
 from bot.safety.guard import SafetyGuard
 from bot.settings import Settings
-from bot.text import is_blank, sanitize, truncate
+from bot.text import is_blank, is_chinese, sanitize, truncate
 from bot.types import IncomingMessage, Mood, MoodLabel, Platform, Reply, ReplyKind
-from storage import (
-    ChatRecord,
-    MessageRecord,
-    MessageStatus,
-    MoodRecord,
-    PendingMessage,
-    Repository,
-    UserRecord,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +62,40 @@ RESTARTING_REPLY = "I'm restarting right now; I'll answer this message as soon a
 APOLOGY_REPLY = (
     "Sorry, I was offline for a while and missed your message. I'm back now, if you'd like to tell me again."
 )
+
+
+def _earlier_turns(rows: list[MessageRecord], answering_id: int) -> list[ChatTurn]:
+    """The stored conversation before the message being answered, oldest first (purged texts left out)."""
+    return [
+        ChatTurn("assistant" if row.role == "assistant" else "user", row.text)
+        for row in rows
+        if row.text is not None and row.id != answering_id
+    ]
+
+
+def _from_user(turns: list[ChatTurn]) -> list[ChatTurn]:
+    """``turns`` from the first user turn on: a conversation must start with the user's turn."""
+    start = next((index for index, turn in enumerate(turns) if turn.role == "user"), len(turns))
+    return turns[start:]
+
+
+def _reply_turns_within(earlier: list[ChatTurn], text: str, budget: int) -> TurnsBuilder:
+    """The reply prompt's turns for ``text``: the newest ``earlier`` turns that fit ``budget`` tokens
+    together with ``text``, then ``text``. Built on the model thread, where tokens may be counted."""
+
+    def build(count_tokens: TokenCounter) -> list[ChatTurn]:
+        left = budget - count_tokens(text)
+        kept: list[ChatTurn] = []
+        for turn in reversed(earlier):
+            cost = count_tokens(turn.content)
+            if cost > left:
+                break
+            left -= cost
+            kept.append(turn)
+        kept.reverse()
+        return reply_turns([*_from_user(kept), ChatTurn("user", text)])
+
+    return build
 
 
 class ReplySink:
@@ -333,8 +359,11 @@ class Engine:
         model_text, truncated = truncate(text, self.settings.max_input_chars)
         # Everything the reply needs from storage is read before the mood read, so that the reply
         # joins the queue the moment the mood is known (no I/O in between lets others jump ahead).
-        history = await self._history(user, chat, stored, model_text)
-        safety = self.safety.review(model_text, history)
+        earlier = _earlier_turns(await self.repository.history(user.id, chat.id, HISTORY_ROWS), stored.id)
+        # The safety review reads the stored turns as they are: fitting them to the reply's token
+        # budget needs the tokenizer, on the model thread, and a crisis reply never waits for it.
+        conversation = [*_from_user(earlier), ChatTurn("user", model_text)]
+        safety = self.safety.review(model_text, conversation)
         if safety.crisis_reply is not None:
             return await self._answer_crisis(user, chat, stored, model_text, safety.crisis_reply)
         owner = f"{user.platform}:{user.platform_user_id}"
@@ -350,8 +379,9 @@ class Engine:
                 progress.send(sink.mood(mood))
             reply = self.worker.submit_reply(
                 owner,
-                with_language_hint(safety.system_prompt(system_prompt_for(model_text)), history),
-                reply_turns(history),
+                # The language hint goes by the last user turn, the message itself, which no trim drops.
+                with_language_hint(safety.system_prompt(system_prompt_for(model_text)), conversation),
+                _reply_turns_within(earlier, model_text, self.settings.history_tokens),
                 max_new_tokens=self.settings.max_reply_tokens,
                 on_partial=_throttled(progress) if safety.may_stream else None,
             )
@@ -404,29 +434,6 @@ class Engine:
         await self.repository.add_safety_event(user.platform)
         logger.info("Sent the crisis reply to a %s message", user.platform)
         return Reply(reply_text, kind=ReplyKind.CHAT, answers_id=stored.id)
-
-    async def _history(
-        self, user: UserRecord, chat: ChatRecord, stored: MessageRecord, text: str
-    ) -> list[ChatTurn]:
-        """This user's turns in this chat, newest kept first within the token budget, oldest first."""
-        rows = await self.repository.history(user.id, chat.id, HISTORY_ROWS)
-        model = self.worker.model
-        budget = self.settings.history_tokens - model.count_tokens(text)
-        turns: list[ChatTurn] = []
-        for row in reversed(rows):
-            if row.text is None or row.id == stored.id:
-                continue
-            cost = model.count_tokens(row.text)
-            if cost > budget:
-                break
-            budget -= cost
-            turns.append(ChatTurn("assistant" if row.role == "assistant" else "user", row.text))
-        turns.reverse()
-        # A conversation must start with the user's turn.
-        while turns and turns[0].role != "user":
-            turns.pop(0)
-        turns.append(ChatTurn("user", text))
-        return turns
 
     async def _mark(self, message_id: int, status: MessageStatus) -> None:
         try:

@@ -14,7 +14,8 @@ Scheduling, so the bot stays fair and responsive:
   with many, users take turns, and one user's flood delays another user's message by at most one
   reply.
 
-Model calls never run on the event loop. A failing call fails only its own job; the worker goes on.
+Model calls, token counting included, never run on the event loop. A failing call fails only its own
+job; the worker goes on.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 #: Receives the whole reply text so far; called on the event loop.
 PartialCallback = Callable[[str], None]
+#: The model's token counter, ``LanguageModel.count_tokens``; only to be called on the model thread.
+TokenCounter = Callable[[str], int]
+#: Builds a reply's turns on the model thread, given the model's token counter (to fit history to a
+#: token budget): a tokenizer is not guaranteed thread-safe, so no model call runs on the event loop.
+TurnsBuilder = Callable[[TokenCounter], Sequence[ChatTurn]]
 
 
 class WorkerStoppedError(MoodmateError):
@@ -54,7 +60,7 @@ class _MoodJob:
 class _ReplyJob:
     owner: str
     system: str
-    history: tuple[ChatTurn, ...]
+    history: tuple[ChatTurn, ...] | TurnsBuilder
     max_new_tokens: int
     future: asyncio.Future[str]
     on_partial: PartialCallback | None = None
@@ -127,11 +133,11 @@ class InferenceWorker:
         """Let the calls in flight finish (up to ``grace`` seconds); jobs not yet started fail with
         :class:`WorkerStoppedError` so their messages stay pending for the next start."""
         self._closing = True
-        for job in list(self._moods):
-            _fail(job.future, WorkerStoppedError("the inference worker stopped"))
+        for mood_job in list(self._moods):
+            _fail(mood_job.future, WorkerStoppedError("the inference worker stopped"))
         self._moods.clear()
-        for job in self._replies:
-            _fail(job.future, WorkerStoppedError("the inference worker stopped"))
+        for reply_job in self._replies:
+            _fail(reply_job.future, WorkerStoppedError("the inference worker stopped"))
         self._replies.clear()
         self._wakeup.set()
         if self._task is not None:
@@ -180,12 +186,15 @@ class InferenceWorker:
         self,
         owner: str,
         system: str,
-        history: Sequence[ChatTurn],
+        history: Sequence[ChatTurn] | TurnsBuilder,
         *,
         max_new_tokens: int,
         on_partial: PartialCallback | None = None,
     ) -> asyncio.Future[str]:
         """Queue the next assistant turn for ``owner``'s conversation now; await the result for its text.
+
+        ``history`` is the conversation (ending with the user's turn), or a builder of it that runs on
+        the model thread right before the reply is written (and may count tokens there).
 
         Cancelling the returned future drops the job, or stops its generation if it is running.
         """
@@ -193,7 +202,7 @@ class InferenceWorker:
         job = _ReplyJob(
             owner=owner,
             system=system,
-            history=tuple(history),
+            history=history if callable(history) else tuple(history),
             max_new_tokens=max_new_tokens,
             future=asyncio.get_running_loop().create_future(),
             on_partial=on_partial,
@@ -272,8 +281,8 @@ class InferenceWorker:
                 continue
             if isinstance(job.outcome, BaseException):
                 _fail(job.future, job.outcome)
-            else:
-                job.future.set_result(job.outcome)  # type: ignore[arg-type]
+            elif job.outcome is not None:
+                job.future.set_result(job.outcome)
 
     async def _call(self, function: Callable[[], Any], on_timeout: Callable[[], None] | None = None) -> Any:
         assert self._executor is not None
@@ -324,9 +333,10 @@ class InferenceWorker:
                 loop.call_soon_threadsafe(_safe_partial, job.on_partial, text)
 
         def generate() -> str:
+            history = job.history(self.model.count_tokens) if callable(job.history) else job.history
             return self.model.generate(
                 job.system,
-                job.history,
+                history,
                 max_new_tokens=job.max_new_tokens,
                 on_text=on_text,
                 should_stop=job.stop.is_set,

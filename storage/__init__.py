@@ -1,29 +1,12 @@
-"""Persistence: the repository interface, its records, and the SQLAlchemy implementation."""
+"""Persistence: the SQLAlchemy implementation of the core's storage port (:mod:`bot.repository`).
 
-from storage.records import (
-    UNFINISHED,
-    ChatRecord,
-    MessageRecord,
-    MessageStatus,
-    MoodRecord,
-    PendingMessage,
-    Stats,
-    UserRecord,
-)
-from storage.repository import Repository
+Only the composition root (:mod:`bot.bootstrap`) imports this package; it depends on nothing of the
+core but its records (:mod:`bot.records`), its port and its errors (:mod:`bot.errors`).
+"""
 
-__all__ = [
-    "UNFINISHED",
-    "ChatRecord",
-    "MessageRecord",
-    "MessageStatus",
-    "MoodRecord",
-    "PendingMessage",
-    "Repository",
-    "Stats",
-    "UserRecord",
-    "open_repository",
-]
+from bot.repository import Repository
+
+__all__ = ["open_repository"]
 
 
 def open_repository(database_url: str) -> Repository:

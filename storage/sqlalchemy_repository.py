@@ -1,4 +1,4 @@
-"""The SQLAlchemy 2.0 implementation of :class:`storage.repository.Repository`.
+"""The SQLAlchemy 2.0 implementation of the storage port, :class:`bot.repository.Repository`.
 
 SQLite by default (WAL mode, foreign keys on, a busy timeout) through aiosqlite, or PostgreSQL
 through asyncpg. This module is the only code that opens sessions. Statement parameters (message
@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import and_, delete, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, CursorResult, Result
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from bot.errors import ConfigurationError, DuplicateMessageError, StorageError
-from storage.records import (
+from bot.records import (
     UNFINISHED,
     ChatRecord,
     MessageRecord,
@@ -58,7 +58,7 @@ def _is_locked(error: OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _get_or_create(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _get_or_create(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Run a get-or-create again when a concurrent caller created the same row first."""
 
     @wraps(method)
@@ -71,7 +71,7 @@ def _get_or_create(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T
     return wrapper
 
 
-def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _translated(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Retry briefly when SQLite says the database is locked; turn other failures into StorageError."""
 
     @wraps(method)
@@ -90,6 +90,12 @@ def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched (its result is a ``CursorResult``, typed as a plain one)."""
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount or 0)
 
 
 def quiet_driver_loggers() -> None:
@@ -189,6 +195,11 @@ class SqlAlchemyRepository:
         self._url = parse_database_url(database_url) if isinstance(database_url, str) else database_url
         self._engine = create_engine(self._url)
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False, class_=AsyncSession)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine, for an operator's or a test's own read-only queries."""
+        return self._engine
 
     async def initialize(self) -> None:
         """Create or migrate the schema, one process at a time; a database that cannot be opened
@@ -370,7 +381,7 @@ class SqlAlchemyRepository:
                 )
                 .values(claimed_by=instance_id, lease_until=lease_until)
             )
-            return int(result.rowcount or 0) == 1
+            return _rowcount(result) == 1
 
     @_translated
     async def renew_claims(self, instance_id: str, message_ids: Sequence[int], lease_until: datetime) -> int:
@@ -382,7 +393,7 @@ class SqlAlchemyRepository:
                 .where(MessageRow.id.in_(list(message_ids)), MessageRow.claimed_by == instance_id)
                 .values(lease_until=lease_until)
             )
-            return int(result.rowcount or 0)
+            return _rowcount(result)
 
     @_translated
     async def release_claims(self, instance_id: str) -> int:
@@ -392,7 +403,7 @@ class SqlAlchemyRepository:
                 .where(MessageRow.claimed_by == instance_id)
                 .values(claimed_by=None, lease_until=None)
             )
-            return int(result.rowcount or 0)
+            return _rowcount(result)
 
     @_translated
     async def finish_reply(
@@ -415,7 +426,7 @@ class SqlAlchemyRepository:
                 )
                 .values(status=MessageStatus.REPLIED.value)
             )
-            if int(result.rowcount or 0) != 1:
+            if _rowcount(result) != 1:
                 return None
             now = utcnow()
             row = MessageRow(
@@ -489,7 +500,7 @@ class SqlAlchemyRepository:
                 )
                 .values(in_history=False)
             )
-            return int(result.rowcount or 0)
+            return _rowcount(result)
 
     @_translated
     async def messages_for_user(self, user_id: int) -> list[MessageRecord]:
@@ -546,7 +557,7 @@ class SqlAlchemyRepository:
                 .where(MessageRow.created_at < older_than, MessageRow.text.is_not(None))
                 .values(text=None)
             )
-            return int(result.rowcount or 0)
+            return _rowcount(result)
 
     # --- moods ---------------------------------------------------------------------------------
 
@@ -635,23 +646,8 @@ class SqlAlchemyRepository:
                 ("users", UserRow, UserRow.id == user_id),
             ):
                 result = await session.execute(delete(table).where(condition))
-                deleted[name] = int(result.rowcount or 0)
+                deleted[name] = _rowcount(result)
             return deleted
-
-    @_translated
-    async def count_rows(self, user_id: int) -> dict[str, int]:
-        async with self._sessions() as session:
-            counts: dict[str, int] = {}
-            for name, table, condition in (
-                ("users", UserRow, UserRow.id == user_id),
-                ("chats", ChatRow, ChatRow.owner_user_id == user_id),
-                ("messages", MessageRow, MessageRow.user_id == user_id),
-                ("mood_entries", MoodRow, MoodRow.user_id == user_id),
-            ):
-                counts[name] = int(
-                    await session.scalar(select(func.count()).select_from(table).where(condition)) or 0
-                )
-            return counts
 
     # --- operators -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from bot.bootstrap import App
 from bot.commands import parse_command
 from bot.types import Platform, ReplyKind
 from tests.conftest import conversation, message
+from tests.rows import count_rows
 
 
 @pytest.mark.parametrize(
@@ -87,18 +88,18 @@ async def test_forget_needs_confirmation_then_deletes_everything(app: App) -> No
 
     [premature] = await app.engine.handle(message("/forget confirm"))
     assert "first" in premature.text
-    assert (await app.repository.count_rows(user.id))["messages"] == 4
+    assert (await count_rows(app.repository, user.id))["messages"] == 4
 
     [ask] = await app.engine.handle(message("/forget"))
     assert [a.command for a in ask.actions] == ["/forget confirm", "/forget cancel"]
     [cancelled] = await app.engine.handle(message("/forget cancel"))
     assert "nothing" in cancelled.text.lower()
-    assert (await app.repository.count_rows(user.id))["messages"] == 4
+    assert (await count_rows(app.repository, user.id))["messages"] == 4
 
     await app.engine.handle(message("/forget"))
     [done] = await app.engine.handle(message("/forget confirm"))
     assert "deleted" in done.text
-    assert await app.repository.count_rows(user.id) == {
+    assert await count_rows(app.repository, user.id) == {
         "users": 0,
         "chats": 0,
         "messages": 0,

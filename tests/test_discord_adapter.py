@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import discord
 import discord.gateway
 import discord.http
 import pytest
 
 from adapters.discord import DiscordAdapter
+from adapters.discord.client import MoodmateClient, MoodmateShardedClient, Shards, build_client
 from adapters.discord.formatting import split_for_discord
 from bot.bootstrap import App, bootstrap
 from bot.errors import ConfigurationError
@@ -23,6 +25,7 @@ from bot.presentation import mood_badge
 from bot.types import IncomingMessage, Mood, MoodLabel, Platform, Reply, ReplyKind
 from tests.conftest import conversation, make_settings
 from tests.fakes.discord_server import FakeDiscordServer, FakeGuild, FakeUser, RecordedRequest
+from tests.rows import count_rows
 
 DEFAULT_BASE = discord.http.Route.BASE
 DEFAULT_GATEWAY = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
@@ -454,14 +457,14 @@ async def test_forget_deletes_everything_after_the_button_is_pressed(
     await replies_in(fake, fake.dm_channel_id(world.alice))
     user = await bot.app.repository.get_user("discord", world.alice.id)
     assert user is not None
-    assert (await bot.app.repository.count_rows(user.id))["messages"] == 2
+    assert (await count_rows(bot.app.repository, user.id))["messages"] == 2
 
     await fake.invoke_command("forget", world.alice, world.general)
     [question] = await fake.wait_for(lambda r: r.path.startswith(f"/webhooks/{fake.application_id}/"))
     assert question.payload["flags"] & 64
     buttons = [c for row in question.payload["components"] for c in row["components"]]
     assert [button["custom_id"] for button in buttons] == ["/forget confirm", "/forget cancel"]
-    assert (await bot.app.repository.count_rows(user.id))["messages"] == 2  # nothing deleted yet
+    assert (await count_rows(bot.app.repository, user.id))["messages"] == 2  # nothing deleted yet
 
     press = await fake.click_button(question.response, "/forget confirm", world.alice)
     [edit] = await fake.wait_for(lambda r: r.method == "PATCH" and press["token"] in r.path)
@@ -470,7 +473,7 @@ async def test_forget_deletes_everything_after_the_button_is_pressed(
     assert edit.path.endswith("/messages/@original")
     assert "deleted" in edit.payload["content"]
     assert edit.payload["components"] == []
-    assert await bot.app.repository.count_rows(user.id) == {
+    assert await count_rows(bot.app.repository, user.id) == {
         "users": 0,
         "chats": 0,
         "messages": 0,
@@ -923,6 +926,22 @@ async def test_a_process_identifies_as_its_shard_of_the_bot(
     assert fake.identify_payloads[0]["shard"] == [1, 2]
     assert bot.adapter.client.shard_id == 1 and bot.adapter.client.shard_count == 2
     await bot.adapter.stop()
+
+
+async def test_a_process_can_run_several_shards_of_the_bot() -> None:
+    class Handlers:
+        async def on_setup(self, client: MoodmateClient) -> None: ...
+
+        async def on_message(self, message: discord.Message) -> None: ...
+
+        async def on_action(self, interaction: discord.Interaction, command: str) -> None: ...
+
+        async def on_slash_command(self, interaction: discord.Interaction, text: str) -> None: ...
+
+    client = build_client(Handlers(), Shards(count=3, ids=(0, 2)))
+    assert isinstance(client, MoodmateShardedClient)
+    assert client.shard_ids == [0, 2] and client.shard_count == 3
+    assert client.intents.message_content
 
 
 @pytest.mark.parametrize(

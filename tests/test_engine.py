@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Sequence
 
 import pytest
 
 from bot.bootstrap import App, bootstrap
 from bot.engine import ReplySink
+from bot.model.base import ChatTurn
 from bot.model.fake import FakeModel
+from bot.records import MessageStatus
 from bot.settings import Settings
 from bot.types import MOOD_LABELS, Mood, MoodLabel, Platform, ReplyKind
-from storage import MessageStatus
 from tests.conftest import conversation, make_settings, message
 
 
@@ -279,3 +282,51 @@ async def test_cancelled_message_stays_pending_for_recovery(tmp_path) -> None:  
         with pytest.raises(asyncio.CancelledError):
             await answering
         assert [p.message.text for p in await app.repository.pending_messages()] == ["cut short"]
+
+
+class ThreadRecordingModel(FakeModel):
+    """A fake model that records, for every call, which method ran on which thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+
+    def _called(self, method: str) -> None:
+        with self._lock:
+            self.calls.append((method, threading.current_thread().name))
+
+    def classify(self, texts: Sequence[str]):  # type: ignore[no-untyped-def]
+        self._called("classify")
+        return super().classify(texts)
+
+    def generate(self, system: str, history: Sequence[ChatTurn], **options):  # type: ignore[no-untyped-def]
+        self._called("generate")
+        return super().generate(system, history, **options)
+
+    def count_tokens(self, text: str) -> int:
+        self._called("count_tokens")
+        return super().count_tokens(text)
+
+
+async def test_every_model_call_token_counting_included_runs_on_the_worker_thread(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = ThreadRecordingModel()
+    app = await bootstrap(make_settings(tmp_path), model=model)
+    async with app:
+        for text in ("first message", "second message", "third message"):
+            await app.engine.handle(message(text))
+    methods = {method for method, _thread in model.calls}
+    assert methods == {"classify", "generate", "count_tokens"}
+    loop_thread = threading.current_thread().name
+    assert all(thread != loop_thread and thread.startswith("moodmate-model") for _m, thread in model.calls)
+
+
+async def test_history_keeps_the_newest_turns_that_fit_the_token_budget(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = FakeModel(reply_fn=lambda _system, _history: "ok")  # FakeModel counts len(text) // 4 tokens
+    app = await bootstrap(make_settings(tmp_path, history_tokens=64), model=model)
+    old, recent, last = "a" * 160, "b" * 80, "c" * 40  # 40, 20 and 10 tokens; "ok" is 1
+    async with app:
+        for text in (old, recent, last):
+            await app.engine.handle(message(text))
+    _system, history = model.generate_inputs[-1]
+    # 64 - 10 (the message) leaves 54: "ok", the 20-token turn, "ok" fit (22); the 40-token one does not.
+    assert [turn.content for turn in conversation(history)] == [recent, "ok", last]

@@ -18,8 +18,8 @@ from bot.engine import ReplySink
 from bot.errors import ModelInterruptedError, ModelUnavailableError
 from bot.model.server import client as server_client
 from bot.model.server.model import ServerModel
+from bot.records import MessageStatus
 from bot.types import Mood, MoodLabel, ReplyKind
-from storage import MessageStatus
 from tests.conftest import make_settings, message
 from tests.fakes.openai_server import FakeOpenAIServer, Fault
 

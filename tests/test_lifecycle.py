@@ -17,8 +17,8 @@ from adapters.runner import serve
 from bot.bootstrap import App, bootstrap
 from bot.errors import MoodmateError, PlatformError
 from bot.model.fake import FakeModel
+from bot.records import MessageStatus
 from bot.types import IncomingMessage, Platform, Reply, ReplyKind
-from storage import MessageStatus
 from tests.conftest import make_settings, message
 from tests.databases import FILE_BACKENDS, database_url
 

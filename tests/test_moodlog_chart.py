@@ -16,8 +16,8 @@ import pytest
 
 from bot.moodlog import parse_period, render_chart
 from bot.moodlog.chart import _rolling_average
-from bot.moodlog.demo import DEMO_NOW, render_demo, synthetic_moods
-from storage.records import MoodRecord
+from bot.records import MoodRecord
+from tests.moodlog_demo import DEMO_NOW, render_demo, synthetic_moods
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -92,7 +92,7 @@ def test_matplotlib_is_lazy_and_pyplot_unused() -> None:
         "import sys, datetime\n"
         "import bot.moodlog as m\n"
         "assert 'matplotlib' not in sys.modules\n"
-        "from bot.moodlog.demo import synthetic_moods, DEMO_NOW\n"
+        "from tests.moodlog_demo import synthetic_moods, DEMO_NOW\n"
         "png = m.render_chart(synthetic_moods(5), period=m.parse_period('7d'), now=DEMO_NOW,\n"
         "                     tz=m.resolve_timezone('UTC'))\n"
         "assert png and 'matplotlib' in sys.modules and 'matplotlib.pyplot' not in sys.modules\n"

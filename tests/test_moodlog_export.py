@@ -13,7 +13,7 @@ import pytest
 
 from bot.moodlog import export_csv, export_json, read_csv_export
 from bot.moodlog.export import CSV_COLUMNS
-from storage.records import MessageRecord, MoodRecord, UserRecord
+from bot.records import MessageRecord, MoodRecord, UserRecord
 
 NEW_YORK = ZoneInfo("America/New_York")
 USER = UserRecord(

@@ -9,8 +9,8 @@ import pytest
 
 from bot.moodlog import MoodSummary, mood_value, parse_period, summarize
 from bot.moodlog.summary import DayMood, format_valence
+from bot.records import MoodRecord
 from bot.types import MoodLabel
-from storage.records import MoodRecord
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

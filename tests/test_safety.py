@@ -13,6 +13,7 @@ from bot.errors import ConfigurationError, StorageError
 from bot.model.base import ChatTurn
 from bot.model.fake import FakeModel
 from bot.prompts import is_chinese
+from bot.records import MessageStatus
 from bot.safety import assess, is_crisis
 from bot.safety.guard import SafetyGuard
 from bot.safety.labelled import DATA_DIR, LabelledFileError, evaluate, load, load_default, report
@@ -26,7 +27,6 @@ from bot.safety.replies import (
     is_crisis_reply,
 )
 from bot.types import ReplyKind
-from storage import MessageStatus
 from tests.conftest import make_settings, message
 
 RECALL_TARGET = 0.95

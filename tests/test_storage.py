@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from storage import MessageStatus, Repository, open_repository
+from bot.records import MessageStatus
+from bot.repository import Repository
+from storage import open_repository
 from tests.databases import BACKENDS, database_url
+from tests.rows import count_rows
 
 SCHEMA_V2 = Path(__file__).parent / "data" / "schema_v2.sql"
 
@@ -168,8 +171,8 @@ async def test_forget_user_deletes_every_row_about_them_only(repository: Reposit
         await repository.add_mood(user.id, chat.id, stored.id, "positive", 0.8)
     deleted = await repository.forget_user(ada.id)
     assert deleted == {"mood_entries": 2, "messages": 2, "chats": 1, "users": 1}
-    assert await repository.count_rows(ada.id) == {"users": 0, "chats": 0, "messages": 0, "mood_entries": 0}
-    assert await repository.count_rows(bob.id) == {"users": 1, "chats": 1, "messages": 2, "mood_entries": 2}
+    assert await count_rows(repository, ada.id) == {"users": 0, "chats": 0, "messages": 0, "mood_entries": 0}
+    assert await count_rows(repository, bob.id) == {"users": 1, "chats": 1, "messages": 2, "mood_entries": 2}
     assert await repository.get_user("telegram", "1") is None
 
 

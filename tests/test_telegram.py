@@ -20,8 +20,8 @@ import pytest
 from adapters.runner import build_adapters, serve
 from adapters.telegram import TelegramAdapter
 from adapters.telegram.adapter import NON_TEXT_REPLY, PRIVATE_SENT_NOTE, TOKEN_REVOKED
-from adapters.telegram.sink import QUEUE_NOTICE
 from bot.bootstrap import App, bootstrap
+from bot.delivery import queue_notice
 from bot.errors import ConfigurationError, MoodmateError
 from bot.model.base import ChatTurn
 from bot.model.fake import FakeModel
@@ -30,6 +30,7 @@ from bot.settings import Settings
 from bot.types import Platform
 from tests.conftest import conversation, make_settings
 from tests.fakes.telegram_server import ApiCall, FakeTelegramServer, image_size
+from tests.rows import count_rows
 
 # PTB itself warns about its own RetryAfter.retry_after type change; nothing to do on our side.
 pytestmark = pytest.mark.filterwarnings("ignore:Deprecated since version v22.2:DeprecationWarning")
@@ -343,7 +344,7 @@ async def test_forget_asks_with_a_button_and_pressing_it_deletes_everything(
     await bot.replies(42)
     user_id = await bot.user_id(42)
     assert user_id is not None
-    assert sum((await bot.app.repository.count_rows(user_id)).values()) > 0
+    assert sum((await count_rows(bot.app.repository, user_id)).values()) > 0
 
     server.send_text(chat, alice, "/forget")
     ask = (await bot.replies(42, 2))[-1]
@@ -359,7 +360,7 @@ async def test_forget_asks_with_a_button_and_pressing_it_deletes_everything(
     assert server.callback_answer(query_id) is not None
     after = server.message(42, ask.result["message_id"])
     assert after is not None and "reply_markup" not in after  # the buttons are gone
-    assert all(count == 0 for count in (await bot.app.repository.count_rows(user_id)).values())
+    assert all(count == 0 for count in (await count_rows(bot.app.repository, user_id)).values())
     assert await bot.user_id(42) is None
 
 
@@ -382,7 +383,7 @@ async def test_forget_cancel_button_keeps_everything(launch: Launch, server: Fak
     assert "nothing was deleted" in done.params["text"].lower()
     user_id = await bot.user_id(42)
     assert user_id is not None
-    assert sum((await bot.app.repository.count_rows(user_id)).values()) > 0
+    assert sum((await count_rows(bot.app.repository, user_id)).values()) > 0
 
 
 async def test_export_sends_documents_matching_the_stored_log(launch: Launch, server: FakeTelegramServer):
@@ -446,7 +447,7 @@ async def test_typing_stays_alive_and_a_queued_message_learns_its_place(
     await server.quiet()
     notices = [c for c in server.calls_to("sendMessage") if c.params["text"].startswith("⏳")]
     assert len(notices) >= 1
-    assert notices[0].params["text"] == QUEUE_NOTICE.format(position=1)
+    assert notices[0].params["text"] == queue_notice(1)
     for chat_id in (42, 43):
         texts = [c.params["text"] for c in bot.sent(chat_id)]
         assert len([t for t in texts if not t.startswith("⏳")]) == 1

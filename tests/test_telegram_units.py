@@ -23,7 +23,6 @@ from adapters.telegram.formatting import (
     utf16_len,
 )
 from adapters.telegram.outbox import Outbox, TelegramNetworkError
-from adapters.telegram.sink import StreamingReplySink
 from bot.errors import ConfigurationError, PlatformError
 from bot.types import Mood, MoodLabel, Reply, ReplyKind
 from tests.fakes.telegram_server import DEFAULT_TOKEN, FakeTelegramServer, detect_entities
@@ -394,75 +393,3 @@ async def test_outbox_edit_retried_after_a_lost_answer_counts_as_done(
     assert [call.status for call in fake.calls_to("editMessageText")] == [0, 400]
     stored = fake.message(42, sent.message_id)
     assert stored is not None and stored["text"] == "final"
-
-
-# ---------------------------------------------------------------------- the progressive display
-
-
-class RecordingOutbox:
-    """Stands in for :class:`Outbox`: records texts and edits, and can be told to fail."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str]] = []
-        self.fail = False
-
-    async def text(self, chat_id: int, text: str, **options: Any) -> Any:
-        assert options.get("retry") is False  # previews are best effort
-        self._record("send", text)
-        return type("Sent", (), {"message_id": 7})()
-
-    async def edit(self, chat_id: int, message_id: int, text: str, **options: Any) -> None:
-        assert message_id == 7 and options.get("retry") is False
-        self._record("edit", text)
-
-    def _record(self, kind: str, text: str) -> None:
-        self.requests.append((kind, text))
-        if self.fail:
-            raise PlatformError("refused")
-
-
-def streaming_sink(
-    outbox: RecordingOutbox, *, delay: float = 0.1, interval: float = 0.1
-) -> StreamingReplySink:
-    return StreamingReplySink(outbox, 42, stream_delay=delay, edit_interval=interval)  # type: ignore[arg-type]
-
-
-async def test_preview_waits_for_the_delay_then_shows_the_mood_and_the_text_so_far():
-    outbox = RecordingOutbox()
-    sink = streaming_sink(outbox)
-    await sink.mood(HAPPY)
-    await sink.partial("Hello")
-    assert outbox.requests == []  # a reply that is quick never shows a preview
-    await asyncio.sleep(0.12)
-    await sink.partial("Hello there")
-    assert outbox.requests == [("send", "🙂 positive 0.90\nHello there …")]
-    assert sink.in_progress is not None and sink.in_progress.text == outbox.requests[0][1]
-
-
-async def test_preview_edits_are_paced_and_never_repeat_the_shown_text():
-    outbox = RecordingOutbox()
-    sink = streaming_sink(outbox, delay=0.0, interval=0.1)
-    await sink.mood(HAPPY)
-    await sink.partial("One")
-    await sink.partial("One two")  # too soon after the first
-    await asyncio.sleep(0.12)
-    await sink.partial("One ")  # shows the same as now ("One …"): no edit
-    await sink.partial("One two three")
-    assert [kind for kind, _ in outbox.requests] == ["send", "edit"]
-    assert outbox.requests[1][1] == "🙂 positive 0.90\nOne two three …"
-    await sink.close()
-    await asyncio.sleep(0.12)
-    await sink.partial("One two three four")  # after close, nothing more is shown
-    assert len(outbox.requests) == 2
-
-
-async def test_preview_gives_up_after_a_failed_request():
-    outbox = RecordingOutbox()
-    sink = streaming_sink(outbox, delay=0.0, interval=0.0)
-    await sink.mood(HAPPY)
-    outbox.fail = True
-    await sink.partial("One")
-    outbox.fail = False
-    await sink.partial("One two")
-    assert outbox.requests == [("send", "🙂 positive 0.90\nOne …")]
-    assert sink.in_progress is None  # the finished reply will be sent as a new message

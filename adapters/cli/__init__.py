@@ -154,9 +154,9 @@ async def _run(settings: Settings) -> int:
 
 
 async def _stats(settings: Settings) -> int:
-    from storage import open_repository
+    from bot.bootstrap import open_storage
 
-    repository = open_repository(settings.database_url)
+    repository = open_storage(settings.database_url)
     await repository.initialize()
     try:
         stats = await repository.stats()

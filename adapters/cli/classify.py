@@ -8,10 +8,11 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from bot.errors import MoodmateError
+from bot.model.base import LanguageModel
 
 logger = logging.getLogger(__name__)
 
@@ -96,17 +97,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def classify_stream(
-    model,
+    model: LanguageModel,
     lines: Iterable[str],
     out: TextIO,
     *,
-    as_json: bool = False,  # type: ignore[no-untyped-def]
+    as_json: bool = False,
     batch_size: int = BATCH_SIZE,
 ) -> int:
     """Classify non-blank ``lines`` in batches, writing one line per message; returns how many."""
     count = 0
     for batch in _batches(lines, batch_size):
-        moods: Sequence = model.classify(batch)
+        moods = model.classify(batch)
         for text, mood in zip(batch, moods, strict=True):
             probabilities = {label.value: probability for label, probability in mood.probabilities}
             out.write(format_line(text, mood.label.value, mood.score, probabilities, as_json=as_json) + "\n")

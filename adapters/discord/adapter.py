@@ -10,17 +10,14 @@
 * While the model works: a typing indicator (until the final text is delivered), and the queue
   position when the message waits.
 * Progressive display (``settings.stream_replies``, on by default) for answers to messages, in DMs
-  and in servers: a chat reply that is still being written 1.5 s after its mood is known is posted
-  as it grows (badge line, text so far, " …") and edited at most every 1.5 s; then that message is
-  edited into the final first part and any further parts follow as new messages, so what stays in
-  the channel is exactly what is sent without streaming. Quick replies stay one message with no
-  edits. Partial text goes out with ``allowed_mentions`` none, like everything else. If an edit
-  fails, the final reply is sent as new messages (and the unfinished one deleted when possible).
-  Decided so because Discord cannot stream natively, edits are rate limited per channel (about 5
-  per 5 s, which discord.py waits out) and each edit redraws the message for everyone: one edit
-  per 1.5 s keeps well under the limit while showing life on a CPU model that writes for 10-60 s.
-  Only the first message is shown in progress; a reply longer than one message shows its first
-  part until the rest is ready. Slash commands and buttons are unchanged (deferred, answered once).
+  and in servers, as the core's :mod:`bot.delivery` runs it for every platform (a slow reply shown
+  while written after 1.5 s, edited at most every 1.5 s, finished in place). Partial text goes out
+  with ``allowed_mentions`` none, like everything else. Discord cannot stream natively, edits are
+  rate limited per channel (about 5 per 5 s, which discord.py waits out) and each edit redraws the
+  message for everyone: one edit per 1.5 s keeps well under the limit. Only the first message is
+  shown in progress. Slash commands and buttons are deferred and answered once.
+* This module translates events into ``IncomingMessage``; :mod:`adapters.discord.port` is the
+  core's port (a channel, an interaction).
 """
 
 from __future__ import annotations
@@ -28,9 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import aiohttp
 import discord
@@ -39,17 +35,11 @@ from discord.utils import escape_markdown
 from adapters.discord.access import AccessPolicy
 from adapters.discord.client import MoodmateClient, build_client, shards_from_settings
 from adapters.discord.endpoints import EndpointOverride
-from adapters.discord.formatting import readable_mentions, reply_text, split_for_discord, strip_bot_mentions
-from adapters.discord.progress import ChannelReplySink, TypingIndicator
-from adapters.discord.sending import (
-    NO_MENTIONS,
-    ActionButtons,
-    DiscordForbiddenError,
-    call_discord,
-    files_for,
-    platform_error,
-)
-from adapters.discord.streaming import EDIT_INTERVAL_SECONDS, STREAM_DELAY_SECONDS, StreamingReplySink
+from adapters.discord.formatting import readable_mentions, strip_bot_mentions
+from adapters.discord.port import ORIGINAL, TYPING_INTERVAL_SECONDS, ChannelPort, InteractionPort
+from adapters.discord.sending import NO_MENTIONS, call_discord, platform_error
+from bot.delivery import Delivery, Place, PortLimits, PrivateNotes
+from bot.delivery.timing import EDIT_INTERVAL_SECONDS, STREAM_DELAY_SECONDS
 from bot.engine import Engine
 from bot.errors import ConfigurationError, MoodmateError, PlatformError
 from bot.settings import Settings
@@ -76,6 +66,7 @@ PRIVATE_NOT_SENT = (
     "That's about your own data, so I won't post it here, and I couldn't DM you. "
     "Use the slash command instead (only you will see the answer), or DM me."
 )
+NOTES = PrivateNotes(PRIVATE_SENT, PRIVATE_NOT_SENT)
 ANSWERABLE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 
 
@@ -100,13 +91,7 @@ class DiscordAdapter:
         #: Progressive display (``settings.stream_replies``): when a reply starts showing, and how often.
         self.stream_delay = STREAM_DELAY_SECONDS
         self.edit_interval = EDIT_INTERVAL_SECONDS
-
-    @property
-    def client(self) -> MoodmateClient:
-        """The running discord.py client."""
-        if self._client is None:
-            raise PlatformError("The Discord adapter is not running.")
-        return self._client
+        self._delivery = Delivery(engine, cleanup_timeout=STOP_GRACE_SECONDS)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -151,6 +136,7 @@ class DiscordAdapter:
             if late:
                 await asyncio.wait(late, timeout=STOP_GRACE_SECONDS)
         await self._shutdown_client()
+        await self._delivery.stop()
         logger.info("Discord: disconnected")
 
     async def _login(self, client: MoodmateClient, token: str) -> None:
@@ -213,6 +199,13 @@ class DiscordAdapter:
                 "Discord connection lost for good: %s", self._lost_because, exc_info=None if known else error
             )
         self._lost.set()
+
+    @property
+    def client(self) -> MoodmateClient:
+        """The running discord.py client."""
+        if self._client is not None:
+            return self._client
+        raise PlatformError("The Discord adapter is not running.")
 
     async def wait_lost(self) -> MoodmateError:
         """Return once discord.py has given up on the gateway (it reconnects by itself otherwise)."""
@@ -292,6 +285,7 @@ class DiscordAdapter:
         if is_dm:
             allowed = await self.policy.allows_dm(message.author.id, message.channel.id)
         else:
+            assert guild_id is not None  # a server's channel: other kinds were left above
             allowed = self.policy.allows_guild_channel(
                 guild_id, message.channel.id, _parent_id(message.channel)
             )
@@ -355,194 +349,36 @@ class DiscordAdapter:
             self._sent_ids.popitem(last=False)
 
     async def _answer_message(self, message: discord.Message, incoming: IncomingMessage) -> None:
-        in_server = not incoming.chat_is_private
-        reference = message.to_reference(fail_if_not_exists=False) if in_server else None
-        async with TypingIndicator(message.channel) as typing:
-            sink = self._sink_for(message, typing, as_reply=in_server)
-            try:
-                try:
-                    replies = await self.engine.handle(incoming, sink)
-                except asyncio.CancelledError:
-                    # Stopped while writing: the message stays pending and is answered after the
-                    # restart, so its unfinished preview must not stay in the channel.
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(self._delete_quietly(await sink.finish()), STOP_GRACE_SECONDS)
-                    raise
-                except Exception:
-                    logger.exception("The engine failed on a Discord message")
-                    replies = [Reply(MoodmateError.user_message, kind=ReplyKind.ERROR)]
-                in_progress = await sink.finish()
-                await self._deliver_replies(message, replies, reference, in_progress, in_server=in_server)
-            finally:
-                await sink.clear()
+        await self._delivery.answer(incoming, self._channel_port(message.channel, incoming, message))
 
-    def _sink_for(
-        self, message: discord.Message, typing: TypingIndicator, *, as_reply: bool
-    ) -> ChannelReplySink:
-        if not self.settings.stream_replies:
-            return ChannelReplySink(message, as_reply=as_reply)
-        return StreamingReplySink(
-            message,
-            as_reply=as_reply,
-            typing=typing,
-            on_posted=self._remember_sent,
-            delay=self.stream_delay,
-            edit_interval=self.edit_interval,
-        )
-
-    async def _deliver_replies(
-        self,
-        message: discord.Message,
-        replies: Sequence[Reply],
-        reference: discord.MessageReference | None,
-        in_progress: discord.Message | None,
-        *,
-        in_server: bool,
-    ) -> None:
-        """Send ``replies``; the first one that goes to the channel replaces ``in_progress``."""
-        unsent = list(replies)
-        try:
-            for reply in replies:
-                if reply.private and in_server:
-                    await self._delete_quietly(in_progress)
-                    in_progress = None
-                    await self._send_privately(message, reply, reference)
-                elif in_progress is not None:
-                    shown, in_progress = in_progress, None
-                    await self._replace_in_progress(shown, message.channel, reply, reference)
-                else:
-                    await self._send_to_channel(message.channel, reply, reference=reference)
-                unsent.remove(reply)
-                await self.engine.delivered(reply)  # Discord accepted it
-        except DiscordForbiddenError as error:  # DMs closed, or no permission to post here
-            logger.warning("Discord would not take a reply here (%s)", error)
-            for reply in unsent:
-                await self.engine.not_delivered(reply)
-        except PlatformError:
-            logger.exception("Could not send a reply on Discord")
-            for reply in unsent:
-                await self.engine.not_delivered(reply)
-            await self._apologise_in_channel(message.channel, reference)
-        finally:
-            await self._delete_quietly(in_progress)
-
-    async def _replace_in_progress(
-        self,
-        shown: discord.Message,
-        channel: discord.abc.Messageable,
-        reply: Reply,
-        reference: discord.MessageReference | None,
-    ) -> None:
-        """Edit the in-progress message into ``reply``'s first part and send the rest after it.
-
-        What stays in the channel is exactly what :meth:`_send_to_channel` would have sent. When
-        the edit fails, the reply is sent anew instead (and the unfinished text removed if possible).
-        """
-        texts = split_for_discord(reply_text(reply)) if reply.text else []
-        if not texts:
-            await self._delete_quietly(shown)
-            await self._send_to_channel(channel, reply, reference=reference)
-            return
-        only_part = len(texts) == 1
-
-        async def edit() -> None:
-            kwargs: dict[str, object] = {"content": texts[0], "allowed_mentions": NO_MENTIONS}
-            if only_part and reply.actions:
-                kwargs["view"] = ActionButtons(reply.actions)
-            if only_part and reply.attachments:
-                kwargs["attachments"] = files_for(reply.attachments)
-            await shown.edit(**kwargs)  # type: ignore[arg-type]
-
-        try:
-            await call_discord("edit a message", edit)
-        except PlatformError as error:
-            logger.warning("Could not finish a reply shown in progress (%s); sending it anew", error)
-            await self._delete_quietly(shown)
-            await self._send_to_channel(channel, reply, reference=reference)
-            return
-        await self._send_texts(channel, texts[1:], reply, first_is_reply_start=False)
-
-    async def _delete_quietly(self, sent: discord.Message | None) -> None:
-        if sent is None:
-            return
-        try:
-            await call_discord("delete a message", sent.delete, attempts=2)
-        except PlatformError as error:
-            logger.debug("Could not delete an unfinished reply (%s)", error)
-
-    async def _send_privately(
-        self, message: discord.Message, reply: Reply, reference: discord.MessageReference | None
-    ) -> None:
-        """A reply about someone's own data, asked for in a server channel: it goes to their DMs."""
-        try:
-            dm = await call_discord("open a DM", message.author.create_dm)
-            await self._send_to_channel(dm, reply)
-            note = PRIVATE_SENT
-        except PlatformError as error:
-            logger.info("Could not DM a private answer (%s); pointing to the slash commands", error)
-            note = PRIVATE_NOT_SENT
-        await self._send_to_channel(message.channel, Reply(note, kind=ReplyKind.NOTICE), reference=reference)
-
-    async def _apologise_in_channel(
-        self, channel: discord.abc.Messageable, reference: discord.MessageReference | None
-    ) -> None:
-        try:
-            apology = Reply(MoodmateError.user_message, kind=ReplyKind.ERROR)
-            await self._send_to_channel(channel, apology, reference=reference)
-        except PlatformError as error:
-            logger.warning("Could not apologise on Discord either (%s)", error)
-
-    async def _send_to_channel(
+    def _channel_port(
         self,
         channel: discord.abc.Messageable,
-        reply: Reply,
+        incoming: IncomingMessage,
+        message: discord.Message | None = None,
         *,
-        reference: discord.MessageReference | None = None,
         heading: str = "",
-    ) -> None:
-        """Send one reply as one or more messages; files and buttons go with the last one."""
-        texts = split_for_discord(heading + reply_text(reply)) if (reply.text or heading) else []
-        await self._send_texts(channel, texts, reply, reference=reference)
-
-    async def _send_texts(
-        self,
-        channel: discord.abc.Messageable,
-        texts: Sequence[str],
-        reply: Reply,
-        *,
-        reference: discord.MessageReference | None = None,
-        first_is_reply_start: bool = True,
-    ) -> None:
-        """Send ``texts`` in order (at least one message when the reply has files or buttons).
-
-        ``reference`` goes on the reply's first message; ``reply``'s files and buttons on the last.
-        """
-        if not texts and not first_is_reply_start:
-            return
-        count = max(1, len(texts))
-        for index in range(count):
-            content = texts[index] if texts else None
-            last = index == count - 1
-
-            async def send(
-                content: str | None = content,
-                last: bool = last,
-                first: bool = index == 0 and first_is_reply_start,
-                nonce: int = secrets.randbits(63),
-            ) -> None:
-                # One nonce for every attempt (discord.py sends it with enforce_nonce): a retry after
-                # an answer lost on its way back gets the message already created, not a second one.
-                kwargs: dict[str, object] = {"allowed_mentions": NO_MENTIONS, "nonce": nonce}
-                if first and reference is not None:
-                    kwargs["reference"] = reference
-                    kwargs["mention_author"] = False
-                if last and reply.attachments:
-                    kwargs["files"] = files_for(reply.attachments)
-                if last and reply.actions:
-                    kwargs["view"] = ActionButtons(reply.actions)
-                self._remember_sent(await channel.send(content, **kwargs))  # type: ignore[arg-type]
-
-            await call_discord("send a message", send)
+    ) -> ChannelPort:
+        """The port answering ``incoming`` in ``channel`` (as a reply to it, in servers)."""
+        in_server = not incoming.chat_is_private
+        reference = None
+        if in_server and incoming.message_id and incoming.message_id.isdigit():
+            # As a reply to the message it answers (sent plainly if that message is gone).
+            reference = discord.MessageReference(
+                message_id=int(incoming.message_id),
+                channel_id=int(incoming.chat_id),
+                fail_if_not_exists=False,
+            )
+        stream_delay = self.stream_delay if self.settings.stream_replies else None
+        limits = PortLimits(TYPING_INTERVAL_SECONDS, self.edit_interval, stream_delay)
+        return ChannelPort(
+            channel,
+            Place(("channel", int(incoming.chat_id)), not in_server, limits, NOTES),
+            reference=reference,
+            open_dm=message.author.create_dm if message is not None else None,
+            on_sent=self._remember_sent,
+            heading=heading,
+        )
 
     async def admits(self, message: IncomingMessage) -> bool:
         """Whether the allowlists admit ``message`` now (checked again at recovery). A server channel
@@ -562,17 +398,15 @@ class DiscordAdapter:
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Send ``reply`` to the channel ``message`` came from (answers recovered after a restart)."""
         client = self.client
-        channel = client.get_channel(int(message.chat_id)) or client.get_partial_messageable(
-            int(message.chat_id)
+        known = client.get_channel(int(message.chat_id))
+        channel = (
+            known
+            if isinstance(known, discord.abc.Messageable)
+            else client.get_partial_messageable(int(message.chat_id))
         )
         heading = "" if message.chat_is_private else f"*{escape_markdown(message.display_name)}:*\n"
-        reference = None
-        if not message.chat_is_private and message.message_id and message.message_id.isdigit():
-            # As a reply to the message it answers (sent plainly if that message is gone).
-            reference = discord.MessageReference(
-                message_id=int(message.message_id), channel_id=int(message.chat_id), fail_if_not_exists=False
-            )
-        await self._send_to_channel(channel, reply, heading=heading, reference=reference)  # type: ignore[arg-type]
+        port = self._channel_port(channel, message, heading=heading)
+        await self._delivery.deliver(port, reply)
 
     # --- slash commands and buttons --------------------------------------------------------------
 
@@ -588,10 +422,11 @@ class DiscordAdapter:
                     await self._refuse(interaction)
                     return
                 replies = await self._run_for_interaction(interaction, text)
+                port = InteractionPort(interaction, ephemeral=ephemeral, notes=NOTES)
                 if not replies:
-                    await call_discord("finish a command", interaction.delete_original_response)
+                    await port.delete(ORIGINAL)
                 for reply in replies:
-                    await self._send_followups(interaction, reply, ephemeral=ephemeral)
+                    await self._delivery.deliver(port, reply)
             except Exception:
                 logger.exception("Could not answer a Discord slash command")
                 await self._apologise(interaction, ephemeral=ephemeral)
@@ -606,11 +441,9 @@ class DiscordAdapter:
                     await self._refuse(interaction)
                     return
                 replies = await self._run_for_interaction(interaction, command)
-                for index, reply in enumerate(replies):
-                    if index == 0:
-                        await self._edit_original(interaction, reply, ephemeral=ephemeral)
-                    else:
-                        await self._send_followups(interaction, reply, ephemeral=ephemeral)
+                port = InteractionPort(interaction, ephemeral=ephemeral, notes=NOTES)
+                for index, reply in enumerate(replies):  # the first one replaces the pressed message
+                    await self._delivery.deliver(port, reply, replacing=ORIGINAL if index == 0 else None)
             except Exception:
                 logger.exception("Could not answer a Discord button press")
                 await self._apologise(interaction, ephemeral=ephemeral)
@@ -679,52 +512,6 @@ class DiscordAdapter:
         except Exception:
             logger.exception("The engine failed on a Discord interaction")
             return [Reply(MoodmateError.user_message, kind=ReplyKind.ERROR)]
-
-    async def _send_followups(
-        self, interaction: discord.Interaction, reply: Reply, *, ephemeral: bool
-    ) -> None:
-        texts = split_for_discord(reply_text(reply)) if reply.text else []
-        await self._followup_texts(interaction, texts, reply, ephemeral=ephemeral)
-
-    async def _followup_texts(
-        self, interaction: discord.Interaction, texts: Sequence[str], reply: Reply, *, ephemeral: bool
-    ) -> None:
-        """Send ``texts`` as follow-ups; ``reply``'s files and buttons go with the last one."""
-        count = max(1, len(texts))
-        for index in range(count):
-            content = texts[index] if texts else None
-            last = index == count - 1
-
-            async def send(content: str | None = content, last: bool = last) -> None:
-                kwargs: dict[str, object] = {
-                    "allowed_mentions": NO_MENTIONS,
-                    "ephemeral": ephemeral,
-                }
-                if last and reply.attachments:
-                    kwargs["files"] = files_for(reply.attachments)
-                if last and reply.actions:
-                    kwargs["view"] = ActionButtons(reply.actions)
-                await interaction.followup.send(content, **kwargs)  # type: ignore[call-overload]
-
-            await call_discord("send a follow-up", send)
-
-    async def _edit_original(
-        self, interaction: discord.Interaction, reply: Reply, *, ephemeral: bool
-    ) -> None:
-        """Replace the pressed message (and its buttons) with the first part of ``reply``."""
-        texts = split_for_discord(reply_text(reply)) if reply.text else [""]
-        only_part = len(texts) == 1
-
-        async def edit() -> None:
-            kwargs: dict[str, object] = {"content": texts[0], "allowed_mentions": NO_MENTIONS}
-            kwargs["view"] = ActionButtons(reply.actions) if (only_part and reply.actions) else None
-            if only_part and reply.attachments:
-                kwargs["attachments"] = files_for(reply.attachments)
-            await interaction.edit_original_response(**kwargs)  # type: ignore[arg-type]
-
-        await call_discord("edit a message", edit)
-        if not only_part:
-            await self._followup_texts(interaction, texts[1:], reply, ephemeral=ephemeral)
 
     # --- helpers -------------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ class MoodmateClient(discord.Client):
     """A ``discord.Client`` that never pings anyone by default and keeps no message cache."""
 
     def __init__(self, handlers: ClientHandlers, **sharding: Any) -> None:
+        sharding.pop("intents", None)  # AutoShardedClient hands on the ones given below: the same
         # moodmate never joins voice: skip discord.py's start-up warnings about voice libraries.
         for flag in ("warn_nacl", "warn_dave"):
             if getattr(discord.VoiceClient, flag, False):
@@ -97,13 +98,17 @@ class MoodmateClient(discord.Client):
         # Slash commands go through ``self.tree``; buttons carry the command as their custom_id.
         if interaction.type is not discord.InteractionType.component:
             return
-        custom_id = (interaction.data or {}).get("custom_id", "")
+        custom_id = interaction.data.get("custom_id") if interaction.data is not None else None
         if isinstance(custom_id, str) and custom_id.startswith("/"):
             await self.handlers.on_action(interaction, custom_id)
 
 
-class MoodmateShardedClient(discord.AutoShardedClient, MoodmateClient):  # type: ignore[misc]
+class MoodmateShardedClient(discord.AutoShardedClient, MoodmateClient):
     """The same client running several shards of the bot in this process."""
+
+    def __init__(self, handlers: ClientHandlers, **sharding: Any) -> None:
+        # AutoShardedClient's __init__ comes first in the method order and requires the intents.
+        super().__init__(handlers, intents=moodmate_intents(), **sharding)
 
 
 def build_client(handlers: ClientHandlers, shards: Shards | None) -> MoodmateClient:

@@ -2,80 +2,85 @@
 
 Every send passes ``allowed_mentions=AllowedMentions.none()`` (the client default is the same),
 so model output such as ``@everyone`` or ``<@&role>`` is shown as text and never pings anyone.
-discord.py's own 429 handling stays on (it waits ``retry_after`` and retries up to five times);
-:func:`call_discord` adds a few more attempts on top, so a busy rate limit never drops a reply.
+discord.py retries by itself: it waits out every 429 (``retry_after``) and repeats 500, 502, 504,
+524 and connection resets, five tries in all. :func:`call_discord` leaves those alone and retries,
+with the core's backoff, only what discord.py does not: other network failures and timeouts (a
+send whose answer was lost, repeated with the same nonce), a 503, a ``RateLimited`` (discord.py
+refused to wait) and a rate limit that outlasted its five tries, so a busy limit never drops a reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import aiohttp
 import discord
 
+from bot.delivery import RefusedError, TransientError, with_backoff
+from bot.delivery.timing import ATTEMPTS
 from bot.errors import PlatformError
 from bot.types import Action, Attachment
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 NO_MENTIONS = discord.AllowedMentions.none()
-ATTEMPTS = 4
 MAX_BUTTONS = 25
+#: The statuses discord.py repeats itself (five tries): not retried again on top.
+SDK_RETRIED_STATUSES = frozenset({500, 502, 504, 524})
 
 
-class DiscordForbiddenError(PlatformError):
+class DiscordForbiddenError(RefusedError):
     """Discord refused with 403: DMs closed (50007), missing permissions (50013), ...; the same
     channel will refuse an apology too."""
 
 
 def platform_error(error: BaseException, action: str) -> PlatformError:
-    """One PlatformError for any discord.py or connection failure while doing ``action``."""
+    """One PlatformError for any discord.py or connection failure while doing ``action``: a
+    ``RefusedError`` for a 403, a ``TransientError`` for what is worth another try."""
     if isinstance(error, discord.Forbidden):
         return DiscordForbiddenError(f"Discord refused to {action} (HTTP 403, code {error.code}).")
+    retry_after = _retry_after(error)
     if isinstance(error, discord.HTTPException):
-        return PlatformError(f"Discord refused to {action} (HTTP {error.status}, code {error.code}).")
-    return PlatformError(f"Could not {action} on Discord ({type(error).__name__}).")
+        message = f"Discord refused to {action} (HTTP {error.status}, code {error.code})."
+    else:
+        message = f"Could not {action} on Discord ({type(error).__name__})."
+    if retry_after is not None or _transient(error):
+        return TransientError(message, retry_after=retry_after)
+    return PlatformError(message)
 
 
-def _retry_delay(error: BaseException, attempt: int) -> float | None:
-    """Seconds to wait before retrying after ``error``, or None when retrying cannot help."""
+def _retry_after(error: BaseException) -> float | None:
+    """The wait Discord asked for, for a rate limit discord.py did not (or no longer) wait out."""
     if isinstance(error, discord.RateLimited):
         return error.retry_after
-    if isinstance(error, discord.HTTPException):
-        if error.status == 429:
-            header = error.response.headers.get("Retry-After") if error.response is not None else None
-            try:
-                return float(header) if header else 1.0 + attempt
-            except ValueError:
-                return 1.0 + attempt
-        if error.status >= 500:
-            return 1.0 + 2 * attempt
-        return None
-    if isinstance(error, (aiohttp.ClientError, OSError, asyncio.TimeoutError)):
-        return 1.0 + 2 * attempt
+    if isinstance(error, discord.HTTPException) and error.status == 429:
+        header = error.response.headers.get("Retry-After") if error.response is not None else None
+        try:
+            return float(header) if header else None
+        except ValueError:
+            return None
     return None
 
 
+def _transient(error: BaseException) -> bool:
+    if isinstance(error, discord.HTTPException):
+        return error.status == 429 or (error.status >= 500 and error.status not in SDK_RETRIED_STATUSES)
+    return isinstance(error, (aiohttp.ClientError, OSError, asyncio.TimeoutError))
+
+
 async def call_discord(action: str, operation: Callable[[], Awaitable[T]], *, attempts: int = ATTEMPTS) -> T:
-    """Run ``operation`` (a fresh request each call), retrying rate limits and server errors."""
-    for attempt in range(attempts):
+    """Run ``operation`` (a fresh request each call), retrying what discord.py does not retry."""
+
+    async def once() -> T:
         try:
             return await operation()
         except (TimeoutError, discord.DiscordException, aiohttp.ClientError, OSError) as error:
-            delay = _retry_delay(error, attempt)
-            if delay is None or attempt == attempts - 1:
-                raise platform_error(error, action) from error
-            logger.warning(
-                "Could not %s on Discord (%s); retrying in %.1fs", action, type(error).__name__, delay
-            )
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+            raise platform_error(error, action) from error
+
+    return await with_backoff(once, attempts=attempts)
 
 
 def files_for(attachments: Sequence[Attachment]) -> list[discord.File]:

@@ -28,24 +28,22 @@ Behaviour and decisions:
 * **Allowlists** (TELEGRAM_ALLOWED_USER_IDS / TELEGRAM_ALLOWED_CHAT_IDS) are checked before
   anything else; strangers get no answer and nothing is stored. Messages from bots are ignored.
 * **While the model works**: "typing…" is renewed every 4 s until the final text is delivered
-  (one loop per chat), and a message that waits behind others gets a note with its place in the
-  queue.
-* **Progressive display is on by default** (``MOODMATE_STREAM_REPLIES``, default true): a reply
-  still being written 2 s after its mood was read is shown while it is written: the mood line and
-  the text so far, ending with " …", edited at most every 1.5 s (4 s in groups, where Telegram
-  allows about 20 messages a minute, "typing…" included) and never to identical text (Telegram
-  refuses that with 400 "message is not modified"). The finished reply then replaces it in place;
-  a reply longer than one message continues in new messages. What stays in the chat is exactly
-  what the non-streaming path sends (mood line + reply parts). Fast replies arrive as one message,
-  never edited. Previews are best effort (not retried; after one failure no more are shown); if
-  the final edit fails, the reply is sent as new messages and the preview is deleted: never
-  silence. With streaming off, every reply is sent once, when finished.
+  (one loop per chat and topic), and a message that waits behind others gets a note with its place
+  in the queue (removed once the reply shows).
+* **Progressive display is on by default** (``MOODMATE_STREAM_REPLIES``, default true), as the
+  core's :mod:`bot.delivery` runs it for every platform: a reply still being written 1.5 s after
+  its mood was read is shown while it is written, edited at most every 1.5 s (4 s in groups, where
+  Telegram allows about 20 messages a minute, "typing…" included) and never to identical text
+  (Telegram refuses that with 400 "message is not modified"), then finished in place. With
+  streaming off, every reply is sent once, when finished. This adapter translates updates into
+  ``IncomingMessage`` and implements the core's port (:mod:`adapters.telegram.port`).
 * **Flood control**: PTB's ``AIORateLimiter`` keeps per-chat and overall rates, and on a 429
   waits ``retry_after`` and repeats the request (up to several times), so replies are delayed,
   not dropped.
-* **Network errors are retried** (:mod:`adapters.telegram.outbox`): PTB's ``NetworkError``
-  (connection failures, timeouts, 5xx; not ``BadRequest``, which PTB derives from it), up to 4
-  tries with backoff 1 s, 2 s, 4 s (capped at 8 s), for sends, edits, files and button answers.
+* **Network errors are retried** (:mod:`adapters.telegram.outbox`, with the core's backoff helper):
+  PTB's ``NetworkError`` (connection failures, timeouts, 5xx; not ``BadRequest``, which PTB derives
+  from it), up to 4 tries with backoff 1 s, 2 s, 4 s (capped at 8 s), for sends, edits, files and
+  button answers.
   ``TimedOut`` is retried on sends too: a send whose answer was lost may have been delivered, so a
   rare duplicate is accepted over a lost reply (which would be silence). Retried edits are safe
   ("not modified" counts as done). "typing…" is not retried (its loop renews it anyway). Retries
@@ -75,7 +73,7 @@ from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from typing import Any
 
-from telegram import BotCommand, InlineKeyboardMarkup, Message, Update
+from telegram import BotCommand, Message, Update, User
 from telegram.constants import ChatType
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
@@ -91,25 +89,17 @@ from telegram.request import HTTPXRequest
 
 from adapters.telegram.addressing import BotIdentity, is_addressed, strip_bot_mention, topic_of
 from adapters.telegram.config import Allowlist, api_urls, webhook_from_settings
-from adapters.telegram.formatting import reply_texts
-from adapters.telegram.outbox import (
-    BACKOFF_FIRST_SECONDS,
-    TYPING_INTERVAL_SECONDS,
-    Outbox,
-    TelegramForbiddenError,
-    TypingIndicators,
-    keyboard_for,
-)
-from adapters.telegram.sink import (
-    EDIT_INTERVAL_SECONDS,
+from adapters.telegram.outbox import Outbox
+from adapters.telegram.port import (
     GROUP_EDIT_INTERVAL_SECONDS,
-    STREAM_DELAY_SECONDS,
-    InProgress,
-    StreamingReplySink,
-    TelegramReplySink,
+    TYPING_INTERVAL_SECONDS,
+    TelegramPort,
+    place_for,
 )
 from adapters.telegram.webhook import WebhookServer
-from bot.commands import COMMAND_MENU
+from bot.commands import COMMANDS
+from bot.delivery import Delivery, PortLimits, PrivateNotes
+from bot.delivery.timing import BACKOFF_FIRST_SECONDS, EDIT_INTERVAL_SECONDS, STREAM_DELAY_SECONDS
 from bot.engine import Engine
 from bot.errors import ConfigurationError, MoodmateError, PlatformError
 from bot.settings import Settings
@@ -168,7 +158,7 @@ class TelegramAdapter:
         self._stop_grace = stop_grace
         self._application: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._outbox: Outbox | None = None
-        self._typing: TypingIndicators | None = None
+        self._delivery = Delivery(engine, cleanup_timeout=stop_grace)
         self._me: BotIdentity | None = None
         self._handling: set[asyncio.Task[Any]] = set()
         self._webhook: WebhookServer | None = None
@@ -235,10 +225,9 @@ class TelegramAdapter:
         me = application.bot.bot
         self._me = BotIdentity(id=me.id, username=me.username or "")
         self._outbox = Outbox(application.bot, backoff=self._network_backoff)
-        self._typing = TypingIndicators(self._outbox, self._typing_interval)
         try:
             await application.bot.set_my_commands(
-                [BotCommand(name, description) for name, description in COMMAND_MENU]
+                [BotCommand(spec.name, spec.menu_line) for spec in COMMANDS]
             )
         except TelegramError as error:
             logger.warning("Could not register the Telegram command menu: %s", error.message)
@@ -305,8 +294,7 @@ class TelegramAdapter:
             await self._drain()
             if application.running:
                 await application.stop()
-            if self._typing is not None:
-                await self._typing.stop()
+            await self._delivery.stop()
         finally:
             await application.shutdown()
 
@@ -345,15 +333,8 @@ class TelegramAdapter:
                 )
                 return
             assert message.from_user is not None
-            incoming = IncomingMessage(
-                platform=Platform.TELEGRAM,
-                chat_id=str(message.chat.id),
-                user_id=str(message.from_user.id),
-                display_name=message.from_user.full_name,
-                text=text,
-                addressed_to_bot=True,
-                chat_is_private=private,
-                message_id=str(message.message_id),
+            incoming = _incoming(
+                message.chat.id, message.from_user, text, private=private, message_id=message.message_id
             )
             receipt = self._webhook.receipt(update.update_id) if self._webhook is not None else None
             await self._answer(incoming, reply_to=reply_to, thread_id=thread_id, receipt=receipt)
@@ -393,15 +374,7 @@ class TelegramAdapter:
                     await self._outbox.remove_buttons(chat_id, message.message_id)
                 except PlatformError as error:
                     logger.info("Could not remove buttons after a press: %s", error)
-            incoming = IncomingMessage(
-                platform=Platform.TELEGRAM,
-                chat_id=str(chat_id),
-                user_id=str(user.id),
-                display_name=user.full_name,
-                text=data,
-                addressed_to_bot=True,
-                chat_is_private=chat is None or chat.type == ChatType.PRIVATE,
-            )
+            incoming = _incoming(chat_id, user, data, private=chat is None or chat.type == ChatType.PRIVATE)
             await self._answer(incoming, reply_to=None, thread_id=topic_of(message))
 
     def _accepts(self, message: Message) -> bool:
@@ -419,6 +392,19 @@ class TelegramAdapter:
 
     # ------------------------------------------------------------------ answering
 
+    def _port(
+        self, incoming: IncomingMessage, *, reply_to: int | None, thread_id: int | None
+    ) -> TelegramPort:
+        """The port for the chat ``incoming`` came from, quoting ``reply_to``, in topic ``thread_id``."""
+        if self._outbox is None:
+            raise PlatformError("the Telegram adapter is not running")
+        edit_interval = self._edit_interval if incoming.chat_is_private else self._group_edit_interval
+        limits = PortLimits(self._typing_interval, edit_interval, self._stream_delay)
+        notes = PrivateNotes(PRIVATE_SENT_NOTE, PRIVATE_BLOCKED_NOTE.format(mention=self.identity.mention))
+        chat_id = int(incoming.chat_id)
+        place = place_for(chat_id, thread_id, private=incoming.chat_is_private, limits=limits, notes=notes)
+        return TelegramPort(self._outbox, place, (chat_id, int(incoming.user_id)), reply_to=reply_to)
+
     async def _answer(
         self,
         incoming: IncomingMessage,
@@ -429,73 +415,13 @@ class TelegramAdapter:
     ) -> None:
         """Answer ``incoming`` in its chat (replying to ``reply_to``, in forum topic ``thread_id``);
         ``receipt`` (webhook mode) is resolved once the engine has stored the message."""
-        assert self._outbox is not None and self._typing is not None
-        chat_id = int(incoming.chat_id)
-        sink: TelegramReplySink
-        if self._stream_delay is None:
-            sink = TelegramReplySink(self._outbox, chat_id, reply_to=reply_to, thread_id=thread_id)
-        else:
-            sink = StreamingReplySink(
-                self._outbox,
-                chat_id,
-                reply_to=reply_to,
-                thread_id=thread_id,
-                stream_delay=self._stream_delay,
-                edit_interval=self._edit_interval if incoming.chat_is_private else self._group_edit_interval,
-            )
-        if receipt is not None:
-            sink.on_stored = lambda: receipt.done() or receipt.set_result(None)
-        unsent: list[Reply] = []
-        try:
-            # "typing…" lasts until the final text is sent
-            async with self._typing.showing(chat_id, thread_id=thread_id):
-                try:
-                    replies = await self.engine.handle(incoming, sink)
-                except asyncio.CancelledError:
-                    await self._discard_preview(chat_id, sink)
-                    raise
-                unsent = list(replies)
-                await sink.close()
-                in_progress = sink.in_progress
-                for reply in replies:
-                    sent = await self._send_reply(
-                        incoming, reply, reply_to=reply_to, thread_id=thread_id, in_progress=in_progress
-                    )
-                    unsent.remove(reply)
-                    await self.engine.delivered(reply)  # Telegram accepted it
-                    if sent:
-                        in_progress = None
-                if in_progress is not None:  # shown while written, but no reply took its place
-                    await self._outbox.delete(chat_id, in_progress.message_id)
-        except PlatformError as error:
-            logger.warning("Telegram: could not deliver a reply: %s", error)
-            await self._not_delivered(unsent)
-            if not isinstance(error, TelegramForbiddenError):
-                await self._send_safely(
-                    chat_id, MoodmateError.user_message, reply_to=reply_to, thread_id=thread_id
-                )
-        except Exception:
-            logger.exception("Telegram: unexpected error while answering a message")
-            await self._not_delivered(unsent)
-            await self._send_safely(
-                chat_id, MoodmateError.user_message, reply_to=reply_to, thread_id=thread_id
-            )
-        finally:
-            await sink.close()
+        port = self._port(incoming, reply_to=reply_to, thread_id=thread_id)
 
-    async def _not_delivered(self, replies: list[Reply]) -> None:
-        for reply in replies:
-            await self.engine.not_delivered(reply)
+        def stored() -> None:
+            if receipt is not None and not receipt.done():
+                receipt.set_result(None)
 
-    async def _discard_preview(self, chat_id: int, sink: TelegramReplySink) -> None:
-        """Stopped while a reply was written: the message stays pending and is answered in full
-        after the restart, so the unfinished preview must not stay in the chat."""
-        await sink.close()
-        if sink.in_progress is not None and self._outbox is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self._outbox.delete(chat_id, sink.in_progress.message_id), self._stop_grace
-                )
+        await self._delivery.answer(incoming, port, on_stored=stored)
 
     async def admits(self, message: IncomingMessage) -> bool:
         """Whether the allowlists admit ``message``'s sender now (checked again at recovery)."""
@@ -506,92 +432,11 @@ class TelegramAdapter:
 
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Send ``reply`` to where ``message`` came from (used for messages answered after a restart)."""
-        if self._outbox is None:
-            raise PlatformError("the Telegram adapter is not running")
         reply_to = None
         if not message.chat_is_private and message.message_id and message.message_id.isdigit():
             reply_to = int(message.message_id)
-        await self._send_reply(message, reply, reply_to=reply_to, thread_id=None, in_progress=None)
-
-    async def _send_reply(
-        self,
-        incoming: IncomingMessage,
-        reply: Reply,
-        *,
-        reply_to: int | None,
-        thread_id: int | None,
-        in_progress: InProgress | None,
-    ) -> bool:
-        """Send ``reply``; True if it took the place of ``in_progress`` (edited or replaced it)."""
-        assert self._outbox is not None
-        chat_id = int(incoming.chat_id)
-        if reply.private and not incoming.chat_is_private:
-            try:
-                await self._post(
-                    int(incoming.user_id), reply, reply_to=None, thread_id=None, in_progress=None
-                )
-            except TelegramForbiddenError:
-                note = PRIVATE_BLOCKED_NOTE.format(mention=self.identity.mention)
-                await self._outbox.text(chat_id, note, reply_to=reply_to, thread_id=thread_id)
-                return False
-            await self._outbox.text(chat_id, PRIVATE_SENT_NOTE, reply_to=reply_to, thread_id=thread_id)
-            return False
-        await self._post(chat_id, reply, reply_to=reply_to, thread_id=thread_id, in_progress=in_progress)
-        return in_progress is not None
-
-    async def _post(
-        self,
-        chat_id: int,
-        reply: Reply,
-        *,
-        reply_to: int | None,
-        thread_id: int | None,
-        in_progress: InProgress | None,
-    ) -> None:
-        """Send one reply: its text parts (the last one carrying any buttons), then its files.
-
-        With ``in_progress`` (the reply shown while it was written), that message is edited into
-        the first part; if the edit fails, the reply is sent anew and the preview deleted.
-        """
-        assert self._outbox is not None
-        texts = reply_texts(reply)
-        markup = keyboard_for(reply.actions)
-        first_new = 0
-        if in_progress is not None and texts:
-            buttons = markup if len(texts) == 1 else None
-            if await self._finish_in_place(chat_id, in_progress, texts[0], buttons):
-                first_new = 1
-        for index in range(first_new, len(texts)):
-            buttons = markup if index == len(texts) - 1 else None
-            sent = await self._outbox.text(
-                chat_id,
-                texts[index],
-                reply_to=reply_to if index == 0 else None,
-                thread_id=thread_id,
-                markup=buttons,
-            )
-            if thread_id is None:  # a reply lands in its target's topic (recovered answers): follow it
-                thread_id = topic_of(sent)
-        if in_progress is not None and first_new == 0:
-            await self._outbox.delete(chat_id, in_progress.message_id)  # the reply was sent anew
-        for attachment in reply.attachments:
-            await self._outbox.attachment(chat_id, attachment, thread_id=thread_id)
-
-    async def _finish_in_place(
-        self, chat_id: int, in_progress: InProgress, text: str, markup: InlineKeyboardMarkup | None
-    ) -> bool:
-        """Edit the in-progress message to ``text``; False if Telegram would not have it."""
-        assert self._outbox is not None
-        if text == in_progress.text and markup is None:
-            return True  # it already shows exactly this
-        try:
-            await self._outbox.edit(chat_id, in_progress.message_id, text, markup=markup)
-        except TelegramForbiddenError:
-            raise
-        except PlatformError as error:
-            logger.warning("Telegram: could not finish a reply in place (%s); sending it anew", error)
-            return False
-        return True
+        port = self._port(message, reply_to=reply_to, thread_id=None)
+        await self._delivery.deliver(port, reply)
 
     async def _send_safely(
         self, chat_id: int, text: str, *, reply_to: int | None, thread_id: int | None = None
@@ -632,6 +477,23 @@ class PollingRequest(HTTPXRequest):
         if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.NOT_FOUND):
             self._on_refused()
         return status, payload
+
+
+def _incoming(
+    chat_id: int, user: User, text: str, *, private: bool, message_id: int | None = None
+) -> IncomingMessage:
+    """A message (or a button press) from ``user`` in chat ``chat_id``, as the engine's event."""
+    message = None if message_id is None else str(message_id)
+    platform = Platform.TELEGRAM
+    return IncomingMessage(
+        platform,
+        str(chat_id),
+        str(user.id),
+        user.full_name,
+        text,
+        chat_is_private=private,
+        message_id=message,
+    )
 
 
 def _log_polling_error(error: TelegramError) -> None:

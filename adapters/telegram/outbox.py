@@ -5,7 +5,8 @@ overall rates below Telegram's limits, and on a 429 it pauses all requests for `
 seconds and repeats the request, so a 429 delays a reply instead of dropping it.
 
 Network failures (PTB's ``NetworkError``: connection refused or reset, timeouts, 5xx answers; but
-not ``BadRequest``, which PTB also derives from it) are retried here with exponential backoff,
+not ``BadRequest``, which PTB also derives from it), which PTB does not repeat, become
+``TransientError`` and are retried with the core's :func:`bot.delivery.with_backoff`,
 ``NETWORK_ATTEMPTS`` tries in all. That includes ``TimedOut`` on sends: a request that timed out
 while Telegram was answering may have been delivered, so a retry can (rarely) show a message twice;
 a duplicate is visible and harmless, a lost reply is silence. Retried edits are safe: a repeat that
@@ -16,10 +17,8 @@ the next one follows within seconds anyway.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from telegram import (
@@ -35,6 +34,8 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from adapters.telegram.formatting import TEXT_LIMIT, caption_for, split_for_telegram
+from bot.delivery import RefusedError, TransientError, with_backoff
+from bot.delivery.timing import ATTEMPTS, BACKOFF_FIRST_SECONDS, BACKOFF_MAX_SECONDS
 from bot.errors import PlatformError
 from bot.types import Action, Attachment
 
@@ -42,23 +43,18 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Telegram clears "typing…" after about five seconds, so it is renewed a little sooner.
-TYPING_INTERVAL_SECONDS = 4.0
 #: Telegram's limit for callback data.
 CALLBACK_DATA_LIMIT = 64
-#: Tries in all for a request that fails with a network error, and the backoff between them
-#: (1 s, 2 s, 4 s, ... capped).
-NETWORK_ATTEMPTS = 4
-BACKOFF_FIRST_SECONDS = 1.0
-BACKOFF_MAX_SECONDS = 8.0
+#: Tries in all for a request that fails with a network error (the core's backoff between them).
+NETWORK_ATTEMPTS = ATTEMPTS
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 
-class TelegramForbiddenError(PlatformError):
+class TelegramForbiddenError(RefusedError):
     """Telegram refused with 403: the user blocked the bot, never started it, or the bot left the chat."""
 
 
-class TelegramNetworkError(PlatformError):
+class TelegramNetworkError(TransientError):
     """The request failed on the way (connection, timeout, 5xx); trying again may succeed."""
 
 
@@ -114,19 +110,12 @@ class Outbox:
 
     async def _request(self, make: Callable[[], Awaitable[T]], what: str, *, retry: bool = True) -> T:
         """Run the request ``make()`` creates, again after a network error (with backoff)."""
-        attempts = self._attempts if retry else 1
-        attempt, delay = 1, self._backoff
-        while True:
-            try:
-                return await translate(make(), what)
-            except TelegramNetworkError as error:
-                if attempt >= attempts:
-                    if retry:
-                        logger.warning("Telegram: gave up after %d tries: %s", attempts, error)
-                    raise
-                logger.warning("Telegram: %s; try %d of %d in %.1f s", error, attempt + 1, attempts, delay)
-            await asyncio.sleep(delay)
-            attempt, delay = attempt + 1, min(delay * 2, BACKOFF_MAX_SECONDS)
+        return await with_backoff(
+            lambda: translate(make(), what),
+            attempts=self._attempts if retry else 1,
+            first_delay=self._backoff,
+            max_delay=BACKOFF_MAX_SECONDS,
+        )
 
     async def text(
         self,
@@ -196,31 +185,31 @@ class Outbox:
         retry: bool = True,
     ) -> None:
         """Replace a message's text; an edit to identical text is not an error."""
-        try:
-            await self._request(
-                lambda: self.bot.edit_message_text(
-                    text,
-                    chat_id=chat_id,
-                    message_id=message_id,
-                    reply_markup=markup,
-                    link_preview_options=_NO_PREVIEW,
-                ),
-                "edit a message",
-                retry=retry,
-            )
-        except PlatformError as error:
-            if not _is_not_modified(error):
-                raise
+        await self._modify(
+            lambda: self.bot.edit_message_text(
+                text,
+                chat_id=chat_id,
+                message_id=message_id,
+                reply_markup=markup,
+                link_preview_options=_NO_PREVIEW,
+            ),
+            "edit a message",
+            retry=retry,
+        )
 
     async def remove_buttons(self, chat_id: int, message_id: int) -> None:
         """Take the inline keyboard off a message (so a choice cannot be made twice)."""
+        await self._modify(
+            lambda: self.bot.edit_message_reply_markup(
+                chat_id=chat_id, message_id=message_id, reply_markup=None
+            ),
+            "remove buttons",
+        )
+
+    async def _modify(self, make: Callable[[], Awaitable[object]], what: str, *, retry: bool = True) -> None:
+        """An edit; Telegram's "message is not modified" (a repeat that found it done) is success."""
         try:
-            await self._request(
-                lambda: self.bot.edit_message_reply_markup(
-                    chat_id=chat_id, message_id=message_id, reply_markup=None
-                ),
-                "remove buttons",
-            )
+            await self._request(make, what, retry=retry)
         except PlatformError as error:
             if not _is_not_modified(error):
                 raise
@@ -286,59 +275,6 @@ class Outbox:
             "show typing",
             retry=False,
         )
-
-
-#: Where "typing…" shows: a chat, and a forum topic in it (None: the chat itself, or General).
-Place = tuple[int, int | None]
-
-
-class TypingIndicators:
-    """One "typing…" loop per chat (and forum topic), shared by all replies being prepared there.
-
-    Every loop is a task kept in ``self.tasks``; it ends when the last reply in its place is sent.
-    """
-
-    def __init__(self, outbox: Outbox, interval: float = TYPING_INTERVAL_SECONDS) -> None:
-        self._outbox = outbox
-        self._interval = interval
-        self._users: dict[Place, int] = {}
-        self.tasks: dict[Place, asyncio.Task[None]] = {}
-
-    @contextlib.asynccontextmanager
-    async def showing(self, chat_id: int, *, thread_id: int | None = None) -> AsyncIterator[None]:
-        """Keep "typing…" visible in ``chat_id`` (in topic ``thread_id``) while the block runs."""
-        place = (chat_id, thread_id)
-        self._users[place] = self._users.get(place, 0) + 1
-        if place not in self.tasks:
-            self.tasks[place] = asyncio.create_task(self._loop(place), name=f"telegram-typing-{chat_id}")
-        try:
-            yield
-        finally:
-            self._users[place] -= 1
-            if self._users[place] <= 0:
-                del self._users[place]
-                task = self.tasks.pop(place, None)
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-
-    async def _loop(self, place: Place) -> None:
-        chat_id, thread_id = place
-        while True:
-            try:
-                await self._outbox.typing(chat_id, thread_id=thread_id)
-            except PlatformError as error:
-                logger.debug("Could not show typing: %s", error)
-            await asyncio.sleep(self._interval)
-
-    async def stop(self) -> None:
-        tasks = list(self.tasks.values())
-        self.tasks.clear()
-        self._users.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _is_too_long(error: PlatformError) -> bool:

@@ -69,10 +69,11 @@ class WebhookServer:
             logger.warning("Telegram webhook: refused a request without the right secret")
             return web.Response(status=403)
         try:
-            update = Update.de_json(json.loads(await request.read()), self._application.bot)
+            payload = json.loads(await request.read())
+            if not isinstance(payload, dict):
+                return web.Response(status=400)
+            update = Update.de_json(payload, self._application.bot)
         except (ValueError, TypeError, KeyError):
-            return web.Response(status=400)
-        if update is None:
             return web.Response(status=400)
         receipt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._receipts[update.update_id] = receipt

@@ -32,7 +32,10 @@ class LanguageModel(Protocol):
     never from the event loop.
     """
 
-    name: str
+    @property
+    def name(self) -> str:
+        """What the model is, for logs (e.g. its path or the server's model id)."""
+        ...
 
     def classify(self, texts: Sequence[str]) -> list[Mood]:
         """Read the mood of each text on its own (history-free); one ``Mood`` per text, in order."""

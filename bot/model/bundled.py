@@ -16,8 +16,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from bot.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +177,7 @@ def verify_sha256(model: BundledModel, path: Path, *, progress: bool = True) -> 
         raise _missing(model, f"the sha256 of {path.name} does not match, so it is corrupt")
 
 
-def _progress_bar(total: int, description: str, *, enabled: bool):  # type: ignore[no-untyped-def]
+def _progress_bar(total: int, description: str, *, enabled: bool) -> tqdm[NoReturn]:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=description, unit="B", unit_scale=True, disable=not enabled, leave=False)

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import logging
 import weakref
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ def grouped_attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
-    **kwargs: object,
+    **kwargs: Any,  # whatever transformers' attention interface passes on
 ) -> tuple[torch.Tensor, None]:
     """Causal attention of ``query [B, H, q, d]`` over ``key``/``value [B, Hkv, k, d]``, as ``[B, q, H, d]``.
 
@@ -152,7 +156,7 @@ def _forget_additive(reference: weakref.ref[torch.Tensor]) -> None:
         _last_additive = None
 
 
-def use_grouped_attention(model: nn.Module) -> bool:
+def use_grouped_attention(model: PreTrainedModel) -> bool:
     """Switch ``model`` from SDPA to :func:`grouped_attention`; returns whether it now uses it.
 
     Only models that run SDPA and support switching attention at run time are changed.
@@ -168,8 +172,8 @@ def use_grouped_attention(model: nn.Module) -> bool:
     AttentionInterface.register(ATTENTION_NAME, grouped_attention)
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
     try:
-        model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
+        model.set_attn_implementation(ATTENTION_NAME)
     except (AttributeError, ValueError) as error:
         logger.debug("Keeping SDPA attention: %s", error)
         return False
-    return config._attn_implementation == ATTENTION_NAME
+    return bool(config._attn_implementation == ATTENTION_NAME)

@@ -30,12 +30,15 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from bot.model.fused_projections import fuse_shared_input_projections
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,9 @@ class Int8Embedding(nn.Module):
     #: How the rows are rounded; part of the prefix store's key (see :func:`prepare_for_cpu`).
     numerics: ClassVar[str] = "int8 embedding rows"
 
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim = weight.shape
@@ -119,6 +125,10 @@ class Int8Linear(nn.Module):
 
     #: How the numbers are rounded; part of the prefix store's key, so change it with the arithmetic.
     numerics: ClassVar[str] = "weights in ±127, 8-bit activations per token"
+
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows_per_chunk: int = 8192) -> None:
         super().__init__()
@@ -157,6 +167,8 @@ class PackedInt8Linear(nn.Module):
 
     #: How the numbers are rounded; part of the prefix store's key, so change it with the arithmetic.
     numerics: ClassVar[str] = f"weights in ±{PACKED_WEIGHT_LIMIT}, 8-bit activations per token"
+
+    bias: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -207,6 +219,7 @@ class PackedInt8Linear(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         flat = hidden.reshape(-1, self.in_features)
+        output: torch.Tensor
         if flat.shape[0] == 1:  # one token (a decoding step): fbgemm's range is already this token's own
             output = torch.ops.quantized.linear_dynamic(flat, self._packed, False)
         else:
@@ -217,9 +230,10 @@ class PackedInt8Linear(nn.Module):
 
     def _several_tokens(self, flat: torch.Tensor) -> torch.Tensor:
         scale = flat.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
-        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+        output: torch.Tensor = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
             flat / scale, UNIT_RANGE_SCALE, UNIT_RANGE_ZERO_POINT, self._packed
-        ).mul_(scale)
+        )
+        return output.mul_(scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (fbgemm)"
@@ -240,6 +254,9 @@ class HybridInt8Linear(PackedInt8Linear):
     numerics: ClassVar[str] = (
         f"weights in ±{PACKED_WEIGHT_LIMIT}, 8-bit activations per token; torch._int_mm for several tokens"
     )
+
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
 
     def _keep_int8_weights(self, quantized: torch.Tensor, scales: torch.Tensor) -> None:
         self.register_buffer("weight_int8", quantized)
@@ -450,7 +467,7 @@ def choose_int8_layer() -> type[Int8Linear] | type[PackedInt8Linear] | None:
     return None
 
 
-def prepare_for_cpu(model: nn.Module, *, quantize: bool, progress: bool = False) -> str:
+def prepare_for_cpu(model: PreTrainedModel, *, quantize: bool, progress: bool = False) -> str:
     """Make ``model`` run fast on CPU: int8 linear layers when ``quantize``, else float32.
 
     The int8 layer kind is the one fast on this CPU (see :func:`choose_int8_layer`); where none is,
@@ -466,7 +483,9 @@ def prepare_for_cpu(model: nn.Module, *, quantize: bool, progress: bool = False)
         release_free_memory()
         return "float32"
     _small_parameters_to_float(model)
-    model.set_input_embeddings(Int8Embedding(model.get_input_embeddings().weight))
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)
+    model.set_input_embeddings(Int8Embedding(weight))
     fuse_shared_input_projections(model)
     _convert_linears(model, layer_kind, progress=progress)
     gc.collect()
@@ -475,7 +494,7 @@ def prepare_for_cpu(model: nn.Module, *, quantize: bool, progress: bool = False)
 
 
 def _convert_linears(
-    model: nn.Module, layer_kind: type[Int8Linear] | type[PackedInt8Linear], *, progress: bool = False
+    model: PreTrainedModel, layer_kind: type[Int8Linear] | type[PackedInt8Linear], *, progress: bool = False
 ) -> None:
     """Replace every ``nn.Linear`` of ``model`` by ``layer_kind`` (in :class:`RowBlocks` when large).
 
@@ -526,7 +545,7 @@ def _row_blocks(rows: int, largest: int) -> list[slice]:
     return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
-def _small_parameters_to_float(model: nn.Module) -> None:
+def _small_parameters_to_float(model: PreTrainedModel) -> None:
     """Norm weights, non-linear biases and float buffers to float32 (linears and embedding stay)."""
     embedding = model.get_input_embeddings()
     for module in model.modules():

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from bot.model.cpu_weights import prepare_for_cpu
 from bot.model.lean_pass import LeanPass
 from bot.model.prefix_store import PrefixStore, weights_identity
 from bot.model.versions import transformers_version
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ TOKENIZERS_WITH_BUILD_COPIES = ("Qwen2Tokenizer",)
 class Pretrained:
     """A model and its tokenizer as read from disk, before :func:`prepare_decoder`."""
 
-    model: nn.Module
+    model: PreTrainedModel
     tokenizer: Any
     location: Path | str
 
@@ -111,7 +114,7 @@ class Decoder:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: PreTrainedModel,
         tokenizer: Any,
         *,
         weights: str = "as loaded",
@@ -123,8 +126,8 @@ class Decoder:
         on the key/value heads (see ``use_grouped_attention``)."""
         self._model = model
         self._tokenizer = tokenizer
-        self._decoder = model.get_decoder()
-        self._output_head = model.get_output_embeddings()
+        self._decoder: nn.Module = model.get_decoder()
+        self._output_head: nn.Module = model.get_output_embeddings()
         self._decoder_cache_keyword = cache_keyword(self._decoder)
         self._model_cache_keyword = cache_keyword(model)
         self._prefix_store = prefix_store
@@ -133,7 +136,7 @@ class Decoder:
         self.grouped_attention = grouped_attention
 
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> PreTrainedModel:
         """The whole causal language model (decoder and output head)."""
         return self._model
 
@@ -240,7 +243,7 @@ class Decoder:
         if self._lean_pass is not None:
             return self._lean_pass.last_hidden_states(batch, list(lengths), key_values)
         cache = self.seeded_cache(key_values, batch=batch.shape[0])
-        hidden = self.run(batch, cache).last_hidden_state
+        hidden: torch.Tensor = self.run(batch, cache).last_hidden_state
         return hidden[torch.arange(batch.shape[0]), torch.tensor(list(lengths)) - 1]
 
     def next_logits(self, input_ids: torch.Tensor, cache: Any, lean: LeanPass | None) -> torch.Tensor:
@@ -248,11 +251,14 @@ class Decoder:
 
         Computed by ``lean`` where given (e.g. ``self.lean_pass``), else by transformers' forward pass.
         """
+        logits: torch.Tensor
         if lean is not None:
-            return self._output_head(lean.extend(input_ids, cache))[0, -1]
-        return self._model(
-            input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._model_cache_keyword: cache}
-        ).logits[0, -1]
+            logits = self._output_head(lean.extend(input_ids, cache))
+        else:
+            logits = self._model(
+                input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._model_cache_keyword: cache}
+            ).logits
+        return logits[0, -1]
 
 
 @torch.inference_mode()

@@ -54,6 +54,8 @@ class SharedInputProjections(nn.Module):
 class ProjectionSlice(nn.Module):
     """Stands in for one of the layers joined in a :class:`SharedInputProjections`."""
 
+    _group: SharedInputProjections
+
     def __init__(self, group: SharedInputProjections, index: int) -> None:
         super().__init__()
         # Not a registered child: the group belongs to the parent module, and is converted there once.
@@ -111,7 +113,7 @@ def _join(module: nn.Module, names: Sequence[str], linears: Sequence[nn.Linear])
     )
     if first.bias is not None:
         fused.bias = nn.Parameter(
-            torch.cat([linear.bias.detach() for linear in linears]),  # type: ignore[union-attr]
+            torch.cat([linear.bias.detach() for linear in linears if linear.bias is not None]),
             requires_grad=False,
         )
     group = SharedInputProjections(fused, sizes)

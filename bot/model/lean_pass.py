@@ -21,11 +21,15 @@ keeps transformers' pass if they differ.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from bot.model.cpu_attention import causal_mask, grouped_attention
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import Cache
 
 #: ``config.model_type`` values whose decoder layers are built as this pass expects.
 LEAN_MODEL_TYPES = frozenset({"llama", "qwen2"})
@@ -39,8 +43,10 @@ class LeanPass:
     """A Llama/Qwen2-style decoder's layers called directly: mood reads after a prefix, reply steps."""
 
     def __init__(self, decoder: nn.Module) -> None:
-        self._decoder = decoder
-        self._layers = list(decoder.layers[: decoder.config.num_hidden_layers])
+        # A transformers decoder, its parts found by name (torch types those as Tensor | Module).
+        parts: Any = decoder
+        self._decoder = parts
+        self._layers: list[Any] = list(parts.layers[: parts.config.num_hidden_layers])
 
     @classmethod
     def for_decoder(cls, decoder: nn.Module) -> LeanPass | None:
@@ -52,7 +58,8 @@ class LeanPass:
             return None  # sliding-window layers
         if not all(hasattr(decoder, part) for part in _DECODER_PARTS):
             return None
-        for layer in decoder.layers:
+        layers: Any = decoder.layers
+        for layer in layers:
             attention = getattr(layer, "self_attn", None)
             if not all(hasattr(layer, part) for part in _LAYER_PARTS) or not all(
                 hasattr(attention, part) for part in _ATTENTION_PARTS
@@ -85,10 +92,11 @@ class LeanPass:
             )
 
         hidden = self._run(input_ids, key_values[0][0].shape[2], after_prefix)
-        return self._decoder.norm(hidden[torch.arange(batch), torch.tensor(lengths) - 1])
+        normed: torch.Tensor = self._decoder.norm(hidden[torch.arange(batch), torch.tensor(lengths) - 1])
+        return normed
 
     @torch.inference_mode()
-    def extend(self, input_ids: torch.Tensor, cache) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    def extend(self, input_ids: torch.Tensor, cache: Cache) -> torch.Tensor:
         """Run ``input_ids [batch, width]`` after what ``cache`` (a transformers cache) holds.
 
         Their keys and values are appended to ``cache``, as transformers' pass appends them; returns the
@@ -99,12 +107,13 @@ class LeanPass:
             return cache.update(key, value, index)
 
         hidden = self._run(input_ids, cache.get_seq_length(), appended)
-        return self._decoder.norm(hidden[:, -1:])
+        normed: torch.Tensor = self._decoder.norm(hidden[:, -1:])
+        return normed
 
     def _run(self, input_ids: torch.Tensor, past: int, join: KeyValueJoin) -> torch.Tensor:
         """The last layer's output for ``input_ids`` at positions ``past``, ``past + 1``, …"""
         width = input_ids.shape[1]
-        hidden = self._decoder.embed_tokens(input_ids)
+        hidden: torch.Tensor = self._decoder.embed_tokens(input_ids)
         rotary = self._decoder.rotary_emb(hidden, torch.arange(past, past + width).unsqueeze(0))
         mask = causal_mask(width, past + width, hidden)
         for index, layer in enumerate(self._layers):
@@ -133,7 +142,7 @@ KeyValueJoin = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, .
 
 
 def _layer_forward(
-    layer: nn.Module,
+    layer: Any,  # a transformers decoder layer, its parts found by name
     index: int,
     hidden: torch.Tensor,
     rotary: tuple[torch.Tensor, torch.Tensor],
@@ -151,5 +160,7 @@ def _layer_forward(
     query, key = apply_rotary_pos_emb(query, key, *rotary)
     keys, values = join(index, key, value)
     output, _ = grouped_attention(attention, query, keys, values, mask, scaling=attention.scaling)
-    hidden = hidden + attention.o_proj(output.reshape(batch, width, -1).contiguous())
-    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    attended: torch.Tensor = attention.o_proj(output.reshape(batch, width, -1).contiguous())
+    hidden = hidden + attended
+    mlp: torch.Tensor = layer.mlp(layer.post_attention_layernorm(hidden))
+    return hidden + mlp

@@ -331,11 +331,13 @@ def convert_gguf(
             )
             steps.update()
             # The GGUF weights are dequantized now; drop the quantizer so save_pretrained accepts the model.
-            model.hf_quantizer = None
+            # torch's stubs let a module's attributes be set only to a Tensor or a Module.
+            model.hf_quantizer = None  # type: ignore[assignment]
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             largest = max(float(param.detach().abs().max()) for param in model.parameters())
-            model.to(torch.float16 if largest < 60000 else torch.bfloat16)
+            # transformers wraps PreTrainedModel.to with functools.wraps, which mypy reads as unbound.
+            model.to(torch.float16 if largest < 60000 else torch.bfloat16)  # type: ignore[arg-type]
             steps.set_postfix_str("saving")
             model.save_pretrained(str(temporary))
             tokenizer.save_pretrained(str(temporary))

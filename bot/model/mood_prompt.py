@@ -120,8 +120,6 @@ def clean_message(text: str, *, max_chars: int = 4000) -> str:
     and tabs, special-token look-alikes, and squeezes whitespace. Very long texts keep their start and
     their end. Never raises.
     """
-    if not isinstance(text, str):
-        text = str(text)
     text = text.encode("utf-8", "replace").decode("utf-8", "replace")  # lone surrogates -> "?"
     if len(text) > max_chars * 4:
         text = text[: max_chars * 2] + "\n" + text[-max_chars * 2 :]

@@ -16,10 +16,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-from torch import nn
 
 from bot.errors import ModelError
 from bot.model.decoder import Decoder, KeyValues
@@ -33,6 +32,9 @@ from bot.model.mood_prompt import (
     split_mood_prompt,
 )
 from bot.types import Mood, MoodLabel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: Inputs whose label distribution is the model's bias (contextual calibration).
 CONTENT_FREE_INPUTS: tuple[str, ...] = ("", "N/A", "…")
@@ -79,7 +81,7 @@ class MoodScores(NamedTuple):
 
 
 def build_label_head(
-    model: nn.Module, tokenizer: Any, languages: Sequence[str] = tuple(FEW_SHOT)
+    model: PreTrainedModel, tokenizer: Any, languages: Sequence[str] = tuple(FEW_SHOT)
 ) -> LabelHead:
     """The label head of ``model`` for the answer words of ``languages``; call before int8 conversion."""
     tokens_by_language = {

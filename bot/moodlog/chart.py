@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 
 from bot.moodlog.periods import Period
 from bot.moodlog.summary import daily_moods, format_valence, valued_moods
+from bot.records import MoodRecord
 from bot.types import MOOD_LABELS, MoodLabel
-from storage.records import MoodRecord
 
 if TYPE_CHECKING:
     from types import ModuleType

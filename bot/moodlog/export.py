@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.moodlog.summary import mood_value
-from storage.records import MessageRecord, MoodRecord, UserRecord
+from bot.records import MessageRecord, MoodRecord, UserRecord
 
 EXPORT_FORMAT = "moodmate-export"
 EXPORT_VERSION = 1
@@ -166,7 +166,8 @@ def export_json(
 
 
 def _check_owner(user: UserRecord, messages: Sequence[MessageRecord], moods: Sequence[MoodRecord]) -> None:
-    strangers = sum(1 for row in (*messages, *moods) if row.user_id != user.id)
+    rows: list[MessageRecord | MoodRecord] = [*messages, *moods]
+    strangers = sum(1 for row in rows if row.user_id != user.id)
     if strangers:
         raise ValueError(f"refusing to export {strangers} rows that belong to other users")
 

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 from bot.moodlog.periods import Period, local_date
 from bot.presentation import MOOD_EMOJI
+from bot.records import MoodRecord
 from bot.types import MOOD_LABELS, MoodLabel
-from storage.records import MoodRecord
 
 logger = logging.getLogger(__name__)
 

@@ -114,11 +114,11 @@ def report(cells: dict[tuple[str, str], Cell], *, show_errors: Sequence[str] = (
             f"{_figure(cell.false_positive_rate)}"
         )
     for part in show_errors:
-        cell = cells.get((part, "all"))
-        if cell is None:
+        errors = cells.get((part, "all"))
+        if errors is None:
             continue
-        for example in cell.misses:
+        for example in errors.misses:
             lines.append(f"missed\t{part}\t{example.lang}\t{example.kind}\t{example.text}")
-        for example in cell.false_alarms:
+        for example in errors.false_alarms:
             lines.append(f"flagged\t{part}\t{example.lang}\t{example.kind}\t{example.text}")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from bot.prompts import is_chinese
+from bot.text import is_chinese
 
 #: Used where the operator set no ``MOODMATE_CRISIS_RESOURCES``.
 DEFAULT_RESOURCES_EN = (

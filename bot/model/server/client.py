@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -35,6 +35,8 @@ from bot.errors import (
 from bot.model.server.urls import display_url
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Json = dict[str, Any]
 
@@ -50,7 +52,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (0-based): doubling, with jitter."""
-        base = min(self.max_backoff_seconds, self.backoff_seconds * (2**attempt))
+        base = min(self.max_backoff_seconds, self.backoff_seconds * 2.0**attempt)
         return base * random.uniform(0.75, 1.25)
 
 
@@ -93,8 +95,6 @@ def parse_retry_after(value: str | None) -> float | None:
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
         return None
     return max(0.0, when.timestamp() - time.time())
 
@@ -325,11 +325,11 @@ class ServerClient:
 
     def _with_retries(
         self,
-        attempt: Callable[[float], Any],
+        attempt: Callable[[float], T],
         attempts: int | None,
         *,
         stop: Callable[[], bool] | None = None,
-    ) -> Any:
+    ) -> T:
         deadline = time.monotonic() + self.timeout
         tries = max(1, attempts if attempts is not None else self.retry.attempts)
         for index in range(tries):

@@ -8,8 +8,8 @@
   first read when the server was down then.
 * Up to ``concurrency`` requests are in flight at once (the server batches them); a batch of mood reads
   is sent as parallel requests.
-* ``count_tokens`` is an estimate, not the server's ``/tokenize``: the engine calls it on the event
-  loop for every history row, where a network call each would stall every chat. One CJK character
+* ``count_tokens`` is an estimate, not the server's ``/tokenize``: the engine counts every history
+  row before each reply, where a network call each would delay every reply. One CJK character
   or 3.5 other characters count as a token: against the bundled Qwen tokenizer that overcounts
   1,000 TweetEval tweets by 10 % and 1,000 waimai reviews by 41 %, so trimmed history stays within
   its budget.
@@ -97,7 +97,7 @@ class ServerModel:
         )
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.model_id or "server"
 
     @classmethod

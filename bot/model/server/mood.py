@@ -193,9 +193,9 @@ def mood_from_word(word: str | None, words: Mapping[MoodLabel, str]) -> Mood:
             if cleaned.lower() == words[label].lower():
                 return one_hot(label)
         token = cleaned.split()[0].encode("utf-8") if cleaned.split() else b""
-        label = label_of_token(token, words) if token else None
-        if label is not None:
-            return one_hot(label)
+        named = label_of_token(token, words) if token else None
+        if named is not None:
+            return one_hot(named)
     return Mood.from_probabilities(
         {MoodLabel.NEUTRAL: 0.34, MoodLabel.POSITIVE: 0.33, MoodLabel.NEGATIVE: 0.33}
     )

@@ -1,4 +1,4 @@
-"""A deterministic synthetic mood log and a one-call chart render, for docs and eyeballing."""
+"""A deterministic synthetic mood log and a one-call chart render, for the chart tests."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 from bot.moodlog.chart import render_chart
 from bot.moodlog.periods import parse_period, resolve_timezone
+from bot.records import MoodRecord
 from bot.types import MoodLabel
-from storage.records import MoodRecord
 
 DEMO_NOW = datetime(2026, 3, 31, 18, 0, tzinfo=UTC)
 DEMO_TIMEZONE = "Europe/Berlin"

@@ -1,4 +1,8 @@
-"""The repository interface: the only way the rest of moodmate reads or writes stored data."""
+"""The storage port: the only way the core reads or writes stored data.
+
+Implemented outside the core (``storage.sqlalchemy_repository``) and chosen by the composition root
+(:mod:`bot.bootstrap`); the core sees only this interface and the records of :mod:`bot.records`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from storage.records import (
+from bot.records import (
     ChatRecord,
     MessageRecord,
     MessageStatus,
@@ -157,10 +161,6 @@ class Repository(Protocol):
 
     async def add_safety_event(self, platform: str) -> None:
         """Count one crisis reply sent on ``platform`` (no user, chat or text is kept with it)."""
-        ...
-
-    async def count_rows(self, user_id: int) -> dict[str, int]:
-        """Rows that mention this user, per table (used to prove ``forget_user``)."""
         ...
 
 

@@ -1,4 +1,5 @@
-"""Plain, immutable rows handed out by the repository; no SQLAlchemy object leaves ``storage``."""
+"""Plain, immutable rows the repository (:mod:`bot.repository`) hands out; no SQLAlchemy object leaves
+``storage``."""
 
 from __future__ import annotations
 
