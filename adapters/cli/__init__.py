@@ -9,9 +9,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bot.errors import ConfigurationError, MoodmateError
 from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +128,7 @@ async def _chat(settings: Settings) -> int:
 
     loading = asyncio.create_task(started_app(), name="moodmate-load")
 
-    async def engine():  # type: ignore[no-untyped-def]
+    async def engine() -> Engine:
         return (await loading).engine
 
     engine_ready = asyncio.create_task(engine())

@@ -30,7 +30,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -175,6 +175,7 @@ class PackedInt8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         quantized, scales = _int8_per_channel(weight, limit=PACKED_WEIGHT_LIMIT)
         self._packed_params = _prepack(quantized, scales)  # fbgemm's own copy
+        self._unpacked = None
         self._packing = threading.Lock()
         self._keep_int8_weights(quantized, scales)
         self.register_buffer("bias", bias.detach().float().clone() if bias is not None else None)
@@ -182,13 +183,17 @@ class PackedInt8Linear(nn.Module):
     def _keep_int8_weights(self, quantized: torch.Tensor, scales: torch.Tensor) -> None:
         """Nothing to keep: fbgemm has its own copy of the weights."""
 
+    _packed_params: Any  # fbgemm's packed weights (a torch ScriptObject), None until packed
+    _unpacked: tuple[torch.Tensor, torch.Tensor] | None  # what to pack after unpickling
+
     @property
-    def _packed(self):  # type: ignore[no-untyped-def]
+    def _packed(self) -> Any:
         """fbgemm's packed weights; after unpickling, packed on first use (or by :meth:`pack`)."""
         packed = self._packed_params
         if packed is None:
             with self._packing:
                 if self._packed_params is None:
+                    assert self._unpacked is not None
                     quantized, scales = self._unpacked
                     self._packed_params = _prepack(quantized, scales)
                     self._unpacked = None
@@ -209,7 +214,7 @@ class PackedInt8Linear(nn.Module):
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        super().__setstate__(state)
+        self.__dict__.update(state)
         self._packing = threading.Lock()
 
     def _int8_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,7 +292,7 @@ class RowBlocks(nn.Module):
         return torch.cat([block(hidden) for block in self.blocks], dim=-1)
 
 
-def _prepack(quantized: torch.Tensor, scales: torch.Tensor):  # type: ignore[no-untyped-def]
+def _prepack(quantized: torch.Tensor, scales: torch.Tensor) -> Any:
     """fbgemm's packed form of int8 weights with per-row ``scales``."""
     with warnings.catch_warnings():  # torch marks quantized-tensor creation deprecated; fbgemm needs it
         warnings.simplefilter("ignore", UserWarning)

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -188,7 +188,7 @@ class Decoder:
         """An empty KV cache for this model (transformers' own, or its stand-in for the lean modules)."""
         from bot.model.lean_modules import CausalLM, KeyValueCache
 
-        if isinstance(self._model, CausalLM):
+        if isinstance(cast(nn.Module, self._model), CausalLM):  # a start snapshot's model
             return KeyValueCache()
         from transformers import DynamicCache
 

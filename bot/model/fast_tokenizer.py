@@ -156,8 +156,12 @@ def _compile(template: str):  # type: ignore[no-untyped-def]
         raise jinja2.exceptions.TemplateError(message)
 
     def tojson(
-        x: object, ensure_ascii: bool = False, indent=None, separators=None, sort_keys: bool = False
-    ) -> str:  # type: ignore[no-untyped-def]
+        x: object,
+        ensure_ascii: bool = False,
+        indent: int | str | None = None,
+        separators: tuple[str, str] | None = None,
+        sort_keys: bool = False,
+    ) -> str:
         return json.dumps(
             x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
         )

@@ -58,7 +58,8 @@ class GatedMLP(nn.Module):
         self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        output: torch.Tensor = self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        return output
 
 
 class Attention(nn.Module):
@@ -88,6 +89,8 @@ class DecoderLayer(nn.Module):
 
 class RotaryEmbedding(nn.Module):
     """transformers' default RoPE table: ``(cos, sin)`` for positions, from the same ``inv_freq``."""
+
+    inv_freq: torch.Tensor
 
     def __init__(self, inv_freq: torch.Tensor, attention_scaling: float) -> None:
         super().__init__()
@@ -189,7 +192,7 @@ class KeyValueCache:
         return int(self.layers[0].keys.shape[-2]) if self.layers else 0
 
 
-def lean_copy(model: nn.Module) -> CausalLM | None:
+def lean_copy(model: Any) -> CausalLM | None:
     """``model`` rebuilt from these modules around its own (converted) layers, or None where unsupported.
 
     The two share their layers; drop ``model`` afterwards.
@@ -201,7 +204,11 @@ def lean_copy(model: nn.Module) -> CausalLM | None:
         return None
     decoder = model.get_decoder()
     rotary = getattr(decoder, "rotary_emb", None)
-    if getattr(rotary, "rope_type", "default") != "default" or not hasattr(rotary, "inv_freq"):
+    if (
+        rotary is None
+        or getattr(rotary, "rope_type", "default") != "default"
+        or not hasattr(rotary, "inv_freq")
+    ):
         return None
     layers = []
     for layer in decoder.layers:

@@ -106,6 +106,7 @@ def load_model(options: ModelOptions, *, progress: bool = True) -> LanguageModel
     path = start_snapshot.snapshot_path(Path(options.cache_dir), key)
     with start_snapshot.snapshot_lock(path):  # a concurrent first start waits, then reads the snapshot
         snapshot = start_snapshot.load_snapshot(path, key)
+        model: LanguageModel
         if snapshot is not None:
             from bot.model.transformers_model import TransformersModel
 
@@ -229,15 +230,16 @@ def _quiet_gguf_reader() -> Iterator[None]:
     except ImportError:
         yield
         return
-    original = getattr(gguf_utils, "tqdm", None)
+    namespace = vars(gguf_utils)
+    original = namespace.get("tqdm")
     if original is None:
         yield
         return
-    gguf_utils.tqdm = functools.partial(original, disable=True)
+    namespace["tqdm"] = functools.partial(original, disable=True)
     try:
         yield
     finally:
-        gguf_utils.tqdm = original
+        namespace["tqdm"] = original
 
 
 def _prepare_bundled(bundled: BundledModel, cache_dir: Path, *, progress: bool) -> Path:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -193,7 +194,7 @@ def _prune(directory: Path, *, keep: Path) -> None:
                 logger.info("Removed the old start snapshot %s", stale.name)
 
 
-def share_tied_int8(model: nn.Module) -> bool:
+def share_tied_int8(model: Any) -> bool:
     """Let the output head use the embedding's int8 rows where they are the same numbers (tied weights).
 
     Both round each row to ±127 with its own scale, so a tied checkpoint's two int8 copies are equal;
@@ -222,7 +223,7 @@ def share_tied_int8(model: nn.Module) -> bool:
     return True
 
 
-def build_snapshot(model) -> StartSnapshot | None:  # type: ignore[no-untyped-def]
+def build_snapshot(model: Any) -> StartSnapshot | None:
     """The snapshot of a fully loaded ``TransformersModel``, or None where a start from it could differ.
 
     Only a model on the lean pass (checked against transformers' at this load) whose modules
@@ -263,7 +264,9 @@ def pack_in_background(model: nn.Module) -> threading.Thread | None:
 
     A layer used before its turn packs itself first; the numbers are the same either way.
     """
-    waiting = [module for module in model.modules() if getattr(module, "_packed_params", False) is None]
+    waiting: list[Any] = [
+        module for module in model.modules() if getattr(module, "_packed_params", False) is None
+    ]
     if not waiting:
         return None
 

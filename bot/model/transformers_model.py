@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -36,6 +37,9 @@ from bot.model.prefix_store import PrefixStore
 from bot.model.reply_generator import ReplyGenerator, SamplingConfig
 from bot.model.start_snapshot import StartSnapshot, pack_in_background
 from bot.types import Mood
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +125,7 @@ class TransformersModel:
         if prefix_cache_dir is not None and snapshot.prefix_identity is not None:
             store = PrefixStore(prefix_cache_dir, snapshot.prefix_identity)
         decoder = Decoder(
-            snapshot.model,
+            cast("PreTrainedModel", snapshot.model),  # the lean CausalLM has what Decoder uses of one
             snapshot.tokenizer,
             weights=snapshot.weights,
             grouped_attention=True,
