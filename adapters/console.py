@@ -9,6 +9,7 @@ import asyncio
 import getpass
 import logging
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TextIO
 
@@ -20,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 PROMPT = "you> "
 
+#: Printed once when a message arrives before the engine (its model) is ready.
+STILL_LOADING = "(the language model is still loading; your message is answered as soon as it is ready)"
+
 
 class _ConsoleSink(ReplySink):
     def __init__(self, out: TextIO) -> None:
@@ -30,23 +34,44 @@ class _ConsoleSink(ReplySink):
 
 
 class ConsoleAdapter:
-    """Reads lines from ``stdin`` and prints the engine's replies to ``stdout``."""
+    """Reads lines from ``stdin`` and prints the engine's replies to ``stdout``.
+
+    ``engine`` may still be on its way (an awaitable, e.g. the task loading the model): the prompt
+    shows at once, and the first message waits for it, saying so once.
+    """
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | Awaitable[Engine],
         *,
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
         user_id: str | None = None,
         export_dir: Path | None = None,
     ) -> None:
-        self.engine = engine
+        self._engine: Engine | None = engine if isinstance(engine, Engine) else None
+        self._pending_engine = None if isinstance(engine, Engine) else engine
         self._in = stdin or sys.stdin
         self._out = stdout or sys.stdout
         self.user_id = user_id or _local_user()
         self.export_dir = export_dir or Path.cwd() / "moodmate-files"
         self._interactive = self._in.isatty()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (once it is ready)."""
+        if self._engine is None:
+            raise RuntimeError("the engine is not ready yet")
+        return self._engine
+
+    async def _ready_engine(self) -> Engine:
+        if self._engine is None:
+            assert self._pending_engine is not None
+            pending = asyncio.ensure_future(self._pending_engine)
+            if not pending.done():
+                print(STILL_LOADING, file=self._out, flush=True)
+            self._engine = await pending
+        return self._engine
 
     def _message(self, text: str) -> IncomingMessage:
         return IncomingMessage(
@@ -74,9 +99,10 @@ class ConsoleAdapter:
                 break
             if not text.strip() and not self._interactive:
                 continue
-            for reply in await self.engine.handle(self._message(text), _ConsoleSink(self._out)):
+            engine = await self._ready_engine()
+            for reply in await engine.handle(self._message(text), _ConsoleSink(self._out)):
                 await self.deliver(self._message(text), reply)
-                await self.engine.delivered(reply)
+                await engine.delivered(reply)
 
     async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
         """Print a reply; attachments are saved as files and their paths printed."""

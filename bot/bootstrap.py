@@ -153,6 +153,9 @@ async def bootstrap(
 
         # Progress bars only on a terminal: a service's log gets no carriage-return noise.
         model = await asyncio.to_thread(load_model, model_options(settings), progress=sys.stderr.isatty())
+        prepare_replies = getattr(model, "prepare_replies", None)  # e.g. weights packed in the background
+        if callable(prepare_replies):
+            prepare_replies()
     worker = InferenceWorker(
         model,
         queue_size=settings.queue_size,

@@ -113,3 +113,55 @@ def test_split_message_keeps_text_and_limits() -> None:
     assert parts[0].endswith("\n\n")  # cut at a paragraph break when one is available
     assert split_message("short", 10) == ["short"]
     assert split_message("", 10) == [""]
+
+
+async def test_the_prompt_shows_before_the_model_is_ready_and_the_first_message_waits(
+    app: App, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from adapters.console import PROMPT, STILL_LOADING
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    loaded = asyncio.Event()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+
+    class Keyboard(Terminal):
+        def readline(self) -> str:  # called in a worker thread, as a real terminal's
+            return asyncio.run_coroutine_threadsafe(lines.get(), loop).result()
+
+    async def slow_engine():  # type: ignore[no-untyped-def]
+        await loaded.wait()  # the model "loads" until the test says so
+        return app.engine
+
+    loop = asyncio.get_running_loop()
+    out = Terminal()
+    adapter = ConsoleAdapter(
+        asyncio.ensure_future(slow_engine()), stdin=Keyboard(), stdout=out, user_id="tester"
+    )
+    running = asyncio.create_task(adapter.run())
+    for _ in range(100):
+        if out.getvalue().endswith(PROMPT):
+            break
+        await asyncio.sleep(0.01)
+    assert out.getvalue().endswith(PROMPT) and not loaded.is_set()
+    await lines.put("I'm exhausted after work\n")
+    for _ in range(100):
+        if STILL_LOADING in out.getvalue():
+            break
+        await asyncio.sleep(0.01)
+    assert STILL_LOADING in out.getvalue()
+    assert "[negative" not in out.getvalue()  # no answer while the model is loading
+    loaded.set()
+    for _ in range(500):
+        if out.getvalue().count(PROMPT) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    printed = out.getvalue()
+    assert printed.count(STILL_LOADING) == 1
+    assert TAG.match(printed.split(STILL_LOADING + "\n", 1)[1]), printed
+    await lines.put("/quit\n")
+    await asyncio.wait_for(running, 5)

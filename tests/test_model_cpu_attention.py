@@ -67,7 +67,9 @@ def test_a_boolean_mask_is_made_additive_once_per_pass_and_forgotten_with_it() -
     assert cpu_attention._last_additive is None
 
 
-def test_unsupported_options_and_single_token_decoding_go_to_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unsupported_options_go_to_sdpa_and_single_token_decoding_computes_as_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from transformers.integrations import sdpa_attention
 
     calls: list[dict[str, object]] = []
@@ -88,8 +90,12 @@ def test_unsupported_options_and_single_token_decoding_go_to_sdpa(monkeypatch: p
         assert "softcap" in str(error)
     assert calls and calls[0].get("softcap") == 30.0
     decoded, _ = cpu_attention.grouped_attention(module, query[:, :, -1:], key, value, None)
-    assert len(calls) == 2
+    assert len(calls) == 1  # one query without a mask: torch's SDPA called directly, as transformers calls it
+    assert torch.equal(decoded, original(module, query[:, :, -1:], key, value, None)[0])
     assert torch.allclose(decoded, _reference(query, key, value, causal)[:, -1:], atol=1e-5)
+    mask = torch.ones(1, 1, 1, key.shape[2], dtype=torch.bool)
+    cpu_attention.grouped_attention(module, query[:, :, -1:], key, value, mask)
+    assert len(calls) == 2  # one query with a mask: transformers' SDPA function
     cpu_attention.grouped_attention(module, query, key, value, None)
     assert len(calls) == 2  # several queries: the grouped path
 

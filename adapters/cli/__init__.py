@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bot.errors import ConfigurationError, MoodmateError
 from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,20 @@ def _configure_logging(settings: Settings, level: str, verbose: bool) -> None:
     api_key = settings.inference_api_key.get_secret_value() if settings.inference_api_key else None
     secrets = (settings.telegram_token, settings.discord_token, api_key)
     configure_logging("DEBUG" if verbose else level, secrets)
+
+
+def run() -> None:
+    """The ``moodmate`` console script: ``main``, then exit without tearing the interpreter down.
+
+    Everything is finished and flushed by then; what would remain is unloading torch, ~0.7 s of every
+    ``moodmate classify`` here.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,20 +116,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _chat(settings: Settings) -> int:
+    """The terminal chat: the prompt shows at once while the model loads in the background."""
     from adapters.console import ConsoleAdapter
-    from bot.bootstrap import bootstrap
+    from bot.bootstrap import App, bootstrap
 
     if settings.uses_inference_server:
         print("Connecting to the inference server...", file=sys.stderr, flush=True)
     else:
         print(
-            "Loading the language model (the first start converts it once, which takes a minute or two)...",
+            "Loading the language model in the background (the first start converts it once, which takes "
+            "a minute or two)...",
             file=sys.stderr,
             flush=True,
         )
-    app = await bootstrap(settings)
-    async with app:
-        await ConsoleAdapter(app.engine).run()
+
+    async def started_app() -> App:
+        app = await bootstrap(settings)
+        await app.start()
+        return app
+
+    loading = asyncio.create_task(started_app(), name="moodmate-load")
+
+    async def engine() -> Engine:
+        return (await loading).engine
+
+    engine_ready = asyncio.create_task(engine())
+    try:
+        await ConsoleAdapter(engine_ready).run()
+    finally:
+        engine_ready.cancel()
+        if loading.done() and not loading.cancelled() and loading.exception() is None:
+            await loading.result().stop()
+        else:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
     return 0
 
 

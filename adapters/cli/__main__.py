@@ -1,5 +1,5 @@
 """``python -m adapters.cli``: the ``moodmate`` command."""
 
-from adapters.cli import main
+from adapters.cli import run
 
-raise SystemExit(main())
+run()

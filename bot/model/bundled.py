@@ -133,7 +133,7 @@ def join_parts(model: BundledModel, destination: Path, *, progress: bool = True)
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
     digest = hashlib.sha256()
-    bar = _progress_bar(total, f"joining {model.name}", enabled=progress)
+    bar = _progress_bar(total, f"joining and checking {model.name}", enabled=progress)
     try:
         with temporary.open("wb") as sink:
             for path in paths:

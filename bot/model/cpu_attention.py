@@ -8,8 +8,9 @@ read. Here the query heads of one group are stacked into one matrix and multipli
 keys and values directly: two batched matmuls per layer and no copies. Masks are built exactly as for
 SDPA (the same mask function is registered), then added to the scores as 0 / -inf, so sliding windows
 and padding work unchanged; anything this path does not handle (dropout, soft-capping, attention
-sinks, position biases, attention weights as output) goes to transformers' SDPA function, and so does
-decoding one token at a time, where SDPA already runs on the key/value heads without copies.
+sinks, position biases, attention weights as output) goes to transformers' SDPA function. Decoding one
+token at a time makes the call transformers' SDPA function makes there (torch's SDPA, which already runs
+on the key/value heads without copies) without importing transformers.
 """
 
 from __future__ import annotations
@@ -50,13 +51,20 @@ def grouped_attention(
     ``attention_mask`` is the 4-D mask transformers builds for SDPA (boolean, True = may attend, or
     additive floats), or None, which means plain causal attention aligned to the end of the keys.
     """
-    if (
+    unsupported = (
         dropout
         or kwargs.get("output_attentions")
         or any(kwargs.get(option) is not None for option in _UNSUPPORTED_OPTIONS)
         or query.shape[1] % key.shape[1]
-        or query.shape[2] == 1
-    ):
+    )
+    if not unsupported and query.shape[2] == 1 and attention_mask is None and key.shape[-1] <= 256:
+        # transformers' SDPA attention for one query without a mask, the same call (a decoding step).
+        gqa = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
+        output = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=None, dropout_p=0.0, scale=scaling, is_causal=False, **gqa
+        )
+        return output.reshape(output.shape[0], -1, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+    if unsupported or query.shape[2] == 1:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(

@@ -25,11 +25,12 @@ import contextlib
 import ctypes
 import gc
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -173,18 +174,53 @@ class PackedInt8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         quantized, scales = _int8_per_channel(weight, limit=PACKED_WEIGHT_LIMIT)
-        with warnings.catch_warnings():  # torch marks quantized-tensor creation deprecated; fbgemm needs it
-            warnings.simplefilter("ignore", UserWarning)
-            qweight = torch._make_per_channel_quantized_tensor(
-                quantized, scales.double(), torch.zeros(self.out_features, dtype=torch.long), 0
-            )
-        self._packed = torch.ops.quantized.linear_prepack(qweight, None)  # fbgemm's own copy
-        del qweight
+        self._packed_params = _prepack(quantized, scales)  # fbgemm's own copy
+        self._unpacked = None
+        self._packing = threading.Lock()
         self._keep_int8_weights(quantized, scales)
         self.register_buffer("bias", bias.detach().float().clone() if bias is not None else None)
 
     def _keep_int8_weights(self, quantized: torch.Tensor, scales: torch.Tensor) -> None:
         """Nothing to keep: fbgemm has its own copy of the weights."""
+
+    _packed_params: Any  # fbgemm's packed weights (a torch ScriptObject), None until packed
+    _unpacked: tuple[torch.Tensor, torch.Tensor] | None  # what to pack after unpickling
+
+    @property
+    def _packed(self) -> Any:
+        """fbgemm's packed weights; after unpickling, packed on first use (or by :meth:`pack`)."""
+        packed = self._packed_params
+        if packed is None:
+            with self._packing:
+                if self._packed_params is None:
+                    assert self._unpacked is not None
+                    quantized, scales = self._unpacked
+                    self._packed_params = _prepack(quantized, scales)
+                    self._unpacked = None
+                packed = self._packed_params
+        return packed
+
+    def pack(self) -> None:
+        """Pack the weights now if they are not yet (a start from the snapshot packs in the background)."""
+        self._packed  # noqa: B018
+
+    def __getstate__(self) -> dict[str, object]:
+        """Picklable: the int8 weights and their scales instead of fbgemm's packed object."""
+        state = dict(self.__dict__)
+        state.pop("_packing", None)
+        if state.pop("_packed_params") is not None:
+            state["_unpacked"] = self._int8_weights()
+        state["_packed_params"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._packing = threading.Lock()
+
+    def _int8_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int8 weights and float32 row scales fbgemm packed."""
+        qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
+        return qweight.int_repr(), qweight.q_per_channel_scales().float()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         flat = hidden.reshape(-1, self.in_features)
@@ -231,6 +267,9 @@ class HybridInt8Linear(PackedInt8Linear):
         self.register_buffer("weight_int8", quantized)
         self.register_buffer("weight_scale", scales)
 
+    def _int8_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight_int8, self.weight_scale  # the same numbers; saved once with the buffers
+
     def _several_tokens(self, flat: torch.Tensor) -> torch.Tensor:
         return _int_mm_per_token(flat, self.weight_int8, self.weight_scale)
 
@@ -251,6 +290,16 @@ class RowBlocks(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.cat([block(hidden) for block in self.blocks], dim=-1)
+
+
+def _prepack(quantized: torch.Tensor, scales: torch.Tensor) -> Any:
+    """fbgemm's packed form of int8 weights with per-row ``scales``."""
+    with warnings.catch_warnings():  # torch marks quantized-tensor creation deprecated; fbgemm needs it
+        warnings.simplefilter("ignore", UserWarning)
+        qweight = torch._make_per_channel_quantized_tensor(
+            quantized, scales.double(), torch.zeros(quantized.shape[0], dtype=torch.long), 0
+        )
+    return torch.ops.quantized.linear_prepack(qweight, None)
 
 
 def _int_mm_per_token(
@@ -423,14 +472,15 @@ def choose_int8_layer() -> type[Int8Linear] | type[PackedInt8Linear] | None:
     return None
 
 
-def prepare_for_cpu(model: PreTrainedModel, *, quantize: bool) -> str:
+def prepare_for_cpu(model: PreTrainedModel, *, quantize: bool, progress: bool = False) -> str:
     """Make ``model`` run fast on CPU: int8 linear layers when ``quantize``, else float32.
 
     The int8 layer kind is the one fast on this CPU (see :func:`choose_int8_layer`); where none is,
     the model runs float32 weights. With int8 layers, attention's query, key and value layers also
     become one (see :mod:`bot.model.fused_projections`) and the token embedding becomes int8 rows;
     float32 keeps the layers transformers built. Returns what the weights now are: "float32" or the
-    int8 layer kind's name and numerics, and the embedding's (part of the prefix store's key).
+    int8 layer kind's name and numerics, and the embedding's (part of the prefix store's key). With
+    ``progress`` a progress bar counts the layers converted.
     """
     layer_kind = choose_int8_layer() if quantize else None
     if layer_kind is None:
@@ -442,13 +492,15 @@ def prepare_for_cpu(model: PreTrainedModel, *, quantize: bool) -> str:
     assert isinstance(weight, torch.Tensor)
     model.set_input_embeddings(Int8Embedding(weight))
     fuse_shared_input_projections(model)
-    _convert_linears(model, layer_kind)
+    _convert_linears(model, layer_kind, progress=progress)
     gc.collect()
     release_free_memory()
     return f"{layer_kind.__name__} ({layer_kind.numerics}; {Int8Embedding.numerics})"
 
 
-def _convert_linears(model: PreTrainedModel, layer_kind: type[Int8Linear] | type[PackedInt8Linear]) -> None:
+def _convert_linears(
+    model: PreTrainedModel, layer_kind: type[Int8Linear] | type[PackedInt8Linear], *, progress: bool = False
+) -> None:
     """Replace every ``nn.Linear`` of ``model`` by ``layer_kind`` (in :class:`RowBlocks` when large).
 
     With :class:`HybridInt8Linear` the output head becomes a :class:`PackedInt8Linear`: it only ever
@@ -479,9 +531,13 @@ def _convert_linears(model: PreTrainedModel, layer_kind: type[Int8Linear] | type
     # Two blocks at a time: fbgemm's weight packing runs on one core (and releases the GIL), so two
     # blocks pack at once.
     converted: dict[str, list[tuple[int, nn.Module]]] = {}
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc="quantizing to int8", unit="layer", disable=not progress, leave=False)
+    with bar, ThreadPoolExecutor(max_workers=2) as pool:
         for (name, rows), block in zip(tasks, pool.map(convert, tasks), strict=True):
             converted.setdefault(name, []).append((rows.start, block))
+            bar.update()
     for name, blocks in converted.items():
         blocks.sort(key=lambda start_and_block: start_and_block[0])
         _set_submodule(model, name, blocks[0][1] if len(blocks) == 1 else RowBlocks([b for _, b in blocks]))

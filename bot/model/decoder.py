@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -82,14 +82,19 @@ def open_pretrained(location: Path | str, *, threads: int = 0) -> Pretrained:
 
 
 def prepare_decoder(
-    pretrained: Pretrained, *, quantize: bool = True, prefix_cache_dir: Path | None = None
+    pretrained: Pretrained,
+    *,
+    quantize: bool = True,
+    prefix_cache_dir: Path | None = None,
+    progress: bool = False,
 ) -> Decoder:
     """Ready ``pretrained`` for CPU inference (int8 weights with ``quantize``, grouped attention).
 
-    With ``prefix_cache_dir`` the decoder keeps prefix key/values there between runs.
+    With ``prefix_cache_dir`` the decoder keeps prefix key/values there between runs; ``progress``
+    shows a progress bar while the layers are quantized.
     """
     model = pretrained.model
-    weights = prepare_for_cpu(model, quantize=quantize)
+    weights = prepare_for_cpu(model, quantize=quantize, progress=progress)
     grouped = use_grouped_attention(model)
     store = None
     identity = weights_identity(pretrained.location, getattr(model.config, "_commit_hash", None))
@@ -180,7 +185,11 @@ class Decoder:
         return str(rendered)
 
     def new_cache(self) -> Any:
-        """An empty KV cache for this model."""
+        """An empty KV cache for this model (transformers' own, or its stand-in for the lean modules)."""
+        from bot.model.lean_modules import CausalLM, KeyValueCache
+
+        if isinstance(cast(nn.Module, self._model), CausalLM):  # a start snapshot's model
+            return KeyValueCache()
         from transformers import DynamicCache
 
         return DynamicCache(config=self._model.config)

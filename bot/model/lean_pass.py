@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # Qwen2's is the same
 
 from bot.model.cpu_attention import causal_mask, grouped_attention
 
@@ -120,6 +119,21 @@ class LeanPass:
         for index, layer in enumerate(self._layers):
             hidden = _layer_forward(layer, index, hidden, rotary, join, mask)
         return hidden
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' Llama/Qwen2 ``apply_rotary_pos_emb`` (the same ops; importing it costs ~2 s)."""
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+    return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
 
 
 #: Joins a layer's new keys and values to those before them: ``(layer index, keys, values)`` to the

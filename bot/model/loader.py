@@ -10,6 +10,7 @@ leaves a broken cache behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -85,6 +86,8 @@ def resolve_model(spec: str) -> ModelSource:
 def load_model(options: ModelOptions, *, progress: bool = True) -> LanguageModel:
     """Load the model ``options.model`` names, converting and caching it first if needed (blocking).
 
+    A start snapshot (see :mod:`bot.model.start_snapshot`) under ``<cache>/start`` is used where one
+    matches; otherwise the model is loaded in full and the snapshot written for the next start.
     With ``options.server`` set, connect to that server instead: no local model is loaded and neither
     torch nor transformers is imported.
     """
@@ -92,12 +95,45 @@ def load_model(options: ModelOptions, *, progress: bool = True) -> LanguageModel
         from bot.model.server.model import ServerModel
 
         return ServerModel.connect(options.server)
+    started = time.perf_counter()
+    source = resolve_model(options.model)
+    checksum = model_checksum(source) if options.quantize else None  # float32 (~2 GB) is not kept
+    if checksum is None:
+        return _full_load(source, options, progress=progress)
+    from bot.model import start_snapshot
+
+    key = start_snapshot.snapshot_key(checksum, quantize=options.quantize)
+    path = start_snapshot.snapshot_path(Path(options.cache_dir), key)
+    with start_snapshot.snapshot_lock(path):  # a concurrent first start waits, then reads the snapshot
+        snapshot = start_snapshot.load_snapshot(path, key)
+        model: LanguageModel
+        if snapshot is not None:
+            from bot.model.transformers_model import TransformersModel
+
+            model = TransformersModel.from_snapshot(
+                snapshot,
+                threads=options.threads,
+                max_input_chars=options.max_input_chars,
+                prefix_cache_dir=Path(options.cache_dir) / "prefix-kv",
+                identity=model_identity(source),
+                readout_files=readout_files(source.name, Path(options.cache_dir)),
+            )
+            logger.info("Model %s loaded in %.1f s", source.name, time.perf_counter() - started)
+            return model
+        model = _full_load(source, options, progress=progress)
+        built = start_snapshot.build_snapshot(model)
+        if built is not None:
+            start_snapshot.save_snapshot(path, key, built)
+    return model
+
+
+def _full_load(source: ModelSource, options: ModelOptions, *, progress: bool) -> LanguageModel:
+    """Convert (once) and load ``source`` through transformers."""
     from bot.model.transformers_model import TransformersModel
 
     started = time.perf_counter()
-    source = resolve_model(options.model)
     directory = prepare_model_directory(source, Path(options.cache_dir), progress=progress)
-    with _transformers_progress(progress):
+    with _transformers_progress(False):
         model = TransformersModel.load(
             directory if directory is not None else source.name,
             name=source.name,
@@ -105,6 +141,7 @@ def load_model(options: ModelOptions, *, progress: bool = True) -> LanguageModel
             threads=options.threads,
             max_input_chars=options.max_input_chars,
             prefix_cache_dir=Path(options.cache_dir) / "prefix-kv",
+            progress=progress,
             identity=model_identity(source),
             readout_files=readout_files(source.name, Path(options.cache_dir)),
         )
@@ -112,12 +149,30 @@ def load_model(options: ModelOptions, *, progress: bool = True) -> LanguageModel
     return model
 
 
+def model_checksum(source: ModelSource) -> str | None:
+    """What names ``source``'s weights for the start snapshot's key (None for a hub id: no snapshot).
+
+    A bundled model's published sha256; a file's or directory's paths, sizes and modification times.
+    """
+    if source.kind == "bundled":
+        assert source.bundled is not None
+        return f"bundled:{source.bundled.name}:{source.bundled.sha256}"
+    if source.path is None:
+        return None
+    if source.kind == "gguf":
+        stat = source.path.stat()
+        return f"gguf:{source.path}|{stat.st_size}|{stat.st_mtime_ns}"
+    from bot.model.prefix_store import weights_identity
+
+    return weights_identity(source.path, None)
+
+
 def model_identity(source: ModelSource) -> str | None:
-    """What names a bundled model's weights wherever it is installed (its GGUF's sha256); None for the
-    others, whose loaded files name them (see ``weights_identity``)."""
+    """What a mood readout file is keyed to: a bundled model's published sha256 wherever it is
+    installed, else what ``model_checksum`` names (None for a hub id: the loaded files name it)."""
     if source.bundled is not None:
         return f"bundled:{source.bundled.name}:sha256={source.bundled.sha256}"
-    return None
+    return model_checksum(source)
 
 
 def readout_files(model_name: str, cache_dir: Path) -> tuple[Path, ...]:
@@ -184,6 +239,26 @@ def prepare_model_directory(source: ModelSource, cache_dir: Path, *, progress: b
     if not _is_complete(target):
         convert_gguf(source.path, target, progress=progress, source_info={"path": str(source.path)})
     return target
+
+
+@contextlib.contextmanager
+def _quiet_gguf_reader() -> Iterator[None]:
+    """Hide the bar transformers' GGUF reader draws with its own tqdm (transformers' switch misses it)."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    namespace = vars(gguf_utils)
+    original = namespace.get("tqdm")
+    if original is None:
+        yield
+        return
+    namespace["tqdm"] = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        namespace["tqdm"] = original
 
 
 def _prepare_bundled(bundled: BundledModel, cache_dir: Path, *, progress: bool) -> Path:
@@ -265,39 +340,41 @@ def convert_gguf(
     shutil.rmtree(temporary, ignore_errors=True)
     started = time.perf_counter()
     steps = tqdm(total=4, desc=f"converting {gguf_path.name}", unit="step", disable=not progress, leave=False)
-    try:
-        steps.set_postfix_str("tokenizer")
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        steps.update()
-        steps.set_postfix_str("weights")
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-        )
-        steps.update()
-        # The GGUF weights are dequantized now; drop the quantizer so save_pretrained accepts the model.
-        # torch's stubs let a module's attributes be set only to a Tensor or a Module.
-        model.hf_quantizer = None  # type: ignore[assignment]
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        largest = max(float(param.detach().abs().max()) for param in model.parameters())
-        # transformers wraps PreTrainedModel.to with functools.wraps, which mypy reads as unbound.
-        model.to(torch.float16 if largest < 60000 else torch.bfloat16)  # type: ignore[arg-type]
-        steps.set_postfix_str("saving")
-        model.save_pretrained(str(temporary))
-        tokenizer.save_pretrained(str(temporary))
-        steps.update()
-        write_cache_marker(temporary, {"gguf": gguf_path.name, **(source_info or {})})
-        if target.exists():  # a concurrent or earlier broken attempt: replace it
-            shutil.rmtree(target, ignore_errors=True)
-        os.replace(temporary, target)
-        steps.update()
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelNotFoundError(
-            f"Could not convert {gguf_path.name} ({type(error).__name__}: {error}): set MOODMATE_MODEL to a "
-            "working .gguf file or model directory."
-        ) from error
-    finally:
-        steps.close()
-        shutil.rmtree(temporary, ignore_errors=True)
+    # One bar for the conversion, not transformers' three.
+    with _transformers_progress(False), _quiet_gguf_reader():
+        try:
+            steps.set_postfix_str("tokenizer")
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            steps.update()
+            steps.set_postfix_str("weights")
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            )
+            steps.update()
+            # The GGUF weights are dequantized now; drop the quantizer so save_pretrained accepts the model.
+            # torch's stubs let a module's attributes be set only to a Tensor or a Module.
+            model.hf_quantizer = None  # type: ignore[assignment]
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            largest = max(float(param.detach().abs().max()) for param in model.parameters())
+            # transformers wraps PreTrainedModel.to with functools.wraps, which mypy reads as unbound.
+            model.to(torch.float16 if largest < 60000 else torch.bfloat16)  # type: ignore[arg-type]
+            steps.set_postfix_str("saving")
+            model.save_pretrained(str(temporary))
+            tokenizer.save_pretrained(str(temporary))
+            steps.update()
+            write_cache_marker(temporary, {"gguf": gguf_path.name, **(source_info or {})})
+            if target.exists():  # a concurrent or earlier broken attempt: replace it
+                shutil.rmtree(target, ignore_errors=True)
+            os.replace(temporary, target)
+            steps.update()
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise ModelNotFoundError(
+                f"Could not convert {gguf_path.name} ({type(error).__name__}: {error}): set MOODMATE_MODEL "
+                "to a working .gguf file or model directory."
+            ) from error
+        finally:
+            steps.close()
+            shutil.rmtree(temporary, ignore_errors=True)
     logger.info("Converted %s into the cache in %.0f s", gguf_path.name, time.perf_counter() - started)
     return target

@@ -11,16 +11,19 @@ Three parts share one loaded model and one lock:
 With ``quantize`` the linear layers (including the output head) run with int8 weights and per-token
 int8 activations, and the token embedding becomes int8 rows (see :mod:`bot.model.cpu_weights`), which
 keeps RSS near a third of float32. The few-shot prefixes' key/values can be kept on disk between runs
-(see :mod:`bot.model.prefix_store`).
+(see :mod:`bot.model.prefix_store`). :meth:`TransformersModel.from_snapshot` builds the same model from
+a start snapshot (see :mod:`bot.model.start_snapshot`) without transformers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -28,11 +31,16 @@ from bot.errors import ModelNotFoundError
 from bot.model.base import ChatTurn, StopCheck, TextCallback
 from bot.model.cpu_weights import release_free_memory
 from bot.model.decoder import Decoder, check_lean_pass, open_pretrained, prepare_decoder
-from bot.model.mood_reader import MoodReader, build_label_head
-from bot.model.prefix_store import weights_identity
+from bot.model.lean_pass import LeanPass
+from bot.model.mood_reader import LabelHead, MoodReader, build_label_head
+from bot.model.prefix_store import PrefixStore, weights_identity
 from bot.model.readout import LanguageReadout, load_readout
 from bot.model.reply_generator import ReplyGenerator, SamplingConfig
+from bot.model.start_snapshot import StartSnapshot, pack_in_background
 from bot.types import Mood
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -73,20 +81,24 @@ class TransformersModel:
         calibrate: bool = False,
         sampling: SamplingConfig | None = None,
         prefix_cache_dir: Path | None = None,
+        progress: bool = False,
         identity: str | None = None,
         readout_files: Sequence[Path] = (),
     ) -> TransformersModel:
         """Load a model directory (config.json, safetensors, tokenizer) or hub id for fast CPU inference.
 
-        With ``prefix_cache_dir`` the few-shot prefixes' key/values are kept there between runs.
-        ``identity`` names the weights (default: the directory's files, see ``weights_identity``); each of
-        ``readout_files`` that exists and was fitted for them gives the mood reads of its languages a
-        learned readout, a later file's languages taking precedence.
+        With ``prefix_cache_dir`` the few-shot prefixes' key/values are kept there between runs;
+        ``progress`` shows a progress bar while the layers are quantized. ``identity`` names the weights
+        (default: the directory's files, see ``weights_identity``); each of ``readout_files`` that exists
+        and was fitted for them gives the mood reads of its languages a learned readout, a later file's
+        languages taking precedence.
         """
         started = time.perf_counter()
         pretrained = open_pretrained(location, threads=threads)
         label_head = build_label_head(pretrained.model, pretrained.tokenizer)  # from the float weights
-        decoder = prepare_decoder(pretrained, quantize=quantize, prefix_cache_dir=prefix_cache_dir)
+        decoder = prepare_decoder(
+            pretrained, quantize=quantize, prefix_cache_dir=prefix_cache_dir, progress=progress
+        )
         logger.info(
             "Loaded %s in %.1f s (weights %s, grouped attention=%s)",
             name,
@@ -113,6 +125,57 @@ class TransformersModel:
         release_free_memory()  # the prefix passes' scratch memory (~100 MB of RSS otherwise)
         logger.info("Model %s ready in %.1f s", name, time.perf_counter() - started)
         return cls(name, decoder, moods, replies, identity=identity)
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        snapshot: StartSnapshot,
+        *,
+        threads: int = 0,
+        max_input_chars: int = 4000,
+        calibrate: bool = False,
+        sampling: SamplingConfig | None = None,
+        prefix_cache_dir: Path | None = None,
+        identity: str | None = None,
+        readout_files: Sequence[Path] = (),
+    ) -> TransformersModel:
+        """The model a start snapshot holds (see :mod:`bot.model.start_snapshot`), without transformers.
+
+        Its lean pass was checked against transformers' pass when the snapshot was written. ``identity``
+        and ``readout_files`` as for ``load`` (no identity: plain label scoring).
+        """
+        started = time.perf_counter()
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        store = None
+        if prefix_cache_dir is not None and snapshot.prefix_identity is not None:
+            store = PrefixStore(prefix_cache_dir, snapshot.prefix_identity)
+        decoder = Decoder(
+            cast("PreTrainedModel", snapshot.model),  # the lean CausalLM has what Decoder uses of one
+            snapshot.tokenizer,
+            weights=snapshot.weights,
+            grouped_attention=True,
+            prefix_store=store,
+        )
+        lean = LeanPass.for_decoder(decoder.layers)
+        if lean is None:
+            raise ModelNotFoundError(f"The start snapshot of {snapshot.name} holds no lean decoder")
+        decoder.use_lean_pass(lean)
+        lock = threading.RLock()
+        label_head = LabelHead(snapshot.label_head, snapshot.label_bias, snapshot.label_groups)
+        moods = MoodReader(decoder, label_head, max_input_chars=max_input_chars, lock=lock)
+        if calibrate:
+            moods.calibrate()
+        if identity is not None:
+            use_readouts(moods, identity, readout_files)
+        replies = ReplyGenerator(decoder, max_input_chars=max_input_chars, sampling=sampling, lock=lock)
+        logger.info(
+            "Model %s ready from its start snapshot in %.2f s", snapshot.name, time.perf_counter() - started
+        )
+        return cls(snapshot.name, decoder, moods, replies, identity=identity)
+
+    def prepare_replies(self) -> None:
+        """Ready what only replies use (fbgemm's packed weights after a snapshot start) in the background."""
+        pack_in_background(self.decoder.model)
 
     @property
     def weights(self) -> str:
