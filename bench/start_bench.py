@@ -122,18 +122,23 @@ def time_to_ready(command: Sequence[str], env: dict[str, str]) -> dict[str, floa
     return result
 
 
-def classify_hi(env: dict[str, str]) -> dict[str, float]:
-    """``echo hi | moodmate classify``: whole-process wall time and peak RSS."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
+def _spawn_classify(env: dict[str, str], stderr: int) -> subprocess.Popen[str]:
+    """Start ``moodmate classify`` in a fresh process, its stdin and stdout piped."""
+    return subprocess.Popen(
         [sys.executable, "-m", "adapters.cli", "classify"],
         cwd=ROOT,
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
     )
+
+
+def classify_hi(env: dict[str, str]) -> dict[str, float]:
+    """``echo hi | moodmate classify``: whole-process wall time and peak RSS."""
+    started = time.perf_counter()
+    process = _spawn_classify(env, subprocess.DEVNULL)
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write("hi\n")
     process.stdin.close()
@@ -154,15 +159,7 @@ def first_run(threads: int) -> dict[str, object]:
     leader, follower = _terminal()
     env = child_env(threads, {"MOODMATE_CACHE_DIR": str(cache)})
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "adapters.cli", "classify"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        text=True,
-    )
+    process = _spawn_classify(env, follower)
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write("hi\n")
     process.stdin.close()
