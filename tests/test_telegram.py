@@ -822,6 +822,12 @@ async def test_the_bundled_model_answers_through_telegram(launch: Launch, server
     assert len(reply.params["text"]) <= 4096
     user_id = await bot.user_id(42)
     assert user_id is not None
+    # The first message may be the reply's preview: the mood entry commits with the finished reply.
+    deadline = asyncio.get_running_loop().time() + 600
+    while not await bot.app.repository.moods(user_id):
+        assert asyncio.get_running_loop().time() < deadline, "the reply never finished"
+        await asyncio.sleep(0.2)
+    await server.quiet(2.0)
     assert len(await bot.app.repository.moods(user_id)) == 1
 
 
