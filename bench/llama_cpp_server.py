@@ -9,20 +9,31 @@ first decode of more than one token then crashes the process (SIGSEGV in ``llama
 
 from __future__ import annotations
 
-import llama_cpp.llama_cpp as bindings
-
-_default_model_params = bindings.llama_model_default_params
-
-
-def _model_params_without_repacking():  # type: ignore[no-untyped-def]
-    params = _default_model_params()
-    params.use_extra_bufts = False
-    return params
+import contextlib
+from collections.abc import Iterator
 
 
-bindings.llama_model_default_params = _model_params_without_repacking
+@contextlib.contextmanager
+def repacking_off() -> Iterator[None]:
+    """llama.cpp models loaded inside this block keep their weights as they are (no extra buffer types)."""
+    import llama_cpp.llama_cpp as bindings
+
+    defaults = bindings.llama_model_default_params
+
+    def without_repacking():  # type: ignore[no-untyped-def]
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = without_repacking
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = defaults
+
 
 if __name__ == "__main__":
     from llama_cpp.server.__main__ import main
 
-    main()
+    with repacking_off():
+        main()

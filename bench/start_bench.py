@@ -28,6 +28,7 @@ The ratio column is moodmate's speed relative to llama.cpp's: above 1, moodmate 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -249,23 +250,12 @@ def llama_cpp_installed() -> bool:
 
 def open_llama(model_path: str, threads: int, *, repack: bool = False, context: int = 4096):  # type: ignore[no-untyped-def]
     """``llama_cpp.Llama`` on ``model_path`` with ``threads`` threads (weight repacking off unless asked)."""
-    import llama_cpp.llama_cpp as bindings
     from llama_cpp import Llama
 
-    if not repack:
-        defaults = bindings.llama_model_default_params
+    from bench.llama_cpp_server import repacking_off
 
-        def without_repacking():  # type: ignore[no-untyped-def]
-            params = defaults()
-            params.use_extra_bufts = False
-            return params
-
-        bindings.llama_model_default_params = without_repacking
-        try:
-            return Llama(model_path, n_threads=threads, n_threads_batch=threads, n_ctx=context, verbose=False)
-        finally:
-            bindings.llama_model_default_params = defaults
-    return Llama(model_path, n_threads=threads, n_threads_batch=threads, n_ctx=context, verbose=False)
+    with contextlib.nullcontext() if repack else repacking_off():
+        return Llama(model_path, n_threads=threads, n_threads_batch=threads, n_ctx=context, verbose=False)
 
 
 class LlamaMood:
