@@ -443,6 +443,16 @@ class Engine:
 
     # --- recovery after a crash ----------------------------------------------------------------
 
+    async def _deliver_and_confirm(self, deliver: Deliver, incoming: IncomingMessage, reply: Reply) -> None:
+        """Send ``reply``; once the platform took it, its confirmation commits even if we are stopping."""
+        await deliver(incoming, reply)
+        confirming = asyncio.ensure_future(self.delivered(reply))
+        try:
+            await asyncio.shield(confirming)
+        except asyncio.CancelledError:
+            await confirming
+            raise
+
     async def recover_pending(
         self,
         deliver: Deliver,
@@ -483,8 +493,7 @@ class Engine:
                     reply = Reply(
                         item.reply.text, kind=ReplyKind.CHAT, mood=_mood_of(item.mood), answers_id=message_id
                     )
-                    await deliver(incoming, reply)
-                    await self.delivered(reply)
+                    await self._deliver_and_confirm(deliver, incoming, reply)
                     resent += 1
                     continue
                 too_old = now - item.message.created_at > max_age
@@ -497,8 +506,7 @@ class Engine:
                 answer = await self._answer(item.user, item.chat, item.message, text, ReplySink())
                 if answer is None:
                     continue
-                await deliver(incoming, answer)
-                await self.delivered(answer)
+                await self._deliver_and_confirm(deliver, incoming, answer)
                 answered += 1
             except WorkerStoppedError:
                 raise
