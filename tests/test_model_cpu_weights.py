@@ -24,6 +24,12 @@ KERNEL_TIMES_FOR = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _narrow_fbgemm_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kinds as chosen on an AVX2 CPU; the ±127 twins (VNNI) have their own tests below."""
+    monkeypatch.setattr(cpu_weights, "fbgemm_sums_exactly", lambda: False)
+
+
 def _relative_error(output: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     """Per token: squared error relative to the exact output's power."""
     return (output - exact).pow(2).mean(dim=-1) / exact.pow(2).mean(dim=-1)
@@ -35,6 +41,8 @@ def _relative_error(output: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
         (cpu_weights.Int8Linear, 1e-3),
         (cpu_weights.PackedInt8Linear, 3e-3),
         (cpu_weights.HybridInt8Linear, 3e-3),
+        (cpu_weights.WidePackedInt8Linear, 1e-3),
+        (cpu_weights.WideHybridInt8Linear, 1e-3),
     ],
 )
 def test_int8_layers_are_close_to_float_and_independent_of_other_tokens(
@@ -169,8 +177,13 @@ def test_int8_slowdowns_and_kernel_times_are_positive() -> None:
     assert times is not None and min(times) > 0
 
 
-def test_kernel_times_are_a_read_and_a_token_on_each_kernel_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu_weights, "_best_times", lambda products, repeats: [4.0, 2.0, 1.0, 3.0])
+def test_kernel_times_are_a_read_and_a_streamed_token_on_each_kernel_in_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cpu_weights, "_best_times", lambda products, repeats, threads=1: [4.0, 2.0])
+    monkeypatch.setattr(
+        cpu_weights, "streamed_token_times", lambda inner, columns, repeats: (1.0, 3.0)
+    )
     assert cpu_weights.int8_kernel_times() == cpu_weights.KernelTimes(4.0, 2.0, 1.0, 3.0)
 
 
@@ -304,3 +317,47 @@ def test_int8_embedding_rows_are_close_to_the_table_and_a_quarter_of_float32(dty
     assert torch.equal(vectors[0, 1], torch.zeros(32))  # an all-zero row stays zero
     assert embedding.weight.dtype == torch.int8 and embedding.weight.shape == (50, 32)
     assert sum(buffer.nbytes for buffer in embedding.buffers()) < table.float().nbytes / 4 + 50 * 4 + 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "wide"),
+    [
+        (cpu_weights.PackedInt8Linear, cpu_weights.WidePackedInt8Linear),
+        (cpu_weights.HybridInt8Linear, cpu_weights.WideHybridInt8Linear),
+        (cpu_weights.Int8Linear, cpu_weights.Int8Linear),
+    ],
+)
+def test_fbgemm_kinds_get_their_wide_twin_only_where_fbgemm_sums_exactly(
+    monkeypatch: pytest.MonkeyPatch, kind: type[torch.nn.Module], wide: type[torch.nn.Module]
+) -> None:
+    monkeypatch.setattr(cpu_weights, "fbgemm_sums_exactly", lambda: True)
+    assert cpu_weights._widened(kind) is wide
+    monkeypatch.setattr(cpu_weights, "fbgemm_sums_exactly", lambda: False)
+    assert cpu_weights._widened(kind) is kind
+
+
+def test_the_wide_hybrid_reads_several_tokens_with_int8_linears_numbers() -> None:
+    """Mood reads (several tokens) stay _int_mm's numbers bit for bit; one token runs on fbgemm."""
+    generator = torch.Generator().manual_seed(21)
+    weight = torch.randn(40, 64, generator=generator) * 0.1
+    bias = torch.randn(40, generator=generator)
+    wide = cpu_weights.WideHybridInt8Linear(weight, bias)
+    exact = cpu_weights.Int8Linear(weight, bias)
+    tokens = torch.randn(5, 64, generator=generator)
+    assert torch.equal(wide(tokens), exact(tokens))
+    assert torch.equal(wide(tokens[:1]), cpu_weights.WidePackedInt8Linear(weight, bias)(tokens[:1]))
+    assert type(wide).numerics != type(exact).numerics  # decoding steps differ, so the keys do too
+
+
+def test_the_fbgemm_probe_and_the_streamed_token_check_run_on_this_cpu() -> None:
+    assert isinstance(cpu_weights.fbgemm_sums_exactly(), bool)
+    packed, int_mm = cpu_weights.streamed_token_times(
+        inner=64, columns=64, repeats=1, total_bytes=64 * 64 * 3
+    )
+    assert packed > 0 and int_mm > 0
+
+
+def test_the_hybrid_heads_output_runs_on_the_matching_fbgemm_kind() -> None:
+    assert cpu_weights._packed_twin(cpu_weights.WideHybridInt8Linear) is cpu_weights.WidePackedInt8Linear
+    assert cpu_weights._packed_twin(cpu_weights.HybridInt8Linear) is cpu_weights.PackedInt8Linear
+    assert cpu_weights._packed_twin(cpu_weights.Int8Linear) is cpu_weights.Int8Linear

@@ -77,6 +77,7 @@ def test_int8_tiny_model_joins_query_key_value_with_the_same_numbers(
     monkeypatch.setattr(cpu_weights, "int8_slowdown", lambda: 0.3)
     monkeypatch.setattr(cpu_weights, "packed_int8_slowdown", lambda: 0.4)
     monkeypatch.setattr(cpu_weights, "int8_kernel_times", lambda: times)
+    monkeypatch.setattr(cpu_weights, "fbgemm_sums_exactly", lambda: False)
     directory = build_tiny_model(tmp_path / "m", dtype="float16")
     joined = TransformersModel.load(directory, name="tiny", quantize=True, threads=1)
     monkeypatch.setattr(fused_projections, "SHARED_INPUT_GROUPS", ())

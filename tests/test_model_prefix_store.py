@@ -109,6 +109,7 @@ def test_changed_int8_rounding_misses_the_stored_prefixes(
 
     monkeypatch.setattr(cpu_weights, "int8_slowdown", lambda: 20.0)
     monkeypatch.setattr(cpu_weights, "packed_int8_slowdown", lambda: 0.4)
+    monkeypatch.setattr(cpu_weights, "fbgemm_sums_exactly", lambda: False)  # PackedInt8Linear itself
     directory = build_tiny_model(tmp_path / "m", dtype="float16")
     store_dir = tmp_path / "kv"
     TransformersModel.load(directory, name="tiny", quantize=True, threads=1, prefix_cache_dir=store_dir)

@@ -10,7 +10,13 @@ quantized **per token** at run time, so a token's result never depends on the ot
   scaling each token to the same range first makes that scale per token again.
 * :class:`HybridInt8Linear` (fbgemm for one token, ``_int_mm`` for several) where each kernel is
   clearly faster on its side, as on an AVX-512 VNNI Xeon with AMX.
+* :class:`WidePackedInt8Linear` and :class:`WideHybridInt8Linear`, the same with weights in ±127, where
+  fbgemm adds its products in int32 (AVX-512 VNNI), checked on the worst case
+  (:func:`fbgemm_sums_exactly`).
 * float32 weights where neither int8 product beats float32.
+
+The one-token times stream their weights from memory, as a decoding step does (see
+``STREAMED_TOKEN_BYTES``).
 
 The token embedding becomes int8 rows with a scale each (:class:`Int8Embedding`).
 
@@ -68,8 +74,11 @@ PACKED_MESSAGE_COST_LIMIT = 0.8
 #: model (weights read from memory, two threads) read chat messages 1.14x faster with the hybrid,
 #: batches of 8 1.19x, 8-token messages alike (0.99x), and replied as fast. With a limit of 1.1, one
 #: check in twelve there (1.14) and one benchmark's fresh load chose fbgemm alone, which reads slower
-#: and recomputes the stored prefixes (a 10.8 s start instead of 7.5-8.9).
-KERNEL_MARGIN = 0.8
+#: and recomputes the stored prefixes (a 10.8 s start instead of 7.5-8.9). The one-token check now
+#: streams its weights from memory (``STREAMED_TOKEN_BYTES``): on a 2-core AVX-512 VNNI Xeon without AMX
+#: it gave 0.73-0.77 alone and 0.87 during a load (in cache: 0.99-1.02), and fbgemm decoded the bundled
+#: model 1.24x faster. The kind is fixed per cache (the start snapshot), so a start does not flip it.
+KERNEL_MARGIN = 0.95
 READ_PARITY_LIMIT = 1.3
 
 #: Layers with more output rows than this are converted in blocks, on both threads (only the output
@@ -78,6 +87,16 @@ ROWS_PER_CONVERSION = 80_000
 
 #: :class:`PackedInt8Linear`'s weights use [-63, 63], so AVX2's int16 pair sums never overflow.
 PACKED_WEIGHT_LIMIT = 63
+
+#: The one-token check streams weights of at least this many bytes from memory, as a decoding step does:
+#: a matrix that stays in cache hid fbgemm's lead there. On a 2-core AVX-512 VNNI Xeon without AMX, one
+#: token through 24 MLP matrices (105 MB) took 27 ms on ``_int_mm`` and 11 ms on fbgemm (3.9 against
+#: 9.2 GB/s, the memory reads at 14), while one such matrix in cache took 104 and 102 µs.
+STREAMED_TOKEN_BYTES = 96_000_000
+
+#: The streamed matrices are MLP-sized (896 x 4864 for the bundled model; its MLP holds most of the
+#: weights): through 896 x 1216 ones the same Xeon gave fbgemm a lead of 1.3x instead of 2.4x.
+STREAMED_COLUMNS = 4864
 
 #: The uint8 quantization fbgemm picks for the range [-1, 1]: what :class:`PackedInt8Linear` gives its
 #: per-token scaled activations.
@@ -167,13 +186,15 @@ class PackedInt8Linear(nn.Module):
 
     #: How the numbers are rounded; part of the prefix store's key, so change it with the arithmetic.
     numerics: ClassVar[str] = f"weights in ±{PACKED_WEIGHT_LIMIT}, 8-bit activations per token"
+    #: The weights' range: [-weight_limit, weight_limit].
+    weight_limit: ClassVar[int] = PACKED_WEIGHT_LIMIT
 
     bias: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        quantized, scales = _int8_per_channel(weight, limit=PACKED_WEIGHT_LIMIT)
+        quantized, scales = _int8_per_channel(weight, limit=self.weight_limit)
         self._packed_params = _prepack(quantized, scales)  # fbgemm's own copy
         self._unpacked = None
         self._packing = threading.Lock()
@@ -244,6 +265,18 @@ class PackedInt8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (fbgemm)"
 
 
+class WidePackedInt8Linear(PackedInt8Linear):
+    """:class:`PackedInt8Linear` with weights in ±127, for CPUs where fbgemm sums products in int32.
+
+    With AVX-512 VNNI (or AVX-VNNI) fbgemm multiplies and adds uint8 x int8 products straight into int32
+    (``vpdpbusd``), so the AVX2 pair sums that cost the weights a bit never occur;
+    :func:`fbgemm_sums_exactly` checks it on the worst case before this kind is chosen.
+    """
+
+    numerics: ClassVar[str] = "weights in ±127, 8-bit activations per token (fbgemm)"
+    weight_limit: ClassVar[int] = 127
+
+
 class HybridInt8Linear(PackedInt8Linear):
     """:class:`PackedInt8Linear` for one token at a time, ``torch._int_mm`` for several.
 
@@ -275,6 +308,24 @@ class HybridInt8Linear(PackedInt8Linear):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (fbgemm + _int_mm)"
+
+
+class WideHybridInt8Linear(HybridInt8Linear):
+    """:class:`HybridInt8Linear` with weights in ±127, where fbgemm sums products in int32.
+
+    Several tokens then run exactly :class:`Int8Linear`'s numbers (so mood reads, stored prefixes and
+    learned readouts are those of ``_int_mm`` alone) and decoding steps run on fbgemm.
+    """
+
+    numerics: ClassVar[str] = "weights in ±127, 8-bit activations per token; fbgemm for one token"
+    weight_limit: ClassVar[int] = 127
+
+
+#: Each fbgemm kind and its ±127 twin, for CPUs where fbgemm sums in int32 (see :func:`_widened`).
+WIDE_KINDS: dict[type[PackedInt8Linear], type[PackedInt8Linear]] = {
+    PackedInt8Linear: WidePackedInt8Linear,
+    HybridInt8Linear: WideHybridInt8Linear,
+}
 
 
 class RowBlocks(nn.Module):
@@ -329,7 +380,9 @@ def _int8_per_channel(
     return quantized, scales
 
 
-def _best_times(products: list[Callable[[], object]], repeats: int) -> list[float]:
+def _best_times(
+    products: list[Callable[[], object]], repeats: int, *, threads: int = 1
+) -> list[float]:
     """The best time of each of ``products`` over ``repeats`` rounds, after a warm-up round.
 
     The products run in turn (so a busy moment slows all of them) on one thread: with two, every
@@ -337,8 +390,8 @@ def _best_times(products: list[Callable[[], object]], repeats: int) -> list[floa
     to 15x slower than float32 in 2 of 8 checks here (a CPU where they are 3x faster), which sent a load
     to float32.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    model_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     best = [float("inf")] * len(products)
     try:
         for product in products:  # warm-up
@@ -349,7 +402,7 @@ def _best_times(products: list[Callable[[], object]], repeats: int) -> list[floa
                 product()
                 best[index] = min(best[index], time.perf_counter() - started)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(model_threads)
     return [max(seconds, 1e-9) for seconds in best]
 
 
@@ -405,15 +458,65 @@ class KernelTimes(NamedTuple):
 
 
 def int8_kernel_times(inner: int = 896, columns: int = 1216, repeats: int = 3) -> KernelTimes | None:
-    """Both int8 kernels timed for 32 tokens and for one, in turn (None without fbgemm)."""
+    """Both int8 kernels timed for 32 tokens (one matrix) and for one token (streamed), in turn.
+
+    None without fbgemm. The one-token times run through ``STREAMED_TOKEN_BYTES`` of weights (see
+    :func:`streamed_token_times`); the 32-token times are compute-bound, so one matrix serves.
+    """
     layer = _packed_check_layer(inner, columns)
     if layer is None:
         return None
     weight, packed = layer
     exact = Int8Linear(weight, None)
-    batch, token = torch.randn(32, inner), torch.randn(1, inner)
-    products = [lambda: packed(batch), lambda: exact(batch), lambda: packed(token), lambda: exact(token)]
-    return KernelTimes(*_best_times(products, repeats))
+    batch = torch.randn(32, inner)
+    packed_read, int_mm_read = _best_times([lambda: packed(batch), lambda: exact(batch)], repeats)
+    packed_token, int_mm_token = streamed_token_times(inner, STREAMED_COLUMNS, repeats)
+    return KernelTimes(packed_read, int_mm_read, packed_token, int_mm_token)
+
+
+def streamed_token_times(
+    inner: int = 896, columns: int = 1216, repeats: int = 3, total_bytes: int | None = None
+) -> tuple[float, float]:
+    """Seconds of one token through many ``[columns, inner]`` int8 matrices: fbgemm's, ``_int_mm``'s.
+
+    The matrices add up to ``total_bytes`` (default ``STREAMED_TOKEN_BYTES``) per kernel, more than a
+    CPU's caches hold, so each token reads its weights from memory as a decoding step does. Both kernels
+    get the same random int8 weights; the best of ``repeats`` rounds counts, on the model's threads as in
+    decoding (bound by memory, not by a core another process may share: on one thread the 2-core Xeon
+    above gave 13 against 17 ms, on two 11 against 27).
+    """
+    count = max(1, (STREAMED_TOKEN_BYTES if total_bytes is None else total_bytes) // (inner * columns))
+    weights = [torch.randint(-127, 128, (columns, inner), dtype=torch.int8) for _ in range(count)]
+    scales = torch.full((columns,), 1e-3)
+    packed = [_prepack(weight, scales) for weight in weights]
+    token = torch.randn(1, inner)
+
+    def through_packed() -> None:
+        for matrix in packed:
+            torch.ops.quantized.linear_dynamic(token, matrix, False)
+
+    def through_int_mm() -> None:
+        for matrix in weights:
+            _int_mm_per_token(token, matrix, scales)
+
+    packed_seconds, int_mm_seconds = _best_times(
+        [through_packed, through_int_mm], repeats, threads=torch.get_num_threads()
+    )
+    return packed_seconds, int_mm_seconds
+
+
+def fbgemm_sums_exactly(inner: int = 256) -> bool:
+    """Whether fbgemm's int8 product is exact for ±127 weights (int32 sums, no int16 pair saturation).
+
+    The worst case: every activation quantizes to 255 and every weight is 127, whose pair sums
+    (2 x 255 x 127) overflow int16 where fbgemm adds products in pairs (AVX2 without VNNI).
+    """
+    try:
+        packed = _prepack(torch.full((8, inner), 127, dtype=torch.int8), torch.ones(8))
+    except RuntimeError:
+        return False
+    output = torch.ops.quantized.linear_dynamic(torch.ones(1, inner), packed, False)
+    return bool(torch.allclose(output, torch.full_like(output, 127.0 * inner), rtol=1e-4))
 
 
 def kind_for_kernel_times(times: KernelTimes) -> type[Int8Linear] | type[PackedInt8Linear]:
@@ -452,8 +555,9 @@ def choose_int8_layer() -> type[Int8Linear] | type[PackedInt8Linear] | None:
     packed_slowdown = packed_int8_slowdown()
     if slowdown <= INT8_SLOWDOWN_LIMIT and packed_slowdown <= INT8_SLOWDOWN_LIMIT:
         times = int8_kernel_times()
+        logger.info("int8 kernel check (seconds): %s", times)
         if times is not None:
-            return kind_for_kernel_times(times)
+            return _widened(kind_for_kernel_times(times))
     if slowdown <= INT8_SLOWDOWN_LIMIT:
         return Int8Linear
     if packed_slowdown <= INT8_SLOWDOWN_LIMIT:
@@ -463,13 +567,21 @@ def choose_int8_layer() -> type[Int8Linear] | type[PackedInt8Linear] | None:
             slowdown,
             packed_slowdown,
         )
-        return PackedInt8Linear
+        return _widened(PackedInt8Linear)
     logger.warning(
         "int8 matrix products are %.0fx slower than float32 on this CPU: running float32 weights "
         "(faster here, about twice the memory)",
         min(slowdown, packed_slowdown),
     )
     return None
+
+
+def _widened(kind: type[Int8Linear] | type[PackedInt8Linear]) -> type[Int8Linear] | type[PackedInt8Linear]:
+    """The ±127 twin of an fbgemm kind (``WIDE_KINDS``) where fbgemm sums in int32, else ``kind``."""
+    wide = WIDE_KINDS.get(kind) if issubclass(kind, PackedInt8Linear) else None
+    if wide is not None and fbgemm_sums_exactly():
+        return wide
+    return kind
 
 
 def prepare_for_cpu(model: PreTrainedModel, *, quantize: bool, progress: bool = False) -> str:
@@ -510,7 +622,7 @@ def _convert_linears(
     head = model.get_output_embeddings()
     linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     kinds = {
-        name: PackedInt8Linear if layer_kind is HybridInt8Linear and linear is head else layer_kind
+        name: _packed_twin(layer_kind) if linear is head else layer_kind
         for name, linear in linears.items()
     }
     # Blocks of rows, the largest first. fbgemm packed the output head (151,936 rows) in ~1.9 s on one
@@ -541,6 +653,17 @@ def _convert_linears(
     for name, blocks in converted.items():
         blocks.sort(key=lambda start_and_block: start_and_block[0])
         _set_submodule(model, name, blocks[0][1] if len(blocks) == 1 else RowBlocks([b for _, b in blocks]))
+
+
+def _packed_twin(
+    layer_kind: type[Int8Linear] | type[PackedInt8Linear],
+) -> type[Int8Linear] | type[PackedInt8Linear]:
+    """The output head's kind: fbgemm alone (same weights) for a hybrid kind, else ``layer_kind``."""
+    if layer_kind is WideHybridInt8Linear:
+        return WidePackedInt8Linear
+    if layer_kind is HybridInt8Linear:
+        return PackedInt8Linear
+    return layer_kind
 
 
 def _row_blocks(rows: int, largest: int) -> list[slice]:
