@@ -361,3 +361,29 @@ def test_the_hybrid_heads_output_runs_on_the_matching_fbgemm_kind() -> None:
     assert cpu_weights._packed_twin(cpu_weights.WideHybridInt8Linear) is cpu_weights.WidePackedInt8Linear
     assert cpu_weights._packed_twin(cpu_weights.HybridInt8Linear) is cpu_weights.PackedInt8Linear
     assert cpu_weights._packed_twin(cpu_weights.Int8Linear) is cpu_weights.Int8Linear
+
+
+def test_forgotten_pages_of_a_mapped_file_read_back_from_the_file(tmp_path: Path) -> None:
+    """The start snapshot's pages handed back after packing: nothing is lost where they are read again."""
+    weights = torch.randint(-127, 128, (64, 4096), dtype=torch.int8)
+    torch.save({"w": weights}, tmp_path / "w.pt")
+    mapped = torch.load(tmp_path / "w.pt", mmap=True)["w"]
+    assert torch.equal(mapped, weights)
+    cpu_weights.forget_pages(mapped)
+    assert torch.equal(mapped, weights)
+
+
+def test_a_packed_layer_from_the_snapshot_forgets_its_int8_weights_a_hybrid_keeps_them(
+    tmp_path: Path,
+) -> None:
+    generator = torch.Generator().manual_seed(22)
+    weight = torch.randn(40, 64, generator=generator) * 0.1
+    tokens = torch.randn(3, 64, generator=generator)
+    for kind in (cpu_weights.WidePackedInt8Linear, cpu_weights.WideHybridInt8Linear):
+        layer = kind(weight, None)
+        expected = layer(tokens[:1]), layer(tokens)
+        torch.save(layer, tmp_path / "layer.pt")
+        loaded = torch.load(tmp_path / "layer.pt", mmap=True, weights_only=False)
+        loaded.pack()
+        assert loaded._unpacked is None
+        assert torch.equal(loaded(tokens[:1]), expected[0]) and torch.equal(loaded(tokens), expected[1])

@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import mmap
 import threading
 import time
 import warnings
@@ -204,6 +205,14 @@ class PackedInt8Linear(nn.Module):
     def _keep_int8_weights(self, quantized: torch.Tensor, scales: torch.Tensor) -> None:
         """Nothing to keep: fbgemm has its own copy of the weights."""
 
+    def _forget_unpacked(self, quantized: torch.Tensor) -> None:
+        """Hand back the pages of the int8 weights just packed (read from the start snapshot's mapping).
+
+        Nothing reads them again; their pages stayed resident otherwise (the bundled model's output
+        head: 136 MB of RSS).
+        """
+        forget_pages(quantized)
+
     _packed_params: Any  # fbgemm's packed weights (a torch ScriptObject), None until packed
     _unpacked: tuple[torch.Tensor, torch.Tensor] | None  # what to pack after unpickling
 
@@ -218,6 +227,7 @@ class PackedInt8Linear(nn.Module):
                     quantized, scales = self._unpacked
                     self._packed_params = _prepack(quantized, scales)
                     self._unpacked = None
+                    self._forget_unpacked(quantized)
                 packed = self._packed_params
         return packed
 
@@ -302,6 +312,9 @@ class HybridInt8Linear(PackedInt8Linear):
 
     def _int8_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weight_int8, self.weight_scale  # the same numbers; saved once with the buffers
+
+    def _forget_unpacked(self, quantized: torch.Tensor) -> None:
+        """Nothing to forget: ``_int_mm`` reads these weights for several tokens."""
 
     def _several_tokens(self, flat: torch.Tensor) -> torch.Tensor:
         return _int_mm_per_token(flat, self.weight_int8, self.weight_scale)
@@ -685,6 +698,21 @@ def _small_parameters_to_float(model: PreTrainedModel) -> None:
         for buffer_name, buffer in list(module.named_buffers(recurse=False)):
             if buffer is not None and buffer.is_floating_point() and buffer.dtype != torch.float32:
                 module._buffers[buffer_name] = buffer.float()
+
+
+def forget_pages(tensor: torch.Tensor) -> None:
+    """Tell the kernel the whole memory pages inside ``tensor`` are not needed (``MADV_DONTNEED``).
+
+    Only for a tensor nothing reads again: pages of a file mapping are dropped (and would be read from
+    the file again), anonymous ones would read as zeros.
+    """
+    page = mmap.PAGESIZE
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first, last = -(-start // page) * page, end // page * page
+    if last > first:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)
 
 
 def release_free_memory() -> None:

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bot.model.cpu_weights import release_free_memory
+
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever what the file holds changes shape.
@@ -274,6 +276,7 @@ def pack_in_background(model: nn.Module) -> threading.Thread | None:
         started = time.perf_counter()
         for module in waiting:
             module.pack()
+        release_free_memory()  # packing's temporaries: 1.61 GB RSS before, 1.36 GB after (bundled model)
         logger.info("Packed %d layers for fbgemm in %.1f s", len(waiting), time.perf_counter() - started)
 
     thread = threading.Thread(target=pack_all, name="moodmate-pack", daemon=True)
