@@ -30,6 +30,12 @@ def _narrow_fbgemm_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu_weights, "fbgemm_sums_exactly", lambda: False)
 
 
+def _weight_and_bias(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """A small random layer's weight [40, 64] and bias, and the generator to draw its tokens from."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(40, 64, generator=generator) * 0.1, torch.randn(40, generator=generator), generator
+
+
 def _relative_error(output: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     """Per token: squared error relative to the exact output's power."""
     return (output - exact).pow(2).mean(dim=-1) / exact.pow(2).mean(dim=-1)
@@ -276,9 +282,7 @@ def test_packed_int8_quantizes_scaled_tokens_as_fbgemm_does_for_the_range_minus_
 
 
 def test_hybrid_int8_runs_one_token_on_fbgemm_and_several_on_int_mm_with_the_same_weights() -> None:
-    generator = torch.Generator().manual_seed(12)
-    weight = torch.randn(40, 64, generator=generator) * 0.1
-    bias = torch.randn(40, generator=generator)
+    weight, bias, generator = _weight_and_bias(12)
     hybrid = cpu_weights.HybridInt8Linear(weight, bias)
     packed = cpu_weights.PackedInt8Linear(weight, bias)
     quantized, scales = cpu_weights._int8_per_channel(weight, limit=cpu_weights.PACKED_WEIGHT_LIMIT)
@@ -338,9 +342,7 @@ def test_fbgemm_kinds_get_their_wide_twin_only_where_fbgemm_sums_exactly(
 
 def test_the_wide_hybrid_reads_several_tokens_with_int8_linears_numbers() -> None:
     """Mood reads (several tokens) stay _int_mm's numbers bit for bit; one token runs on fbgemm."""
-    generator = torch.Generator().manual_seed(21)
-    weight = torch.randn(40, 64, generator=generator) * 0.1
-    bias = torch.randn(40, generator=generator)
+    weight, bias, generator = _weight_and_bias(21)
     wide = cpu_weights.WideHybridInt8Linear(weight, bias)
     exact = cpu_weights.Int8Linear(weight, bias)
     tokens = torch.randn(5, 64, generator=generator)
