@@ -454,7 +454,7 @@ def packed_int8_slowdown(rows: int = 32, inner: int = 896, columns: int = 1216, 
 
 
 class KernelTimes(NamedTuple):
-    """Best seconds of fbgemm's kernel (packed) and ``torch._int_mm``: a mood read's call, one token."""
+    """Best seconds of fbgemm's kernel (packed) and ``_int_mm``: a mood read's call, a streamed token."""
 
     packed_read: float
     int_mm_read: float
