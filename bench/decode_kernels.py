@@ -32,23 +32,14 @@ MESSAGE = "I had a rough day at work, my boss yelled at me in front of everyone.
 @contextlib.contextmanager
 def steps_on_int_mm() -> Iterator[None]:
     """Hybrid layers run one token on ``_int_mm`` (their several-token path) while this lasts."""
-    from bot.model import cpu_weights
+    from bot.model.cpu_weights import HybridInt8Linear
 
-    hybrid = cpu_weights.HybridInt8Linear
-    original = hybrid.forward
-
-    def forward(self: cpu_weights.HybridInt8Linear, hidden):  # type: ignore[no-untyped-def]
-        flat = hidden.reshape(-1, self.in_features)
-        output = self._several_tokens(flat)
-        if self.bias is not None:
-            output.add_(self.bias)
-        return output.reshape(*hidden.shape[:-1], self.out_features)
-
-    hybrid.forward = forward  # type: ignore[method-assign]
+    original = HybridInt8Linear._one_token
+    HybridInt8Linear._one_token = HybridInt8Linear._several_tokens  # type: ignore[method-assign]
     try:
         yield
     finally:
-        hybrid.forward = original  # type: ignore[method-assign]
+        HybridInt8Linear._one_token = original  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:

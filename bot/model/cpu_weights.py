@@ -255,14 +255,15 @@ class PackedInt8Linear(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         flat = hidden.reshape(-1, self.in_features)
-        output: torch.Tensor
-        if flat.shape[0] == 1:  # one token (a decoding step): fbgemm's range is already this token's own
-            output = torch.ops.quantized.linear_dynamic(flat, self._packed, False)
-        else:
-            output = self._several_tokens(flat)
+        output = self._one_token(flat) if flat.shape[0] == 1 else self._several_tokens(flat)
         if self.bias is not None:
             output.add_(self.bias)
         return output.reshape(*hidden.shape[:-1], self.out_features)
+
+    def _one_token(self, flat: torch.Tensor) -> torch.Tensor:
+        """A decoding step's product: fbgemm's dynamic range is already this token's own."""
+        output: torch.Tensor = torch.ops.quantized.linear_dynamic(flat, self._packed, False)
+        return output
 
     def _several_tokens(self, flat: torch.Tensor) -> torch.Tensor:
         scale = flat.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -333,6 +334,12 @@ class WideHybridInt8Linear(HybridInt8Linear):
     numerics: ClassVar[str] = "weights in ±127, 8-bit activations per token; fbgemm for one token"
     weight_limit: ClassVar[int] = 127
 
+
+#: The output head's kind beside each hybrid kind: it only ever runs one position, so fbgemm alone.
+HYBRID_HEAD_KINDS: dict[type[Int8Linear] | type[PackedInt8Linear], type[PackedInt8Linear]] = {
+    HybridInt8Linear: PackedInt8Linear,
+    WideHybridInt8Linear: WidePackedInt8Linear,
+}
 
 #: Each fbgemm kind and its ±127 twin, for CPUs where fbgemm sums in int32 (see :func:`_widened`).
 WIDE_KINDS: dict[type[PackedInt8Linear], type[PackedInt8Linear]] = {
@@ -680,11 +687,7 @@ def _packed_twin(
     layer_kind: type[Int8Linear] | type[PackedInt8Linear],
 ) -> type[Int8Linear] | type[PackedInt8Linear]:
     """The output head's kind: fbgemm alone (same weights) for a hybrid kind, else ``layer_kind``."""
-    if layer_kind is WideHybridInt8Linear:
-        return WidePackedInt8Linear
-    if layer_kind is HybridInt8Linear:
-        return PackedInt8Linear
-    return layer_kind
+    return HYBRID_HEAD_KINDS.get(layer_kind, layer_kind)
 
 
 def _row_blocks(rows: int, largest: int) -> list[slice]:
