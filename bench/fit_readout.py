@@ -10,8 +10,9 @@ read (the same code that serves), keeping its label scores and last hidden state
 kept under ``bench/results/readout-features/`` (keyed by the model, its weights and the mood prompt),
 so a second run only fits.
 
-Per language, every set is held out in turn: the readout is fitted on the other sets of that language
-and scored on the held-out one (macro-recall over three classes where the set has three, else
+Per language, every set is held out in turn (the product reviews domain by domain, each of their nine
+domains a set of its own): the readout is fitted on the other sets of that language and scored on the
+held-out one (macro-recall over three classes where the set has three, else
 positive-vs-negative accuracy), for each candidate setting; the held-aside chat sets are scored by the
 readout fitted on all the others. The setting with the best mean held-out gain over plain label
 scoring, among those where no chat-style set loses and the mean calibration error grows by at most
@@ -57,6 +58,7 @@ class DataSet:
     group_column: str | None = None  # sample evenly over this column's values (e.g. review domains)
     chat: bool = False  # a chat-style set: must not lose under the chosen setting
     fit: bool = True  # False: never fitted on, only scored by the readout fitted on the language's sets
+    split_groups: bool = False  # each value of group_column is a set of its own (held out in turn)
 
 
 SETS: tuple[DataSet, ...] = (
@@ -64,7 +66,9 @@ SETS: tuple[DataSet, ...] = (
     DataSet("tweeteval_emotion", DATA_DIR / "tweeteval_emotion_train.tsv", "en", 1500),
     DataSet("chat_en", CHAT_DIR / "chat_en.tsv", "en", None, chat=True),
     DataSet("waimai", DATA_DIR / "waimai_10k.tsv", "zh", 1500),
-    DataSet("online_shopping", DATA_DIR / "online_shopping_10_cats.tsv", "zh", 720, "category"),
+    DataSet(
+        "online_shopping", DATA_DIR / "online_shopping_10_cats.tsv", "zh", None, "category", split_groups=True
+    ),
     DataSet("chat_zh", CHAT_DIR / "chat_zh.tsv", "zh", None, chat=True),
     DataSet("chat_holdout_en", CHAT_DIR / "chat_holdout_en.tsv", "en", None, chat=True, fit=False),
     DataSet("chat_holdout_zh", CHAT_DIR / "chat_holdout_zh.tsv", "zh", None, chat=True, fit=False),
@@ -211,6 +215,37 @@ def in_language(features: dict[str, object], language: str) -> dict[str, object]
         "log_probs": features["log_probs"][keep],
         "hidden": features["hidden"][keep],
     }
+
+
+def split_by_group(name: str, features: dict[str, object]) -> dict[str, dict[str, object]]:
+    """One set per value of the set's group column (e.g. the review domains), named ``name:value``."""
+    groups = features["groups"]
+    found = {}
+    for group in dict.fromkeys(groups):
+        keep = [index for index, other in enumerate(groups) if other == group]
+        found[f"{name}:{group}"] = {
+            **features,
+            "labels": [features["labels"][index] for index in keep],
+            "groups": [group] * len(keep),
+            "languages": [features["languages"][index] for index in keep],
+            "log_probs": features["log_probs"][keep],
+            "hidden": features["hidden"][keep],
+        }
+    return found
+
+
+def language_sets(
+    features: dict[str, dict[str, object]], language: str, *, fit: bool
+) -> dict[str, dict[str, object]]:
+    """The sets of ``language`` (those fitted on, or with ``fit=False`` those only scored), each in
+    the rows the bot reads in that language; a ``split_groups`` set as one set per group."""
+    found: dict[str, dict[str, object]] = {}
+    for data in SETS:
+        if data.language != language or data.fit != fit or data.name not in features:
+            continue
+        rows = in_language(features[data.name], language)
+        found.update(split_by_group(data.name, rows) if data.split_groups else {data.name: rows})
+    return found
 
 
 def examples_of(features: dict[str, object], weight: float):  # type: ignore[no-untyped-def]
@@ -388,16 +423,8 @@ def validate(features: dict[str, dict[str, object]], only: str | None):  # type:
     by_name = {candidate.name: candidate for candidate in tried}
     readouts, info = {}, {}
     for language in dict.fromkeys(data.language for data in SETS):
-        sets = {
-            data.name: in_language(features[data.name], language)
-            for data in SETS
-            if data.language == language and data.fit and data.name in features
-        }
-        report = {
-            data.name: in_language(features[data.name], language)
-            for data in SETS
-            if data.language == language and not data.fit and data.name in features
-        }
+        sets = language_sets(features, language, fit=True)
+        report = language_sets(features, language, fit=False)
         chat_sets = [data.name for data in SETS if data.language == language and data.chat]
         if len(sets) < 2:
             continue

@@ -124,7 +124,7 @@ def test_the_shipped_mood_readout_loads_for_the_bundled_model(model: LanguageMod
     path = packaged_readout_path(model.name)
     shipped = read_readout_file(path)
     assert shipped.model == model.identity  # type: ignore[attr-defined]
-    assert "en" in shipped.languages  # Chinese keeps plain label scoring: no setting gained there
+    assert "en" in shipped.languages  # Chinese keeps plain label scoring: every setting lost a chat-style set
     for language in model.moods.languages:  # type: ignore[attr-defined]
         readout = model.moods.readout(language)  # type: ignore[attr-defined]
         if language in shipped.languages:
