@@ -202,36 +202,31 @@ def candidates() -> list[Candidate]:
     return found
 
 
-def in_language(features: dict[str, object], language: str) -> dict[str, object]:
-    """The rows of a set that the bot reads in ``language`` (a language's readout sees only those)."""
-    keep = [index for index, other in enumerate(features["languages"]) if other == language]
-    if len(keep) == len(features["languages"]):
-        return features
+def rows_of(features: dict[str, object], keep: list[int]) -> dict[str, object]:
+    """The features of a set's rows ``keep`` (in that order)."""
     return {
         **features,
         "labels": [features["labels"][index] for index in keep],
         "groups": [features["groups"][index] for index in keep],
-        "languages": [language] * len(keep),
+        "languages": [features["languages"][index] for index in keep],
         "log_probs": features["log_probs"][keep],
         "hidden": features["hidden"][keep],
     }
 
 
+def in_language(features: dict[str, object], language: str) -> dict[str, object]:
+    """The rows of a set that the bot reads in ``language`` (a language's readout sees only those)."""
+    keep = [index for index, other in enumerate(features["languages"]) if other == language]
+    return features if len(keep) == len(features["languages"]) else rows_of(features, keep)
+
+
 def split_by_group(name: str, features: dict[str, object]) -> dict[str, dict[str, object]]:
     """One set per value of the set's group column (e.g. the review domains), named ``name:value``."""
     groups = features["groups"]
-    found = {}
-    for group in dict.fromkeys(groups):
-        keep = [index for index, other in enumerate(groups) if other == group]
-        found[f"{name}:{group}"] = {
-            **features,
-            "labels": [features["labels"][index] for index in keep],
-            "groups": [group] * len(keep),
-            "languages": [features["languages"][index] for index in keep],
-            "log_probs": features["log_probs"][keep],
-            "hidden": features["hidden"][keep],
-        }
-    return found
+    return {
+        f"{name}:{group}": rows_of(features, [index for index, other in enumerate(groups) if other == group])
+        for group in dict.fromkeys(groups)
+    }
 
 
 def language_sets(
