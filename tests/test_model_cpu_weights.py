@@ -378,8 +378,7 @@ def test_forgotten_pages_of_a_mapped_file_read_back_from_the_file(tmp_path: Path
 def test_a_packed_layer_from_the_snapshot_forgets_its_int8_weights_a_hybrid_keeps_them(
     tmp_path: Path,
 ) -> None:
-    generator = torch.Generator().manual_seed(22)
-    weight = torch.randn(40, 64, generator=generator) * 0.1
+    weight, _, generator = _weight_and_bias(22)
     tokens = torch.randn(3, 64, generator=generator)
     for kind in (cpu_weights.WidePackedInt8Linear, cpu_weights.WideHybridInt8Linear):
         layer = kind(weight, None)

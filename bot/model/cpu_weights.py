@@ -496,7 +496,7 @@ def int8_kernel_times(inner: int = 896, columns: int = 1216, repeats: int = 3) -
 
 
 def streamed_token_times(
-    inner: int = 896, columns: int = 1216, repeats: int = 3, total_bytes: int | None = None
+    inner: int = 896, columns: int = STREAMED_COLUMNS, repeats: int = 3, total_bytes: int | None = None
 ) -> tuple[float, float]:
     """Seconds of one token through many ``[columns, inner]`` int8 matrices: fbgemm's, ``_int_mm``'s.
 
@@ -583,8 +583,8 @@ def choose_int8_layer() -> type[Int8Linear] | type[PackedInt8Linear] | None:
     packed_slowdown = packed_int8_slowdown()
     if slowdown <= INT8_SLOWDOWN_LIMIT and packed_slowdown <= INT8_SLOWDOWN_LIMIT:
         times = int8_kernel_times()
-        logger.info("int8 kernel check (seconds): %s", times)
         if times is not None:
+            logger.info("int8 kernel check (seconds): %s", times)
             return _widened(kind_for_kernel_times(times))
     if slowdown <= INT8_SLOWDOWN_LIMIT:
         return Int8Linear
