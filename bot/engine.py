@@ -106,7 +106,8 @@ class ReplySink:
         (a webhook may acknowledge the update). Also called when it was stored already."""
 
     async def queued(self, position: int) -> None:
-        """The message arrived while ``position`` model calls are ahead of it (told once, on arrival)."""
+        """``position`` model calls are ahead of the message's reply (told once: on arrival, or when its
+        mood is read, if calls are ahead then)."""
 
     async def mood(self, mood: Mood) -> None:
         """The message's mood, known before the reply is written (so a progressive display can show it)."""
@@ -123,6 +124,13 @@ class _ProgressRelay:
         self.wants_mood = type(sink).mood is not ReplySink.mood
         self.wants_partial = type(sink).partial is not ReplySink.partial
         self._last: asyncio.Task[None] | None = None
+        self._told_queued = False
+
+    def tell_queued(self, ahead: int) -> None:
+        """Tell the sink how many calls are ahead, once per message and only when some are."""
+        if ahead and not self._told_queued:
+            self._told_queued = True
+            self.send(self.sink.queued(ahead))
 
     def send(self, callback: Awaitable[None]) -> None:
         previous = self._last
@@ -368,13 +376,14 @@ class Engine:
             return await self._answer_crisis(user, chat, stored, model_text, safety.crisis_reply)
         owner = f"{user.platform}:{user.platform_user_id}"
         progress = _ProgressRelay(sink)
-        ahead = self.worker.calls_ahead(owner)
-        if ahead:
-            progress.send(sink.queued(ahead))
+        progress.tell_queued(self.worker.calls_ahead(owner))
         mood: Mood | None = None
         reply: asyncio.Future[str] | None = None
         try:
             mood = await self.worker.read_mood(model_text)
+            # Messages that arrive together are read in one mood batch, with nothing ahead on arrival;
+            # the replies of those whose moods came first may be queued by now.
+            progress.tell_queued(self.worker.calls_ahead(owner))
             if progress.wants_mood:
                 progress.send(sink.mood(mood))
             reply = self.worker.submit_reply(

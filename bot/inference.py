@@ -263,14 +263,18 @@ class InferenceWorker:
 
     def _launch(self, call: Coroutine[Any, Any, None]) -> None:
         self._in_flight += 1
-        task = asyncio.create_task(call)
+        task = asyncio.create_task(self._in_slot(call))
         self._running.add(task)
-        task.add_done_callback(self._finished)
+        task.add_done_callback(self._running.discard)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        self._in_flight -= 1
-        self._wakeup.set()
+    async def _in_slot(self, call: Coroutine[Any, Any, None]) -> None:
+        """Run ``call`` in a call slot, free again as the call returns: before the callers it handed
+        results to resume (a done callback runs after them), so none of them counts it as in flight."""
+        try:
+            await call
+        finally:
+            self._in_flight -= 1
+            self._wakeup.set()
 
     def _publish_moods(self) -> None:
         """Hand out finished mood reads in arrival order (a read waits for every earlier one)."""

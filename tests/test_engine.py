@@ -204,6 +204,38 @@ async def test_progress_sink_gets_queue_position_and_partial_text(tmp_path) -> N
         assert sink.partials and "one two three four".startswith(sink.partials[0])
 
 
+async def test_of_two_messages_arriving_together_the_one_whose_reply_waits_is_told(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = FakeModel(reply_delay=0.3, reply_fn=lambda s, h: "hi")
+    app = await bootstrap(make_settings(tmp_path), model=model)
+
+    class Sink(ReplySink):
+        def __init__(self) -> None:
+            self.positions: list[int] = []
+
+        async def queued(self, position: int) -> None:
+            self.positions.append(position)
+
+    # Both messages arrive before either mood read is queued: nothing is ahead of either on arrival,
+    # and the two moods are read in one batch.
+    real_read_mood = app.worker.read_mood
+    arrived: list[str] = []
+    both_arrived = asyncio.Event()
+
+    async def read_mood(text: str) -> Mood:
+        arrived.append(text)
+        if len(arrived) == 2:
+            both_arrived.set()
+        await both_arrived.wait()
+        return await real_read_mood(text)
+
+    app.worker.read_mood = read_mood  # type: ignore[method-assign]
+    sinks = {"a": Sink(), "b": Sink()}
+    async with app:
+        await asyncio.gather(*(app.engine.handle(message(user, user=user), sinks[user]) for user in sinks))
+    assert sorted(arrived) == ["a", "b"]
+    assert sorted(sink.positions for sink in sinks.values()) == [[], [1]]
+
+
 async def test_pending_messages_are_answered_or_apologised_after_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime, timedelta
 
