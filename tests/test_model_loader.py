@@ -250,3 +250,35 @@ def test_only_tokenizers_known_to_keep_build_copies_lose_them() -> None:
     drop_build_copies(other)
     assert known._vocab is None and known._merges is None
     assert other._vocab == {"a": 0} and other._merges == [("a", "b")]
+
+
+def test_a_gguf_file_is_parsed_once_per_conversion_and_the_reader_is_restored(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    original = gguf.GGUFReader
+    with loader._one_gguf_parse():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first  # what transformers' tokenizer, config and weights share
+        assert isinstance(first, original)
+        assert [tensor.name for tensor in first.tensors] == ["token_embd.weight"]
+    assert gguf.GGUFReader is original
+    assert gguf.GGUFReader(path) is not first
+
+
+def test_a_failed_conversion_puts_the_gguf_reader_back(tmp_path: Path) -> None:
+    import gguf
+
+    original = gguf.GGUFReader
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf")
+    with pytest.raises(ModelNotFoundError):
+        loader.convert_gguf(broken, tmp_path / "out", progress=False)
+    assert gguf.GGUFReader is original
