@@ -6,7 +6,7 @@ Two servers, both from the ``llama-cpp-python`` package on PyPI (the ``server`` 
   weight repacking that crashes on AMX CPUs), which answers one request at a time;
 * ``cpp``: llama.cpp's own ``llama-server`` with ``--parallel`` slots and continuous batching,
   built once from the llama.cpp sources inside that package's sdist (``build_llama_server``), run
-  with ``--no-repack`` for the same AMX crash.
+  with ``--no-repack`` on AMX CPUs for the same crash.
 
 The bundled GGUF is joined once into ``<cache dir>/gguf-for-servers/``.
 """
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.llama_cpp_server import cpu_has_amx
 from bot.model.bundled import QWEN, join_parts
 from bot.settings import default_cache_dir
 
@@ -124,7 +125,7 @@ class LlamaServer:
         return [str(binary), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                 "--parallel", str(self.parallel), "--ctx-size", str(self.context * self.parallel),
                 "--threads", threads, "--threads-batch", threads, "--no-webui",
-                "--no-repack"]  # fmt: skip
+                *(["--no-repack"] if cpu_has_amx() else [])]  # fmt: skip
 
     def start(self, *, timeout: float = 180.0) -> LlamaServer:
         """Start the process and wait until it answers (llama-server: ``/health``, which says 503 while

@@ -20,8 +20,9 @@ Measured, with the model cache already built (a first, untimed start of each war
   ``--first-run`` also ``echo hi | moodmate classify`` on an empty temporary cache (join, checksum,
   conversion, quantization and the start snapshot), with the progress bars it shows.
 
-llama.cpp runs with its weight repacking ("extra buffer types") off, as ``bench/llama_cpp_server.py``
-does (llama-cpp-python 0.3.36 crashes with it on AMX CPUs); ``--llama-repack`` turns it on.
+llama.cpp repacks its weights ("extra buffer types", its default) except on AMX CPUs, where
+llama-cpp-python 0.3.36 crashes with it (as ``bench/llama_cpp_server.py``); ``--llama-repack on|off``
+overrides.
 The ratio column is moodmate's speed relative to llama.cpp's: above 1, moodmate is faster.
 """
 
@@ -377,7 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="fresh-process starts of each (default 3)")
     parser.add_argument("--messages", type=int, default=40, help="chat-length messages timed (default 40)")
     parser.add_argument("--skip-llama", action="store_true", help="moodmate alone")
-    parser.add_argument("--llama-repack", action="store_true", help="let llama.cpp repack its weights")
+    parser.add_argument(
+        "--llama-repack",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="llama.cpp's weight repacking (auto: on unless the CPU has AMX)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument(
         "--first-run", action="store_true", help="also time a first start on an empty (temporary) cache"
@@ -393,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     from bot.prompts import clean_reply, reply_turns, system_prompt_for, with_language_hint
 
     use_llama = llama_cpp_installed() and not args.skip_llama
+    from bench.llama_cpp_server import cpu_has_amx
+
+    repack = args.llama_repack == "on" or (args.llama_repack == "auto" and not cpu_has_amx())
     if not use_llama and not args.skip_llama:
         print("no llama-cpp-python (pip install -e '.[server]'): moodmate alone", file=sys.stderr)
     settings = load_settings(threads=args.threads)
@@ -408,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     request = scratch / "llama.json"
     request.write_text(
         json.dumps(
-            {"model": gguf, "threads": args.threads, "repack": args.llama_repack, "prefix_ids": prefix_ids}
+            {"model": gguf, "threads": args.threads, "repack": repack, "prefix_ids": prefix_ids}
         )
     )
     moodmate_ready = [sys.executable, "-c", MOODMATE_READY]
@@ -436,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tweets = [text for _, text in read_tsv(DATA_DIR / "tweeteval_sentiment_val.tsv")]
     texts = [text for text in tweets if model.count_tokens(text) <= 30][: args.messages]
-    llm = open_llama(gguf, args.threads, repack=args.llama_repack) if use_llama else None
+    llm = open_llama(gguf, args.threads, repack=repack) if use_llama else None
     mood = LlamaMood(llm, prefix_ids, label_groups) if llm is not None else None
     print(f"mood reads side by side over {len(texts)} chat-length messages ...", file=sys.stderr)
     model.classify(texts[:2])
@@ -566,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(
         f"\nmodel={settings.model} weights={getattr(model, 'weights', '?')} threads={args.threads} "
-        f"runs={args.runs} messages={len(texts)} llama.cpp repack={'on' if args.llama_repack else 'off'}"
+        f"runs={args.runs} messages={len(texts)} llama.cpp repack={'on' if repack else 'off'}"
     )
     print_table(rows)
     if mood is not None:
