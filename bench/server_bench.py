@@ -13,7 +13,9 @@ once from the llama-cpp-python sdist's sources (``python bench/llama_servers.py 
 Printed per setup: answered, lost (must be 0), throughput (answered/s), p50/p95 total latency, mood
 read p50 (one mood-read model call: a batch locally, parallel requests on a server), and the
 mood-read macro-recall on chat-length TweetEval validation messages (a fixed stratified sample read
-in place from ``../shared/data/sentiment/``).
+in place from ``../shared/data/sentiment/``), as the setup reads moods and by plain label scoring (the
+in-process model with its learned readout switched off: a server has no hidden states, so label
+scoring is what it is compared with).
 """
 
 from __future__ import annotations
@@ -126,13 +128,20 @@ def run_setup(name: str, args: argparse.Namespace, sample: list[tuple[str, str]]
         load = asyncio.run(loadtest.run_load(_load_args(args), database))
         with _lock:
             mood_p50 = statistics.median(_mood_calls) if _mood_calls else float("nan")
-        recall = float("nan")
+        recall = label_recall = float("nan")
         if sample:
             from bot.bootstrap import model_options
             from bot.model.loader import load_model
 
             model = load_model(model_options(Settings(_env_file=None)), progress=False)  # type: ignore[call-arg]
             recall = macro_recall(model, sample, batch=8)
+            moods = getattr(model, "moods", None)
+            if moods is not None:  # in-process: also plain label scoring, as a server reads moods
+                moods.readouts_enabled = False
+                label_recall = macro_recall(model, sample, batch=8)
+                moods.readouts_enabled = True
+            else:
+                label_recall = recall
             close = getattr(model, "close", None)
             if callable(close):
                 close()
@@ -151,6 +160,7 @@ def run_setup(name: str, args: argparse.Namespace, sample: list[tuple[str, str]]
         "total_p95_s": load["total_p95_s"],
         "mood_read_p50_s": mood_p50,
         "macro_recall": recall,
+        "label_recall": label_recall,
         "wall_s": load["wall_s"],
     }
 
@@ -165,6 +175,7 @@ def _table(results: list[dict[str, object]]) -> str:
         ("total_p95_s", "p95 total s", "{:.1f}"),
         ("mood_read_p50_s", "mood p50 s", "{:.3f}"),
         ("macro_recall", "mood macro-recall", "{:.3f}"),
+        ("label_recall", "… by label scoring", "{:.3f}"),
         ("wall_s", "wall s", "{:.0f}"),
     ]
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |"]
@@ -217,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
             if result is not base and base["throughput_per_s"]:
                 ratio = float(result["throughput_per_s"]) / float(base["throughput_per_s"])  # type: ignore[arg-type]
                 gap = float(result["macro_recall"]) - float(base["macro_recall"])  # type: ignore[arg-type]
-                print(f"{result['setup']}: {ratio:.2f}x in-process throughput, recall {gap:+.3f}")
+                plain_gap = float(result["macro_recall"]) - float(base["label_recall"])  # type: ignore[arg-type]
+                print(f"{result['setup']}: {ratio:.2f}x in-process throughput, recall {gap:+.3f} "
+                      f"({plain_gap:+.3f} against in-process label scoring)")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0 if all(result["lost"] == 0 for result in results) else 1
