@@ -2,7 +2,7 @@
 
 llama-cpp-python 0.3.36 built for a CPU with AMX repacks weights for AMX, and its first decode of more
 than one token then crashes the process (SIGSEGV in ``llama_decode``); with ``use_extra_bufts`` off
-the same build runs. On a CPU without AMX repacking is left on (llama.cpp's faster default).
+the same build runs. On a CPU without AMX repacking is left on, as llama.cpp ships.
 Everything else is llama_cpp.server as it ships:
 
     python bench/llama_cpp_server.py --model model.gguf --host 127.0.0.1 --port 8000

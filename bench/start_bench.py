@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.llama_cpp_server import cpu_has_amx  # noqa: E402
 from bench.mood_bench import CHATS, DATA_DIR, percentile, read_tsv, rss_mb  # noqa: E402
 
 REPLY_TOKENS = 64
@@ -399,8 +400,6 @@ def main(argv: list[str] | None = None) -> int:
     from bot.prompts import clean_reply, reply_turns, system_prompt_for, with_language_hint
 
     use_llama = llama_cpp_installed() and not args.skip_llama
-    from bench.llama_cpp_server import cpu_has_amx
-
     repack = args.llama_repack == "on" or (args.llama_repack == "auto" and not cpu_has_amx())
     if not use_llama and not args.skip_llama:
         print("no llama-cpp-python (pip install -e '.[server]'): moodmate alone", file=sys.stderr)
