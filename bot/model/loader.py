@@ -18,10 +18,10 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from bot.errors import ModelNotFoundError
 from bot.model.base import LanguageModel
@@ -242,52 +242,52 @@ def prepare_model_directory(source: ModelSource, cache_dir: Path, *, progress: b
 
 
 @contextlib.contextmanager
-def _quiet_gguf_reader() -> Iterator[None]:
+def _attribute_replaced(owner: object, name: str, make: Callable[[Any], Any]) -> Iterator[None]:
+    """``owner.name`` replaced by ``make(original)`` inside the block, and put back after it."""
+    original = getattr(owner, name)
+    setattr(owner, name, make(original))
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def _quiet_gguf_reader() -> contextlib.AbstractContextManager[None]:
     """Hide the bar transformers' GGUF reader draws with its own tqdm (transformers' switch misses it)."""
     try:
         import transformers.modeling_gguf_pytorch_utils as gguf_utils
     except ImportError:
-        yield
-        return
-    namespace = vars(gguf_utils)
-    original = namespace.get("tqdm")
-    if original is None:
-        yield
-        return
-    namespace["tqdm"] = functools.partial(original, disable=True)
-    try:
-        yield
-    finally:
-        namespace["tqdm"] = original
+        return contextlib.nullcontext()
+    if getattr(gguf_utils, "tqdm", None) is None:
+        return contextlib.nullcontext()
+    return _attribute_replaced(gguf_utils, "tqdm", lambda original: functools.partial(original, disable=True))
 
 
-@contextlib.contextmanager
-def _one_gguf_parse() -> Iterator[None]:
+def _one_gguf_parse() -> contextlib.AbstractContextManager[None]:
     """Parse each GGUF file once while converting, instead of once per transformers loader.
 
-    transformers builds a new ``gguf.GGUFReader`` for the tokenizer, the config and the weights; each
-    parses the whole vocabulary in Python (about 9.5 s of a 60 s first start, three times over).
+    transformers builds a new ``gguf.GGUFReader`` for the tokenizer, the config and the weights (it
+    imports the class at each call); each parses the whole vocabulary in Python (about 9.5 s of a 60 s
+    first start, three times over).
     """
     try:
         import gguf
     except ImportError:
-        yield
-        return
-    original = gguf.GGUFReader
-    parsed: dict[str, object] = {}
+        return contextlib.nullcontext()
+    return _attribute_replaced(gguf, "GGUFReader", _reading_once)
 
-    def reader(path: os.PathLike[str] | str, mode: Literal["r", "r+", "c"] = "r") -> object:
+
+def _reading_once(read: Callable[..., Any]) -> Callable[..., Any]:
+    """``read`` (a GGUF reader class), returning the reader it built before for the same file and mode."""
+    parsed: dict[str, Any] = {}
+
+    def reader(path: os.PathLike[str] | str, mode: Literal["r", "r+", "c"] = "r") -> Any:
         key = f"{os.path.realpath(path)}:{mode}"
         if key not in parsed:
-            parsed[key] = original(path, mode)
+            parsed[key] = read(path, mode)
         return parsed[key]
 
-    gguf.GGUFReader = reader  # type: ignore[assignment,misc]  # transformers imports it at each call
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = original  # type: ignore[misc]
-        parsed.clear()
+    return reader
 
 
 def _prepare_bundled(bundled: BundledModel, cache_dir: Path, *, progress: bool) -> Path:
