@@ -26,9 +26,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.llama_cpp_server import cpu_has_amx
-from bot.model.bundled import QWEN, join_parts
-from bot.settings import default_cache_dir
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: ``bench`` is found from the checkout
+    sys.path.insert(0, str(ROOT))
+
+from bench.llama_cpp_server import cpu_has_amx  # noqa: E402
+from bot.model.bundled import QWEN, join_parts  # noqa: E402
+from bot.settings import default_cache_dir  # noqa: E402
 
 
 def bundled_gguf(cache_dir: Path | None = None) -> Path:
