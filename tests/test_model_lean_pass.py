@@ -15,6 +15,7 @@ from bot.model import lean_pass  # noqa: E402
 from bot.model.base import ChatTurn  # noqa: E402
 from bot.model.cpu_attention import use_grouped_attention  # noqa: E402
 from bot.model.decoder import cache_keyword  # noqa: E402
+from bot.model.fused_projections import fuse_shared_input_projections  # noqa: E402
 from bot.model.lean_pass import LeanPass  # noqa: E402
 from bot.model.transformers_model import TransformersModel  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
@@ -95,6 +96,35 @@ def test_reply_steps_extend_the_cache_bit_for_bit_as_transformers_does(kind: str
     assert caches[1].get_seq_length() == caches[0].get_seq_length() == 16
     for ours, theirs in zip(caches[1].layers, caches[0].layers, strict=True):
         assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_decoding_steps_of_joined_projections_take_the_one_token_path_bit_for_bit(kind: str) -> None:
+    reference = _decoder(kind)
+    model = _decoder(kind)
+    assert fuse_shared_input_projections(model) == _SIZES["num_hidden_layers"]
+    assert use_grouped_attention(model) and use_grouped_attention(reference)
+    lean = LeanPass.for_decoder(model.get_decoder())
+    assert lean is not None and lean._one_token_ready
+    keyword = cache_keyword(model)
+    head = model.get_output_embeddings()
+    caches = [transformers.DynamicCache(config=model.config) for _ in range(2)]
+    taken: list[int] = []
+    real = lean._one_token
+    lean._one_token = lambda *args: taken.append(1) or real(*args)  # type: ignore[method-assign]
+    steps = [torch.tensor([list(range(30, 42))]), *(torch.tensor([[token]]) for token in (7, 8, 9))]
+    with torch.inference_mode():
+        for step in steps:  # a prompt, then three decoding steps
+            expected = reference(input_ids=step, use_cache=True, logits_to_keep=1, **{keyword: caches[0]})
+            assert torch.equal(head(lean.extend(step, caches[1])), expected.logits)
+    assert len(taken) == 3
+    for ours, theirs in zip(caches[1].layers, caches[0].layers, strict=True):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+
+
+def test_decoders_without_joined_projections_step_through_the_general_path() -> None:
+    lean = LeanPass.for_decoder(_decoder("qwen2").get_decoder())
+    assert lean is not None and not lean._one_token_ready
 
 
 def test_with_sdpa_attention_the_lean_pass_agrees_within_rounding() -> None:
