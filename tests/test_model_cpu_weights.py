@@ -54,6 +54,8 @@ def _relative_error(output: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
 def test_int8_layers_are_close_to_float_and_independent_of_other_tokens(
     layer_kind: type[torch.nn.Module], tolerance: float
 ) -> None:
+    if getattr(layer_kind, "weight_limit", 0) == 127 and not cpu_weights.fbgemm_sums_exactly():
+        pytest.skip("fbgemm adds products in int16 pairs on this CPU (no VNNI): ±127 kinds are not chosen")
     generator = torch.Generator().manual_seed(4)
     weight = torch.randn(48, 40, generator=generator) * 0.1
     bias = torch.randn(48, generator=generator)
