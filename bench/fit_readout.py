@@ -6,18 +6,20 @@ Usage (from the project root)::
 
 Data is read in place from ``../shared/data/sentiment/`` (never copied) and from the chat-style
 messages written for moodmate under ``bench/data/``. Each message is read once by the model's own mood
-read (the same code that serves), keeping its label scores and last hidden state; these features are
-kept under ``bench/results/readout-features/`` (keyed by the model, its weights and the mood prompt),
-so a second run only fits.
+read (the same code that serves), keeping its label scores and the outputs of the candidate layers
+(``LAYER_FRACTIONS`` of the way through the decoder), each averaged over the tokens read; these features
+are kept under ``bench/results/readout-features/`` (keyed by the model, its weights, the mood prompt
+and the layers), so a second run only fits.
 
 Per language, every set is held out in turn (the product reviews domain by domain, each of their nine
 domains a set of its own): the readout is fitted on the other sets of that language and scored on the
 held-out one (macro-recall over three classes where the set has three, else
-positive-vs-negative accuracy), for each candidate setting; the held-aside chat sets are scored by the
-readout fitted on all the others. The setting with the best mean held-out gain over plain label
-scoring, among those where no chat-style set loses and the mean calibration error grows by at most
-``MAX_ECE_GROWTH``, is then fitted on all sets of the language (none qualifying: the language keeps
-plain label scoring). ``--write`` saves the readouts as ``bot/model/data/readout-<model>.safetensors``.
+positive-vs-negative accuracy), for each candidate setting (a layer and a penalty); the held-aside chat
+sets are scored by the readout fitted on all the others. The setting with the best mean held-out gain
+over plain label scoring, among those where no chat-style set loses and the mean calibration error
+grows by at most ``MAX_ECE_GROWTH``, is then fitted on all sets of the language (none qualifying: the
+language keeps plain label scoring). ``--write`` saves the readouts as
+``bot/model/data/readout-<model>.safetensors``.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ SETS: tuple[DataSet, ...] = (
     DataSet("chat_en", CHAT_DIR / "chat_en.tsv", "en", None, chat=True),
     DataSet("waimai", DATA_DIR / "waimai_10k.tsv", "zh", 1500),
     DataSet(
-        "online_shopping", DATA_DIR / "online_shopping_10_cats.tsv", "zh", None, "category", split_groups=True
+        "online_shopping", DATA_DIR / "online_shopping_10_cats.tsv", "zh", 1800, "category", split_groups=True
     ),
     DataSet("chat_zh", CHAT_DIR / "chat_zh.tsv", "zh", None, chat=True),
     DataSet("chat_holdout_en", CHAT_DIR / "chat_holdout_en.tsv", "en", None, chat=True, fit=False),
@@ -100,10 +102,22 @@ def read_rows(data: DataSet, seed: int = 13) -> list[dict[str, str]]:
     return picked
 
 
+#: The candidate layers, as fractions of the decoder's depth (24 layers: 12, 15, 18 and 21).
+LAYER_FRACTIONS = (0.5, 0.625, 0.75, 0.875)
+
+
+def candidate_layers(layer_count: int) -> list[int]:
+    from bot.model.readout import layer_at
+
+    return sorted({layer_at(layer_count, fraction) for fraction in LAYER_FRACTIONS})
+
+
 def feature_key(model, data: DataSet, texts: Sequence[str]) -> str:  # type: ignore[no-untyped-def]
-    """What a set's features depend on: the model, how its weights run, its mood prompts and the texts."""
+    """What a set's features depend on: the model, how its weights run, its mood prompts, the layers
+    kept and the texts."""
+    layers = candidate_layers(model.moods.layer_count)
     material = json.dumps(
-        [model.identity, model.weights, model.moods.prompt_digests(), data.name, list(texts)],
+        [model.identity, model.weights, model.moods.prompt_digests(), layers, data.name, list(texts)],
         ensure_ascii=False,
     )
     return hashlib.sha256(material.encode()).hexdigest()[:20]
@@ -113,7 +127,7 @@ def load_or_extract(model, data: DataSet) -> dict[str, object]:  # type: ignore[
     """The set's features, from the feature cache or read by the mood reader (with progress) and cached.
 
     Each text is read in the prompt language the bot reads it in (``MoodReader.language_of``), by
-    ``read_features``: the label log-probabilities and hidden states of the serving code itself.
+    ``read_features``: the label log-probabilities and pooled layer outputs of the serving code itself.
     """
     from tqdm import tqdm
 
@@ -125,26 +139,26 @@ def load_or_extract(model, data: DataSet) -> dict[str, object]:  # type: ignore[
     if path.is_file():
         return torch.load(path)
     reader = model.moods
+    layers = candidate_layers(reader.layer_count)
     languages = [reader.language_of(text) for text in texts]
     log_probs = torch.zeros(len(texts), 3)
-    hidden: torch.Tensor | None = None
+    pooled: dict[int, torch.Tensor] = {}
     started = time.perf_counter()
     with tqdm(total=len(texts), desc=data.name, unit="msg", file=sys.stderr) as bar:
         for language in dict.fromkeys(languages):
             rows_in = [index for index, other in enumerate(languages) if other == language]
-            found_log_probs, found_hidden = read_features(
-                reader, [texts[index] for index in rows_in], language, progress=bar.update
+            found_log_probs, found_pooled = read_features(
+                reader, [texts[index] for index in rows_in], language, layers, progress=bar.update
             )
-            if hidden is None:
-                hidden = torch.zeros(len(texts), found_hidden.shape[1])
             log_probs[rows_in] = found_log_probs
-            hidden[rows_in] = found_hidden
+            for layer, found in found_pooled.items():
+                pooled.setdefault(layer, torch.zeros(len(texts), found.shape[1]))[rows_in] = found
     features = {
         "labels": [row["label"].strip() for row in rows],
         "groups": [row.get(data.group_column, "") if data.group_column else "" for row in rows],
         "languages": languages,
         "log_probs": log_probs,
-        "hidden": hidden,
+        "pooled": pooled,
         "seconds": time.perf_counter() - started,
     }
     FEATURE_DIR.mkdir(parents=True, exist_ok=True)
@@ -162,12 +176,15 @@ def check_features(model, features: dict[str, dict[str, object]], rows: int = 16
         found = features[data.name]
         language = found["languages"][0]
         same = [index for index in range(len(texts)) if found["languages"][index] == language]
-        log_probs, _ = read_features(model.moods, [texts[index] for index in same], language)
-        difference = float((log_probs - found["log_probs"][same]).abs().max())
-        if difference > 1e-4:
+        layers = sorted(found["pooled"])
+        log_probs, pooled = read_features(model.moods, [texts[index] for index in same], language, layers)
+        differences = [float((log_probs - found["log_probs"][same]).abs().max())] + [
+            float((pooled[layer] - found["pooled"][layer][same]).abs().max()) for layer in layers
+        ]
+        if max(differences) > 1e-4:
             print(
-                f"WARNING: {data.name}'s stored features differ from this load's by up to {difference:.3g} "
-                "in label log-probability: delete bench/results/readout-features/ and read them again",
+                f"WARNING: {data.name}'s stored features differ from this load's by up to "
+                f"{max(differences):.3g}: delete bench/results/readout-features/ and read them again",
                 file=sys.stderr,
             )
 
@@ -177,28 +194,32 @@ def check_features(model, features: dict[str, dict[str, object]], rows: int = 16
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One setting to choose from: the penalty, and how the sets are weighed against each other."""
+    """One setting to choose from: the layer read, the penalty, and how the sets are weighed."""
 
     name: str
+    layer: int
     penalty: object  # bot.model.readout.Penalty
     set_weighting: str = "equal"  # "equal": every set the same in all; "rows": by its number of rows
 
 
-def candidates() -> list[Candidate]:
-    """The settings tried: the identity's parts, penalties on the weight from weak to strong, with and
-    without the per-class scale, and sets weighed by their rows instead of equally."""
+def candidates(layers: Sequence[int]) -> list[Candidate]:
+    """The settings tried: the identity's parts, then per layer penalties on the weight from weak to
+    strong, with and without the per-class scale (sets weighed by their rows, weaker penalties, the
+    last token's final hidden state instead of a pooled layer: tried before, never better)."""
     from bot.model.readout import Penalty
 
     inf = float("inf")
-    found = [Candidate("bias+scale only", Penalty(weight=inf, bias=1e-3, scale=1e-3))]
-    for weight in (3.0, 1.0, 0.3, 0.1, 0.03, 0.01):
-        found.append(Candidate(f"weight {weight:g}", Penalty(weight=weight, bias=1e-3, scale=1e-3)))
-    for weight in (10.0, 3.0, 1.0):
+    found = [Candidate("bias+scale only", layers[0], Penalty(weight=inf, bias=1e-3, scale=1e-3))]
+    for layer in layers:
+        for weight in (3.0, 1.0, 0.3, 0.1):
+            found.append(
+                Candidate(f"layer {layer}, weight {weight:g}", layer, Penalty(weight, bias=1e-3, scale=1e-3))
+            )
         found.append(
-            Candidate(f"weight {weight:g}, bias 0.1, no scale", Penalty(weight, bias=0.1, scale=inf))
+            Candidate(
+                f"layer {layer}, weight 1, bias 0.1, no scale", layer, Penalty(1.0, bias=0.1, scale=inf)
+            )
         )
-    for weight in (1.0, 0.1):
-        found.append(Candidate(f"weight {weight:g}, by rows", Penalty(weight=weight), "rows"))
     return found
 
 
@@ -210,7 +231,7 @@ def rows_of(features: dict[str, object], keep: list[int]) -> dict[str, object]:
         "groups": [features["groups"][index] for index in keep],
         "languages": [features["languages"][index] for index in keep],
         "log_probs": features["log_probs"][keep],
-        "hidden": features["hidden"][keep],
+        "pooled": {layer: found[keep] for layer, found in features["pooled"].items()},
     }
 
 
@@ -243,10 +264,12 @@ def language_sets(
     return found
 
 
-def examples_of(features: dict[str, object], weight: float):  # type: ignore[no-untyped-def]
+def examples_of(features: dict[str, object], layer: int, weight: float):  # type: ignore[no-untyped-def]
     from bot.model.readout import make_examples
 
-    return make_examples(features["log_probs"], features["hidden"], features["labels"], set_weight=weight)
+    return make_examples(
+        features["log_probs"], features["pooled"][layer], features["labels"], layer=layer, set_weight=weight
+    )
 
 
 def set_weights(sets: dict[str, dict[str, object]], how: str) -> dict[str, float]:
@@ -255,7 +278,8 @@ def set_weights(sets: dict[str, dict[str, object]], how: str) -> dict[str, float
     return dict.fromkeys(sets, 1.0)
 
 
-def evaluate(readout, examples) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def evaluate(readout, features: dict[str, object]) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    examples = examples_of(features, readout.layer, 1.0)
     return evaluate_log_probs(readout.apply(examples.log_probs, examples.hidden), examples)
 
 
@@ -276,7 +300,9 @@ def fit_on(sets: dict[str, dict[str, object]], candidate: Candidate):  # type: i
     from bot.model.readout import Examples, fit_readout
 
     weights = set_weights(sets, candidate.set_weighting)
-    train = Examples.concat([examples_of(features, weights[name]) for name, features in sets.items()])
+    train = Examples.concat(
+        [examples_of(features, candidate.layer, weights[name]) for name, features in sets.items()]
+    )
     return fit_readout(train, candidate.penalty)
 
 
@@ -288,11 +314,11 @@ def held_out_figures(
     figures = {}
     for held in sets:
         readout = fit_on({name: found for name, found in sets.items() if name != held}, candidate)
-        figures[held] = evaluate(readout, examples_of(sets[held], 1.0))
+        figures[held] = evaluate(readout, sets[held])
     if report:
         readout = fit_on(sets, candidate)
         for name, found in report.items():
-            figures[name] = evaluate(readout, examples_of(found, 1.0))
+            figures[name] = evaluate(readout, found)
     for name, row in figures.items():
         row["n"] = len({**sets, **report}[name]["labels"])
     return figures
@@ -308,8 +334,10 @@ def in_domain_figures(
     figures = {}
     weights = set_weights(sets, candidate.set_weighting)
     for name, found in sets.items():
-        whole = examples_of(found, weights[name])
-        others = [examples_of(other, weights[key]) for key, other in sets.items() if key != name]
+        whole = examples_of(found, candidate.layer, weights[name])
+        others = [
+            examples_of(other, candidate.layer, weights[key]) for key, other in sets.items() if key != name
+        ]
         fitted = torch.empty_like(whole.log_probs)
         for rows in fold_indices(whole.labels, folds):
             keep = torch.ones(len(whole), dtype=torch.bool)
@@ -317,7 +345,7 @@ def in_domain_figures(
             part = whole.subset(torch.nonzero(keep)[:, 0])
             readout = fit_readout(Examples.concat([*others, part]), candidate.penalty)
             fitted[rows] = readout.apply(whole.log_probs[rows], whole.hidden[rows])
-        figures[name] = evaluate_log_probs(fitted, examples_of(found, 1.0))
+        figures[name] = evaluate_log_probs(fitted, examples_of(found, candidate.layer, 1.0))
         figures[name]["n"] = len(found["labels"])
     return figures
 
@@ -411,7 +439,7 @@ def validate(features: dict[str, dict[str, object]], only: str | None):  # type:
     """Choose each language's setting by held-out sets, print the figures and fit it on all its sets."""
     for name, found in features.items():
         print(f"{name}: {len(found['labels'])} messages ({found['seconds']:.0f} s to read)", file=sys.stderr)
-    tried = candidates()
+    tried = candidates(sorted(next(iter(features.values()))["pooled"]))
     if only:
         wanted = set(only.split(","))
         tried = [candidate for candidate in tried if candidate.name in wanted]
@@ -438,6 +466,7 @@ def validate(features: dict[str, dict[str, object]], only: str | None):  # type:
         print_figures(f"[{language}] {chosen}, 5-fold within each set (the other sets always in)", in_domain)
         info[language] = {
             "setting": chosen,
+            "layer": candidate.layer,
             "penalty": candidate.penalty.describe(),
             "set_weighting": candidate.set_weighting,
             "sets": {name: len(found["labels"]) for name, found in sets.items()},
@@ -451,10 +480,7 @@ def validate(features: dict[str, dict[str, object]], only: str | None):  # type:
         }
         print_figures(
             f"[{language}] the shipped readout on its training sets and the held-aside chat set",
-            {
-                name: evaluate(readouts[language], examples_of(found, 1.0))
-                for name, found in {**sets, **report}.items()
-            },
+            {name: evaluate(readouts[language], found) for name, found in {**sets, **report}.items()},
         )
     return readouts, info
 

@@ -74,6 +74,28 @@ def test_the_lean_pass_reads_bit_for_bit_as_transformers_does(kind: str) -> None
     assert [tensor.shape[2] for tensor in key_values[0]] == [30, 30]  # the prefix is left unchanged
 
 
+def test_pooled_layers_are_transformers_hidden_states_averaged_over_each_rows_real_tokens() -> None:
+    model = _decoder("qwen2")
+    assert use_grouped_attention(model)
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    key_values, batch, lengths, expected_last = _prefix_and_reference(model, rows, list(range(20, 40)))
+    decoder = model.get_decoder()
+    with torch.inference_mode():
+        seeded = transformers.DynamicCache(config=model.config)
+        for index, (keys, values) in enumerate(key_values):
+            seeded.update(keys.expand(2, -1, -1, -1), values.expand(2, -1, -1, -1), index)
+        states = decoder(
+            input_ids=batch, use_cache=True, output_hidden_states=True, **{cache_keyword(decoder): seeded}
+        ).hidden_states
+    lean = LeanPass.for_decoder(decoder)
+    assert lean is not None
+    last, pooled = lean.read_states(batch, lengths, key_values, [1])
+    assert torch.equal(last, expected_last)
+    for row, length in enumerate(lengths):
+        assert torch.allclose(pooled[1][row], states[1][row, :length].float().mean(dim=0), atol=1e-6)
+    assert not torch.allclose(pooled[1][1], states[1][1].float().mean(dim=0))  # the pads are left out
+
+
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
 def test_reply_steps_extend_the_cache_bit_for_bit_as_transformers_does(kind: str) -> None:
     model = _decoder(kind)

@@ -13,6 +13,7 @@ from bot.model.readout import (
     NEGATIVE,
     NEUTRAL,
     POSITIVE,
+    Examples,
     LanguageReadout,
     Penalty,
     cross_validated,
@@ -26,6 +27,8 @@ from bot.model.readout import (
 )
 
 HIDDEN = 12
+LAYER = 3
+LAYERS = 6  # the decoder's layer count the files are loaded for
 
 
 def synthetic(rows: int, *, seed: int, labels: tuple[str, ...] = ("positive", "neutral", "negative")):
@@ -41,7 +44,7 @@ def synthetic(rows: int, *, seed: int, labels: tuple[str, ...] = ("positive", "n
 
 def test_identity_readout_gives_the_plain_scores_exactly() -> None:
     log_probs, hidden, _ = synthetic(40, seed=1)
-    identity = LanguageReadout.identity(HIDDEN)
+    identity = LanguageReadout.identity(HIDDEN, LAYER)
     assert torch.equal(identity.scores(log_probs, hidden), log_probs)
     assert torch.equal(identity.apply(log_probs, hidden), torch.log_softmax(log_probs, dim=-1))
 
@@ -49,7 +52,9 @@ def test_identity_readout_gives_the_plain_scores_exactly() -> None:
 def test_an_infinite_penalty_fits_the_identity() -> None:
     log_probs, hidden, names = synthetic(60, seed=2)
     inf = math.inf
-    readout = fit_readout(make_examples(log_probs, hidden, names), Penalty(weight=inf, bias=inf, scale=inf))
+    readout = fit_readout(
+        make_examples(log_probs, hidden, names, layer=LAYER), Penalty(weight=inf, bias=inf, scale=inf)
+    )
     assert torch.equal(readout.apply(log_probs, hidden), torch.log_softmax(log_probs, dim=-1))
 
 
@@ -65,7 +70,7 @@ def test_two_class_loss_ignores_the_neutral_score() -> None:
 
 def test_fitting_on_positive_negative_data_leaves_neutral_alone() -> None:
     log_probs, hidden, names = synthetic(80, seed=3, labels=("positive", "negative"))
-    examples = make_examples(log_probs, hidden, names)
+    examples = make_examples(log_probs, hidden, names, layer=LAYER)
     assert bool(examples.two_class.all())
     readout = fit_readout(examples, Penalty(weight=1e-3))
     assert torch.count_nonzero(readout.weight[NEUTRAL]) == 0
@@ -75,7 +80,7 @@ def test_fitting_on_positive_negative_data_leaves_neutral_alone() -> None:
 
 def test_class_balanced_weights() -> None:
     names = ["positive"] * 6 + ["negative"] * 2 + ["neutral"] * 2
-    examples = make_examples(torch.zeros(10, 3), torch.zeros(10, HIDDEN), names, set_weight=3.0)
+    examples = make_examples(torch.zeros(10, 3), torch.zeros(10, HIDDEN), names, layer=LAYER, set_weight=3.0)
     per_class = [float(examples.weights[examples.labels == label].sum()) for label in (0, 1, 2)]
     assert per_class == pytest.approx([1.0, 1.0, 1.0])
     assert not bool(examples.two_class.any())
@@ -84,8 +89,8 @@ def test_class_balanced_weights() -> None:
 def test_the_readout_learns_what_the_label_scores_miss_and_the_penalty_holds_it_back() -> None:
     log_probs, hidden, names = synthetic(300, seed=4)
     test_log_probs, test_hidden, test_names = synthetic(300, seed=5)
-    train = make_examples(log_probs, hidden, names)
-    test = make_examples(test_log_probs, test_hidden, test_names)
+    train = make_examples(log_probs, hidden, names, layer=LAYER)
+    test = make_examples(test_log_probs, test_hidden, test_names, layer=LAYER)
     plain = set_score(torch.log_softmax(test.log_probs, dim=-1), test.labels)
     loose = fit_readout(train, Penalty(weight=1e-3))
     tight = fit_readout(train, Penalty(weight=1e3, bias=1e3, scale=1e3))
@@ -95,7 +100,7 @@ def test_the_readout_learns_what_the_label_scores_miss_and_the_penalty_holds_it_
 
 def test_cross_validation_scores_every_row_with_a_readout_that_did_not_see_it() -> None:
     log_probs, hidden, names = synthetic(150, seed=6)
-    examples = make_examples(log_probs, hidden, names)
+    examples = make_examples(log_probs, hidden, names, layer=LAYER)
     calls: list[int] = []
     plain, fitted = cross_validated(examples, Penalty(weight=1e-2), folds=3, progress=lambda: calls.append(1))
     assert len(calls) == 3
@@ -104,9 +109,9 @@ def test_cross_validation_scores_every_row_with_a_readout_that_did_not_see_it() 
 
 def _saved(tmp_path: Path) -> tuple[Path, LanguageReadout]:
     log_probs, hidden, names = synthetic(90, seed=7)
-    readout = fit_readout(make_examples(log_probs, hidden, names), Penalty(weight=1e-2))
+    readout = fit_readout(make_examples(log_probs, hidden, names, layer=LAYER), Penalty(weight=1e-2))
     path = tmp_path / "readout.safetensors"
-    zh = LanguageReadout.identity(HIDDEN)
+    zh = LanguageReadout.identity(HIDDEN, LAYER)
     save_readout(path, {"en": readout, "zh": zh}, model="model-a", prompts={"en": "p-en", "zh": "p-zh"})
     return path, readout
 
@@ -114,16 +119,69 @@ def _saved(tmp_path: Path) -> tuple[Path, LanguageReadout]:
 def test_a_saved_readout_loads_for_its_model_and_prompts(tmp_path: Path, caplog) -> None:
     path, readout = _saved(tmp_path)
     with caplog.at_level(logging.WARNING):
-        loaded = load_readout(path, model="model-a", prompts={"en": "p-en", "zh": "p-zh"}, hidden_size=HIDDEN)
+        loaded = load_readout(
+            path,
+            model="model-a",
+            prompts={"en": "p-en", "zh": "p-zh"},
+            hidden_size=HIDDEN,
+            layer_count=LAYERS,
+        )
     assert set(loaded) == {"en", "zh"} and not caplog.records
     assert torch.equal(loaded["en"].weight, readout.weight)
     assert torch.equal(loaded["en"].scale, readout.scale)
+    assert loaded["en"].layer == readout.layer == LAYER
+
+
+def test_a_readout_of_a_layer_the_model_lacks_is_not_used(tmp_path: Path, caplog) -> None:
+    path, _ = _saved(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        loaded = load_readout(
+            path, model="model-a", prompts={"en": "p-en", "zh": "p-zh"}, hidden_size=HIDDEN, layer_count=LAYER
+        )
+    assert loaded == {}
+    assert len(caplog.records) == 1 and "layers" in caplog.records[0].getMessage()
+
+
+def test_a_file_of_the_first_format_is_not_used(tmp_path: Path, caplog) -> None:
+    from safetensors.torch import save_file
+
+    old = tmp_path / "old.safetensors"
+    readout = LanguageReadout.identity(HIDDEN, LAYER)
+    tensors = {
+        f"en.{name}": getattr(readout, name) for name in ("scale", "bias", "weight", "mean", "inv_std")
+    }
+    save_file(
+        tensors, str(old), metadata={"format": "moodmate-readout/1", "model": "model-a", "languages": "en"}
+    )
+    with caplog.at_level(logging.WARNING):
+        assert (
+            load_readout(old, model="model-a", prompts={"en": "p-en"}, hidden_size=HIDDEN, layer_count=LAYERS)
+            == {}
+        )
+    assert len(caplog.records) == 1 and "moodmate-readout/2" in caplog.records[0].getMessage()
+
+
+def test_examples_of_two_layers_do_not_mix() -> None:
+    log_probs, hidden, names = synthetic(20, seed=8)
+    with pytest.raises(ValueError, match="one layer"):
+        Examples.concat(
+            [
+                make_examples(log_probs, hidden, names, layer=2),
+                make_examples(log_probs, hidden, names, layer=3),
+            ]
+        )
 
 
 def test_another_model_falls_back_with_one_log_line(tmp_path: Path, caplog) -> None:
     path, _ = _saved(tmp_path)
     with caplog.at_level(logging.WARNING):
-        loaded = load_readout(path, model="model-b", prompts={"en": "p-en", "zh": "p-zh"}, hidden_size=HIDDEN)
+        loaded = load_readout(
+            path,
+            model="model-b",
+            prompts={"en": "p-en", "zh": "p-zh"},
+            hidden_size=HIDDEN,
+            layer_count=LAYERS,
+        )
     assert loaded == {}
     assert len(caplog.records) == 1 and "another model" in caplog.records[0].getMessage()
 
@@ -131,23 +189,35 @@ def test_another_model_falls_back_with_one_log_line(tmp_path: Path, caplog) -> N
 def test_another_prompt_or_size_drops_that_language_with_one_log_line(tmp_path: Path, caplog) -> None:
     path, _ = _saved(tmp_path)
     with caplog.at_level(logging.WARNING):
-        loaded = load_readout(path, model="model-a", prompts={"en": "p-en", "zh": "new"}, hidden_size=HIDDEN)
+        loaded = load_readout(
+            path, model="model-a", prompts={"en": "p-en", "zh": "new"}, hidden_size=HIDDEN, layer_count=LAYERS
+        )
     assert set(loaded) == {"en"}
     assert len(caplog.records) == 1 and "zh" in caplog.records[0].getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert load_readout(path, model="model-a", prompts={"en": "p-en", "zh": "p-zh"}, hidden_size=8) == {}
+        assert (
+            load_readout(
+                path, model="model-a", prompts={"en": "p-en", "zh": "p-zh"}, hidden_size=8, layer_count=LAYERS
+            )
+            == {}
+        )
     assert len(caplog.records) == 1
 
 
 def test_a_missing_file_is_silent_and_a_broken_one_logs(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING):
-        assert load_readout(tmp_path / "none.safetensors", model="m", prompts={}, hidden_size=4) == {}
+        assert (
+            load_readout(
+                tmp_path / "none.safetensors", model="m", prompts={}, hidden_size=4, layer_count=LAYERS
+            )
+            == {}
+        )
     assert not caplog.records
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")
     with caplog.at_level(logging.WARNING):
-        assert load_readout(broken, model="m", prompts={}, hidden_size=4) == {}
+        assert load_readout(broken, model="m", prompts={}, hidden_size=4, layer_count=LAYERS) == {}
     assert len(caplog.records) == 1
 
 

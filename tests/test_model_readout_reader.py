@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bot.model import loader
+from bot.model.decoder import cache_keyword
 from bot.model.options import ModelOptions
 from bot.model.readout import LanguageReadout, save_readout, tuned_readout_path
 from bot.model.transformers_model import TransformersModel
@@ -36,6 +37,7 @@ def random_readout(hidden: int, seed: int) -> LanguageReadout:
         weight=torch.randn(3, hidden, generator=generator),
         mean=torch.randn(hidden, generator=generator),
         inv_std=torch.rand(hidden, generator=generator) + 0.5,
+        layer=1,  # the tiny model has two layers: a readout reads the first
     )
 
 
@@ -44,7 +46,7 @@ def test_identity_readouts_read_exactly_the_plain_label_scores(model: Transforme
     moods.use_readouts({})
     plain = moods.mood_log_probs(TEXTS)
     moods.use_readouts(
-        {language: LanguageReadout.identity(moods.hidden_size) for language in moods.languages}
+        {language: LanguageReadout.identity(moods.hidden_size, 1) for language in moods.languages}
     )
     try:
         assert torch.equal(moods.mood_log_probs(TEXTS), plain)
@@ -84,9 +86,37 @@ def test_a_readout_changes_the_reads_alike_alone_and_batched(model: Transformers
 
 def test_a_readout_of_another_size_or_language_is_refused(model: TransformersModel) -> None:
     with pytest.raises(ValueError, match="hidden size"):
-        model.moods.use_readouts({"en": LanguageReadout.identity(model.moods.hidden_size + 1)})
+        model.moods.use_readouts({"en": LanguageReadout.identity(model.moods.hidden_size + 1, 1)})
+    with pytest.raises(ValueError, match="2 layers"):
+        model.moods.use_readouts({"en": LanguageReadout.identity(model.moods.hidden_size, 2)})
     with pytest.raises(ValueError, match="no mood prompt"):
-        model.moods.use_readouts({"fr": LanguageReadout.identity(model.moods.hidden_size)})
+        model.moods.use_readouts({"fr": LanguageReadout.identity(model.moods.hidden_size, 1)})
+
+
+def test_a_readout_reads_its_layer_averaged_over_the_message_tokens(model: TransformersModel) -> None:
+    """The reader's corrected scores are the readout applied to layer 1's output averaged over the
+    tokens after the prefix, as transformers' own pass computes it (its hidden_states)."""
+    moods = model.moods
+    readout = random_readout(moods.hidden_size, 5)
+    text = "I feel sad and tired"
+    language = moods.language_of(text)
+    tokens = moods.token_ids(text, language)
+    decoder = moods.decoder
+    outputs = decoder.layers(
+        input_ids=torch.tensor([tokens]),
+        use_cache=True,
+        output_hidden_states=True,
+        **{cache_keyword(decoder.layers): decoder.seeded_cache(moods.prefix(language).key_values)},
+    )
+    pooled = outputs.hidden_states[1][0].float().mean(dim=0, keepdim=True)
+    plain = moods.label_scores([tokens], language).log_probs
+    expected = torch.log_softmax(readout.scores(plain, pooled) - moods.calibration(language), dim=-1)
+    moods.use_readouts({language: readout})
+    try:
+        assert moods.readout_layers(language) == (1,)
+        assert torch.allclose(moods.mood_log_probs([text]), expected, atol=1e-5)
+    finally:
+        moods.use_readouts({})
 
 
 def test_the_tuned_readout_in_the_cache_is_used_at_load_and_said_so(
@@ -121,3 +151,24 @@ def test_a_readout_for_other_weights_falls_back_with_one_log_line(
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and "another model" in warnings[0].getMessage()
     assert any("none for this model" in record.getMessage() for record in caplog.records)
+
+
+def test_transformers_pass_pools_the_same_layer_outputs_as_the_lean_pass(model: TransformersModel) -> None:
+    decoder = model.moods.decoder
+    lean = decoder.lean_pass
+    assert lean is not None
+    prefix = model.moods.prefix("en")
+    rows = [model.moods.token_ids(text, "en") for text in ("I am happy today", "hello")]
+    width = max(len(row) for row in rows)
+    batch = torch.tensor([row + [0] * (width - len(row)) for row in rows])
+    lengths = [len(row) for row in rows]
+    ours = decoder.read_states(batch, lengths, prefix.key_values, [1])
+    decoder.use_lean_pass(None)
+    try:
+        theirs = decoder.read_states(batch, lengths, prefix.key_values, [1])
+        with pytest.raises(ValueError, match=r"1\.\.1"):
+            decoder.read_states(batch, lengths, prefix.key_values, [2])  # the last layer's output is normed
+    finally:
+        decoder.use_lean_pass(lean)
+    assert torch.allclose(ours[0], theirs[0], atol=1e-5)
+    assert torch.allclose(ours[1][1], theirs[1][1], atol=1e-5)

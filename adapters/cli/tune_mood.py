@@ -154,6 +154,7 @@ def tune(
         DEFAULT_PENALTY,
         calibration_error,
         cross_validated,
+        default_readout_layer,
         fit_readout,
         make_examples,
         read_features,
@@ -165,9 +166,12 @@ def tune(
 
     reader = model.moods
     texts = [row.text for row in rows]
+    layer = default_readout_layer(reader.layer_count)
+    current = reader.readout(language)
+    layers = sorted({layer, *(() if current is None else (current.layer,))})
     with tqdm(total=len(texts), desc="reading", unit="msg", file=sys.stderr) as bar:
-        log_probs, hidden = read_features(reader, texts, language, progress=bar.update)
-    examples = make_examples(log_probs, hidden, [row.label for row in rows])
+        log_probs, pooled = read_features(reader, texts, language, layers, progress=bar.update)
+    examples = make_examples(log_probs, pooled[layer], [row.label for row in rows], layer=layer)
     with tqdm(total=FOLDS + 1, desc="fitting", unit="fit", file=sys.stderr) as bar:
         plain, tuned = cross_validated(examples, DEFAULT_PENALTY, folds=FOLDS, progress=bar.update)
         readout = fit_readout(examples, DEFAULT_PENALTY)
@@ -177,9 +181,8 @@ def tune(
     note = f" ({skipped} in another language left out)" if skipped else ""
     print(f"{len(rows)} {language} messages{note}, {FOLDS}-fold cross-validated {metric}:")
     figures = [("plain label scores", plain)]
-    current = reader.readout(language)
     if current is not None:
-        figures.append(("current readout", current.apply(log_probs, hidden)))
+        figures.append(("current readout", current.apply(log_probs, pooled[current.layer])))
     figures.append(("tuned readout", tuned))
     for title, found in figures:
         print(
@@ -206,6 +209,7 @@ def tune(
             "fitted_by": "moodmate tune-mood",
             "messages": len(rows),
             "penalty": DEFAULT_PENALTY.describe(),
+            "layer": layer,
         },
     )
     print(f"Saved to {path}; moodmate reads {language} moods with it from its next start.")

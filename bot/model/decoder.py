@@ -28,7 +28,7 @@ from torch import nn
 from bot.errors import ModelNotFoundError
 from bot.model.cpu_attention import use_grouped_attention
 from bot.model.cpu_weights import prepare_for_cpu
-from bot.model.lean_pass import LeanPass
+from bot.model.lean_pass import LeanPass, mean_over_lengths
 from bot.model.prefix_store import PrefixStore, weights_identity
 from bot.model.versions import transformers_version
 
@@ -233,6 +233,11 @@ class Decoder:
             self._prefix_store.save(prefix_ids, key_values)
         return key_values
 
+    @property
+    def layer_count(self) -> int:
+        """How many decoder layers the model has."""
+        return int(self._model.config.num_hidden_layers)
+
     def last_hidden_states(
         self, batch: torch.Tensor, lengths: Sequence[int], key_values: KeyValues
     ) -> torch.Tensor:
@@ -240,11 +245,34 @@ class Decoder:
 
         ``batch`` is right-padded to the longest of ``lengths``.
         """
+        return self.read_states(batch, lengths, key_values)[0]
+
+    def read_states(
+        self,
+        batch: torch.Tensor,
+        lengths: Sequence[int],
+        key_values: KeyValues,
+        pooled_layers: Sequence[int] = (),
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """As :meth:`last_hidden_states`, with the output of each of ``pooled_layers`` (numbered from 1,
+        below the last) averaged over each row's real tokens: ``{layer: [n, hidden]}``, float32."""
+        if any(not 0 < layer < self.layer_count for layer in pooled_layers):
+            raise ValueError(f"pooled layers must lie in 1..{self.layer_count - 1}: {list(pooled_layers)}")
         if self._lean_pass is not None:
-            return self._lean_pass.last_hidden_states(batch, list(lengths), key_values)
+            return self._lean_pass.read_states(batch, list(lengths), key_values, pooled_layers)
         cache = self.seeded_cache(key_values, batch=batch.shape[0])
-        hidden: torch.Tensor = self.run(batch, cache).last_hidden_state
-        return hidden[torch.arange(batch.shape[0]), torch.tensor(list(lengths)) - 1]
+        outputs = self._decoder(
+            input_ids=batch,
+            use_cache=True,
+            output_hidden_states=bool(pooled_layers),
+            **{self._decoder_cache_keyword: cache},
+        )
+        hidden: torch.Tensor = outputs.last_hidden_state
+        last = hidden[torch.arange(batch.shape[0]), torch.tensor(list(lengths)) - 1]
+        # hidden_states[k] is layer k's output (hidden_states[0] the embeddings).
+        return last, {
+            layer: mean_over_lengths(outputs.hidden_states[layer], lengths) for layer in pooled_layers
+        }
 
     def next_logits(self, input_ids: torch.Tensor, cache: Any, lean: LeanPass | None) -> torch.Tensor:
         """Logits ``[vocab]`` for the token after ``input_ids [1, n]``, whose keys/values join ``cache``.

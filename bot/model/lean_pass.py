@@ -1,7 +1,8 @@
 """Mood reads and reply steps through the decoder's own layers, without transformers' forward pass.
 
 A mood read runs a few message tokens after a stored few-shot prefix and keeps only each message's
-last hidden state; a reply step runs one token (or a new turn's prompt) after the conversation's cache.
+last hidden state (and, for a mood readout, one layer's output averaged over the message's tokens); a
+reply step runs one token (or a new turn's prompt) after the conversation's cache.
 transformers' forward pass also builds cache objects, a causal mask through its mask functions, and goes
 through decorators and keyword handling in every layer. :class:`LeanPass` calls the same modules in the
 same order (embedding, rotary table, each layer's norms, projections, attention and MLP, the final
@@ -86,6 +87,18 @@ class LeanPass:
         row's real tokens, which never attend to them, so they need no mask. ``key_values`` are the
         prefix's per-layer keys and values (``[1, kv_heads, prefix, head_dim]``), left unchanged.
         """
+        return self.read_states(input_ids, lengths, key_values)[0]
+
+    @torch.inference_mode()
+    def read_states(
+        self,
+        input_ids: torch.Tensor,
+        lengths: Sequence[int],
+        key_values: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        pooled_layers: Sequence[int] = (),
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """As :meth:`last_hidden_states`, with the output of each of ``pooled_layers`` (numbered from 1)
+        averaged over each row's real tokens (``{layer: [batch, hidden]}``, float32)."""
         batch = input_ids.shape[0]
 
         def after_prefix(index: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -95,9 +108,10 @@ class LeanPass:
                 torch.cat((values.expand(batch, -1, -1, -1), value), dim=-2),
             )
 
-        hidden = self._run(input_ids, key_values[0][0].shape[2], after_prefix)
+        kept: dict[int, torch.Tensor] = {}
+        hidden = self._run(input_ids, key_values[0][0].shape[2], after_prefix, kept, frozenset(pooled_layers))
         normed: torch.Tensor = self._decoder.norm(hidden[torch.arange(batch), torch.tensor(lengths) - 1])
-        return normed
+        return normed, {layer: mean_over_lengths(kept[layer], lengths) for layer in pooled_layers}
 
     @torch.inference_mode()
     def extend(self, input_ids: torch.Tensor, cache: Cache) -> torch.Tensor:
@@ -114,16 +128,26 @@ class LeanPass:
         normed: torch.Tensor = self._decoder.norm(hidden[:, -1:])
         return normed
 
-    def _run(self, input_ids: torch.Tensor, past: int, join: KeyValueJoin) -> torch.Tensor:
-        """The last layer's output for ``input_ids`` at positions ``past``, ``past + 1``, …"""
+    def _run(
+        self,
+        input_ids: torch.Tensor,
+        past: int,
+        join: KeyValueJoin,
+        kept: dict[int, torch.Tensor] | None = None,
+        keep: frozenset[int] = frozenset(),
+    ) -> torch.Tensor:
+        """The last layer's output for ``input_ids`` at positions ``past``, ``past + 1``, …; the outputs
+        of the layers numbered in ``keep`` (from 1) go into ``kept``."""
         width = input_ids.shape[1]
         hidden: torch.Tensor = self._decoder.embed_tokens(input_ids)
         rotary = self._decoder.rotary_emb(hidden, torch.arange(past, past + width).unsqueeze(0))
-        if input_ids.shape == (1, 1) and self._one_token_ready:
+        if input_ids.shape == (1, 1) and self._one_token_ready and not keep:
             return self._one_token(hidden, rotary, join)
         mask = causal_mask(width, past + width, hidden)
         for index, layer in enumerate(self._layers):
             hidden = _layer_forward(layer, index, hidden, rotary, join, mask)
+            if kept is not None and index + 1 in keep:
+                kept[index + 1] = hidden
         return hidden
 
     @functools.cached_property
@@ -143,6 +167,14 @@ class LeanPass:
         for index, layer in enumerate(self._layers):
             flat = _one_token_layer(layer, index, flat, cos, signed_sin, join)
         return flat.reshape(hidden.shape)
+
+
+def mean_over_lengths(hidden: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+    """``[batch, hidden]``: each row of right-padded ``hidden [batch, width, hidden]`` averaged over its
+    first ``lengths[row]`` positions, in float32."""
+    counts = torch.tensor(list(lengths))
+    real = (torch.arange(hidden.shape[1]).unsqueeze(0) < counts.unsqueeze(1)).to(torch.float32)
+    return (hidden.float() * real.unsqueeze(-1)).sum(dim=1) / counts.unsqueeze(1).to(torch.float32)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,10 @@ for the label words are computed (the *label head*, taken from the float weights
 three label probabilities are renormalised (optionally calibrated against content-free inputs, off by
 default: it measured worse on the dev sets with this prompt).
 
-:meth:`MoodReader.label_scores` gives a batch's label log-probabilities together with the last hidden
-states they came from; :meth:`MoodReader.adjust` applies a language's learned readout to them where it
-has one (see :mod:`bot.model.readout`; without one, plain label scoring) and the calibration.
+:meth:`MoodReader.label_scores` gives a batch's label log-probabilities together with the outputs of
+the layers a readout reads, averaged over the tokens read; :meth:`MoodReader.adjust` applies a
+language's learned readout to them where it has one (see :mod:`bot.model.readout`; without one, plain
+label scoring) and the calibration.
 """
 
 from __future__ import annotations
@@ -75,10 +76,11 @@ class MoodPrefix:
 
 
 class MoodScores(NamedTuple):
-    """A batch's label log-probabilities ``[n, 3]`` (``LABELS`` order), last hidden states ``[n, hidden]``."""
+    """A batch's label log-probabilities ``[n, 3]`` (``LABELS`` order) and the outputs of the layers asked
+    for, each averaged over a row's tokens after the prefix (``{layer: [n, hidden]}``)."""
 
     log_probs: torch.Tensor
-    last_hidden: torch.Tensor
+    pooled: Mapping[int, torch.Tensor]
 
 
 def build_label_head(
@@ -231,9 +233,12 @@ class MoodReader:
     # ------------------------------------------------------------------ scores
 
     @torch.inference_mode()
-    def label_scores(self, sequences: Sequence[list[int]], language: str) -> MoodScores:
-        """Uncalibrated label log-probabilities and last hidden states of ``sequences`` after
-        ``language``'s prefix (each from ``token_ids``), run as one right-padded batch."""
+    def label_scores(
+        self, sequences: Sequence[list[int]], language: str, layers: Sequence[int] = ()
+    ) -> MoodScores:
+        """Uncalibrated label log-probabilities of ``sequences`` after ``language``'s prefix (each from
+        ``token_ids``), run as one right-padded batch, with the outputs of ``layers`` averaged over each
+        sequence's tokens."""
         prefix = self._prefixes[language]
         lengths = [len(sequence) for sequence in sequences]
         width = max(lengths)
@@ -241,19 +246,21 @@ class MoodReader:
         pad = prefix.suffix_ids[-1] if pad is None else pad
         # Right padding needs no attention mask: real tokens never attend to pads after them.
         batch = torch.tensor([sequence + [pad] * (width - len(sequence)) for sequence in sequences])
-        last = self.decoder.last_hidden_states(batch, lengths, prefix.key_values)
+        last, pooled = self.decoder.read_states(batch, lengths, prefix.key_values, layers)
         token_log_probs = torch.log_softmax(self.label_head.logits(last), dim=-1)
         per_label = torch.stack(
             [torch.logsumexp(token_log_probs[:, group], dim=-1) for group in prefix.label_groups], dim=-1
         )
-        return MoodScores(torch.log_softmax(per_label, dim=-1), last)
+        return MoodScores(torch.log_softmax(per_label, dim=-1), pooled)
 
     def adjust(self, scores: MoodScores, language: str) -> torch.Tensor:
         """The label log-probabilities of ``scores`` after ``language``'s readout (where it has one and
         ``readouts_enabled``) and its calibration."""
         readout = self._readouts.get(language) if self.readouts_enabled else None
         corrected = (
-            scores.log_probs if readout is None else readout.scores(scores.log_probs, scores.last_hidden)
+            scores.log_probs
+            if readout is None
+            else readout.scores(scores.log_probs, scores.pooled[readout.layer])
         )
         return torch.log_softmax(corrected - self._calibration[language], dim=-1)
 
@@ -261,8 +268,18 @@ class MoodReader:
 
     @property
     def hidden_size(self) -> int:
-        """The width of the last hidden states (what a readout's weight multiplies)."""
+        """The width of the hidden states (what a readout's weight multiplies)."""
         return int(self.label_head.weight.shape[1])
+
+    @property
+    def layer_count(self) -> int:
+        """How many decoder layers there are (a readout reads one below the last)."""
+        return self.decoder.layer_count
+
+    def readout_layers(self, language: str) -> tuple[int, ...]:
+        """The layers a read in ``language`` must keep for its readout (none without one)."""
+        readout = self._readouts.get(language) if self.readouts_enabled else None
+        return () if readout is None else (readout.layer,)
 
     def prompt_digests(self) -> dict[str, str]:
         """Per language, the digest of its mood prompt as run (tokens, label rows): what readouts key to."""
@@ -276,10 +293,15 @@ class MoodReader:
         unknown = set(readouts) - set(self._prefixes)
         if unknown:
             raise ValueError(f"no mood prompt for {', '.join(sorted(unknown))}")
-        wrong = [language for language, found in readouts.items() if found.hidden_size != self.hidden_size]
+        wrong = [
+            language
+            for language, found in readouts.items()
+            if found.hidden_size != self.hidden_size or not 0 < found.layer < self.layer_count
+        ]
         if wrong:
             raise ValueError(
-                f"the readout for {', '.join(wrong)} does not fit the hidden size {self.hidden_size}"
+                f"the readout for {', '.join(wrong)} does not fit the hidden size {self.hidden_size} "
+                f"or the {self.layer_count} layers"
             )
         with self.lock:
             self._readouts = dict(readouts)
@@ -313,9 +335,10 @@ class MoodReader:
                 indices = [index for index, other in enumerate(languages) if other == language]
                 sequences = {index: self.token_ids(texts[index], language) for index in indices}
                 order = sorted(indices, key=lambda index: len(sequences[index]))
+                layers = self.readout_layers(language) if calibrated else ()
                 for start in range(0, len(order), self.batch_size):
                     chunk = order[start : start + self.batch_size]
-                    scores = self.label_scores([sequences[index] for index in chunk], language)
+                    scores = self.label_scores([sequences[index] for index in chunk], language, layers)
                     result[chunk] = self.adjust(scores, language) if calibrated else scores.log_probs
         return result
 

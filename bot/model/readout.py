@@ -1,7 +1,9 @@
 """The learned mood readout: a small per-language correction to the label scores of a mood read.
 
-A mood read ends in the three label log-probabilities ``z`` and the last hidden state ``h`` they came
-from. A language's readout corrects them as::
+A mood read ends in the three label log-probabilities ``z``; ``h`` is the output of one of the
+decoder's layers in that same forward pass (the readout's ``layer``), averaged over the tokens read
+after the prompt's prefix (the message and the prompt's closing tokens). A language's readout corrects
+the label scores as::
 
     log_softmax(scale * z + bias + weight @ features(h))        features(h) = (h - mean) * inv_std
 
@@ -34,8 +36,24 @@ from bot.model.mood_prompt import LABELS
 
 logger = logging.getLogger(__name__)
 
-#: The file format's name and version, in the metadata of every readout file.
-FORMAT = "moodmate-readout/1"
+#: The file format's name and version, in the metadata of every readout file (version 1 files read the
+#: last token's final hidden state and are not used).
+FORMAT = "moodmate-readout/2"
+
+#: Where a readout reads by default (``moodmate tune-mood``): the layer this far through the decoder,
+#: chosen for the bundled model's English readout by cross-domain validation (``bench/fit_readout.py``).
+DEFAULT_LAYER_FRACTION = 0.5
+
+
+def default_readout_layer(layer_count: int) -> int:
+    """The layer (numbered from 1, below the last) ``DEFAULT_LAYER_FRACTION`` through ``layer_count``."""
+    return layer_at(layer_count, DEFAULT_LAYER_FRACTION)
+
+
+def layer_at(layer_count: int, fraction: float) -> int:
+    """The layer ``fraction`` of the way through a decoder of ``layer_count`` layers (1 … count - 1)."""
+    return max(1, min(layer_count - 1, round(fraction * layer_count)))
+
 
 #: Index of each label in score rows (``LABELS`` order).
 LABEL_INDEX: dict[str, int] = {label.value: index for index, label in enumerate(LABELS)}
@@ -59,9 +77,10 @@ class LanguageReadout:
     weight: torch.Tensor  # [3, hidden]
     mean: torch.Tensor  # [hidden]
     inv_std: torch.Tensor  # [hidden]
+    layer: int  # the decoder layer (from 1) whose output, averaged over the read tokens, is ``h``
 
     @classmethod
-    def identity(cls, hidden_size: int) -> LanguageReadout:
+    def identity(cls, hidden_size: int, layer: int) -> LanguageReadout:
         """The readout that changes nothing (what fitting starts from and is penalised towards)."""
         return cls(
             scale=torch.ones(len(LABELS)),
@@ -69,6 +88,7 @@ class LanguageReadout:
             weight=torch.zeros(len(LABELS), hidden_size),
             mean=torch.zeros(hidden_size),
             inv_std=torch.ones(hidden_size),
+            layer=layer,
         )
 
     @property
@@ -128,6 +148,7 @@ def save_readout(
         "languages": ",".join(readouts),
         "info": json.dumps(dict(info or {}), ensure_ascii=False),
         **{f"prompt.{language}": prompts[language] for language in readouts},
+        **{f"layer.{language}": str(readout.layer) for language, readout in readouts.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -155,7 +176,10 @@ def read_readout_file(path: Path) -> ReadoutFile:
             }
         except KeyError as error:
             raise ValueError(f"the {language} readout lacks {error.args[0]}") from error
-        readout = LanguageReadout(**parts)
+        layer = metadata.get(f"layer.{language}", "")
+        if not layer.isdigit() or int(layer) < 1:
+            raise ValueError(f"the {language} readout names no layer")
+        readout = LanguageReadout(**parts, layer=int(layer))
         hidden = readout.hidden_size
         shapes = {
             "scale": (len(LABELS),),
@@ -176,12 +200,13 @@ def read_readout_file(path: Path) -> ReadoutFile:
 
 
 def load_readout(
-    path: Path, *, model: str, prompts: Mapping[str, str], hidden_size: int
+    path: Path, *, model: str, prompts: Mapping[str, str], hidden_size: int, layer_count: int
 ) -> dict[str, LanguageReadout]:
     """The readouts in ``path`` that fit this model and its prompts, by language.
 
-    A missing file gives none, silently; a file for another model, another prompt or another hidden
-    size gives none for what does not fit, with one log line saying why (plain label scoring is used).
+    A missing file gives none, silently; a file for another model, another prompt, another hidden size
+    or a layer the model lacks gives none for what does not fit, with one log line saying why (plain
+    label scoring is used).
     """
     if not path.is_file():
         return {}
@@ -200,14 +225,18 @@ def load_readout(
     usable: dict[str, LanguageReadout] = {}
     stale: list[str] = []
     for language, readout in found.languages.items():
-        if prompts.get(language) == found.prompts.get(language) and readout.hidden_size == hidden_size:
+        if (
+            prompts.get(language) == found.prompts.get(language)
+            and readout.hidden_size == hidden_size
+            and readout.layer < layer_count
+        ):
             usable[language] = readout
         else:
             stale.append(language)
     if stale:
         logger.warning(
             "Mood readout %s not used for %s, plain label scores there: fitted for another mood prompt "
-            "or hidden size",
+            "hidden size or layers",
             path,
             ", ".join(stale),
         )
@@ -237,10 +266,11 @@ DEFAULT_PENALTY = Penalty()
 
 @dataclass(frozen=True, slots=True)
 class Examples:
-    """Fitting data of one language: label log-probabilities, hidden states, labels and per-row weights.
+    """Fitting data of one language: label log-probabilities, hidden states (``layer``'s, averaged over
+    the read tokens), labels and per-row weights.
 
-    ``labels`` are ``LABEL_INDEX`` values; ``two_class`` rows (from positive/negative-only sets) are
-    fitted with the two-class loss. ``weights`` sum to anything; fitting normalises them.
+        ``labels`` are ``LABEL_INDEX`` values; ``two_class`` rows (from positive/negative-only sets) are
+        fitted with the two-class loss. ``weights`` sum to anything; fitting normalises them.
     """
 
     log_probs: torch.Tensor  # [n, 3]
@@ -248,6 +278,7 @@ class Examples:
     labels: torch.Tensor  # [n] long
     two_class: torch.Tensor  # [n] bool
     weights: torch.Tensor  # [n] float
+    layer: int
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -259,21 +290,31 @@ class Examples:
             self.labels[rows],
             self.two_class[rows],
             self.weights[rows],
+            self.layer,
         )
 
     @staticmethod
     def concat(parts: Sequence[Examples]) -> Examples:
+        layers = {part.layer for part in parts}
+        if len(layers) != 1:
+            raise ValueError(f"examples of one layer only, not {sorted(layers)}")
         return Examples(
             torch.cat([part.log_probs for part in parts]),
             torch.cat([part.hidden for part in parts]),
             torch.cat([part.labels for part in parts]),
             torch.cat([part.two_class for part in parts]),
             torch.cat([part.weights for part in parts]),
+            layers.pop(),
         )
 
 
 def make_examples(
-    log_probs: torch.Tensor, hidden: torch.Tensor, labels: Sequence[str], *, set_weight: float = 1.0
+    log_probs: torch.Tensor,
+    hidden: torch.Tensor,
+    labels: Sequence[str],
+    *,
+    layer: int,
+    set_weight: float = 1.0,
 ) -> Examples:
     """One labelled set's examples, class-balanced: each label present weighs the same, the set as a whole
     ``set_weight``; a set without neutral rows is fitted with the two-class loss."""
@@ -282,7 +323,7 @@ def make_examples(
     counts = torch.bincount(index, minlength=len(LABELS)).float()
     weights = set_weight / (len(present) * counts[index])
     two_class = torch.full((len(labels),), NEUTRAL not in present, dtype=torch.bool)
-    return Examples(log_probs.float(), hidden.float(), index, two_class, weights)
+    return Examples(log_probs.float(), hidden.float(), index, two_class, weights, layer)
 
 
 def readout_loss(readout_scores: torch.Tensor, labels: torch.Tensor, two_class: torch.Tensor) -> torch.Tensor:
@@ -323,6 +364,7 @@ def fit_readout(
             weight.detach().float(),
             mean.float(),
             inv_std.float(),
+            examples.layer,
         )
     optimizer = torch.optim.LBFGS(
         fitted,
@@ -358,6 +400,7 @@ def fit_readout(
         weight=weight.detach().float(),
         mean=mean.float(),
         inv_std=inv_std.float(),
+        layer=examples.layer,
     )
 
 
@@ -466,7 +509,7 @@ class _Scores(Protocol):
     @property
     def log_probs(self) -> torch.Tensor: ...
     @property
-    def last_hidden(self) -> torch.Tensor: ...
+    def pooled(self) -> Mapping[int, torch.Tensor]: ...
 
 
 class ScoringReader(Protocol):
@@ -477,31 +520,35 @@ class ScoringReader(Protocol):
     @property
     def batch_size(self) -> int: ...
     def token_ids(self, text: str, language: str) -> list[int]: ...
-    def label_scores(self, sequences: Sequence[list[int]], language: str) -> _Scores: ...
+    def label_scores(
+        self, sequences: Sequence[list[int]], language: str, layers: Sequence[int] = ()
+    ) -> _Scores: ...
 
 
 def read_features(
     reader: ScoringReader,
     texts: Sequence[str],
     language: str,
+    layers: Sequence[int],
     *,
     progress: Callable[[int], object] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Label log-probabilities ``[n, 3]`` and last hidden states ``[n, hidden]`` of ``texts`` read with
-    ``language``'s prompt by the mood reader's own scoring (``MoodReader.label_scores``, as it serves),
-    in its length-sorted batches; ``progress`` is called with the number of texts each batch read."""
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Label log-probabilities ``[n, 3]`` of ``texts`` and each of ``layers``' outputs averaged over
+    the read tokens (``{layer: [n, hidden]}``), read with ``language``'s prompt by the mood reader's
+    own scoring (``MoodReader.label_scores``, as it serves), in its length-sorted batches; ``progress``
+    is called with the number of texts each batch read."""
     sequences = [reader.token_ids(text, language) for text in texts]
     order = sorted(range(len(texts)), key=lambda index: len(sequences[index]))
     log_probs = torch.zeros(len(texts), len(LABELS))
-    hidden: torch.Tensor | None = None
+    pooled: dict[int, torch.Tensor] = {}
     with reader.lock:
         for start in range(0, len(order), reader.batch_size):
             chunk = order[start : start + reader.batch_size]
-            scores = reader.label_scores([sequences[index] for index in chunk], language)
-            if hidden is None:
-                hidden = torch.zeros(len(texts), scores.last_hidden.shape[-1])
+            scores = reader.label_scores([sequences[index] for index in chunk], language, layers)
             log_probs[chunk] = scores.log_probs
-            hidden[chunk] = scores.last_hidden.float()
+            for layer in layers:
+                found = scores.pooled[layer]
+                pooled.setdefault(layer, torch.zeros(len(texts), found.shape[-1]))[chunk] = found.float()
             if progress is not None:
                 progress(len(chunk))
-    return log_probs, hidden if hidden is not None else torch.zeros(0, 0)
+    return log_probs, pooled

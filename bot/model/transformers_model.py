@@ -222,7 +222,11 @@ def use_readouts(moods: MoodReader, identity: str, files: Sequence[Path]) -> Non
     prompts = moods.prompt_digests()
     for path in files:
         for language, readout in load_readout(
-            path, model=identity, prompts=prompts, hidden_size=moods.hidden_size
+            path,
+            model=identity,
+            prompts=prompts,
+            hidden_size=moods.hidden_size,
+            layer_count=moods.layer_count,
         ).items():
             readouts[language], sources[language] = readout, path
     moods.use_readouts(readouts)
