@@ -116,16 +116,21 @@ def _saved(tmp_path: Path) -> tuple[Path, LanguageReadout]:
     return path, readout
 
 
+def _load(path: Path, **changes: object) -> dict[str, LanguageReadout]:
+    """``load_readout`` as the saved file's own model would call it, with ``changes``."""
+    settings: dict[str, object] = {
+        "model": "model-a",
+        "prompts": {"en": "p-en", "zh": "p-zh"},
+        "hidden_size": HIDDEN,
+        "layer_count": LAYERS,
+    }
+    return load_readout(path, **{**settings, **changes})  # type: ignore[arg-type]
+
+
 def test_a_saved_readout_loads_for_its_model_and_prompts(tmp_path: Path, caplog) -> None:
     path, readout = _saved(tmp_path)
     with caplog.at_level(logging.WARNING):
-        loaded = load_readout(
-            path,
-            model="model-a",
-            prompts={"en": "p-en", "zh": "p-zh"},
-            hidden_size=HIDDEN,
-            layer_count=LAYERS,
-        )
+        loaded = _load(path)
     assert set(loaded) == {"en", "zh"} and not caplog.records
     assert torch.equal(loaded["en"].weight, readout.weight)
     assert torch.equal(loaded["en"].scale, readout.scale)
@@ -135,9 +140,7 @@ def test_a_saved_readout_loads_for_its_model_and_prompts(tmp_path: Path, caplog)
 def test_a_readout_of_a_layer_the_model_lacks_is_not_used(tmp_path: Path, caplog) -> None:
     path, _ = _saved(tmp_path)
     with caplog.at_level(logging.WARNING):
-        loaded = load_readout(
-            path, model="model-a", prompts={"en": "p-en", "zh": "p-zh"}, hidden_size=HIDDEN, layer_count=LAYER
-        )
+        loaded = _load(path, layer_count=LAYER)
     assert loaded == {}
     assert len(caplog.records) == 1 and "layers" in caplog.records[0].getMessage()
 
@@ -154,10 +157,7 @@ def test_a_file_of_the_first_format_is_not_used(tmp_path: Path, caplog) -> None:
         tensors, str(old), metadata={"format": "moodmate-readout/1", "model": "model-a", "languages": "en"}
     )
     with caplog.at_level(logging.WARNING):
-        assert (
-            load_readout(old, model="model-a", prompts={"en": "p-en"}, hidden_size=HIDDEN, layer_count=LAYERS)
-            == {}
-        )
+        assert _load(old) == {}
     assert len(caplog.records) == 1 and "moodmate-readout/2" in caplog.records[0].getMessage()
 
 
@@ -175,13 +175,7 @@ def test_examples_of_two_layers_do_not_mix() -> None:
 def test_another_model_falls_back_with_one_log_line(tmp_path: Path, caplog) -> None:
     path, _ = _saved(tmp_path)
     with caplog.at_level(logging.WARNING):
-        loaded = load_readout(
-            path,
-            model="model-b",
-            prompts={"en": "p-en", "zh": "p-zh"},
-            hidden_size=HIDDEN,
-            layer_count=LAYERS,
-        )
+        loaded = _load(path, model="model-b")
     assert loaded == {}
     assert len(caplog.records) == 1 and "another model" in caplog.records[0].getMessage()
 
@@ -189,35 +183,23 @@ def test_another_model_falls_back_with_one_log_line(tmp_path: Path, caplog) -> N
 def test_another_prompt_or_size_drops_that_language_with_one_log_line(tmp_path: Path, caplog) -> None:
     path, _ = _saved(tmp_path)
     with caplog.at_level(logging.WARNING):
-        loaded = load_readout(
-            path, model="model-a", prompts={"en": "p-en", "zh": "new"}, hidden_size=HIDDEN, layer_count=LAYERS
-        )
+        loaded = _load(path, prompts={"en": "p-en", "zh": "new"})
     assert set(loaded) == {"en"}
     assert len(caplog.records) == 1 and "zh" in caplog.records[0].getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert (
-            load_readout(
-                path, model="model-a", prompts={"en": "p-en", "zh": "p-zh"}, hidden_size=8, layer_count=LAYERS
-            )
-            == {}
-        )
+        assert _load(path, hidden_size=8) == {}
     assert len(caplog.records) == 1
 
 
 def test_a_missing_file_is_silent_and_a_broken_one_logs(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING):
-        assert (
-            load_readout(
-                tmp_path / "none.safetensors", model="m", prompts={}, hidden_size=4, layer_count=LAYERS
-            )
-            == {}
-        )
+        assert _load(tmp_path / "none.safetensors") == {}
     assert not caplog.records
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")
     with caplog.at_level(logging.WARNING):
-        assert load_readout(broken, model="m", prompts={}, hidden_size=4, layer_count=LAYERS) == {}
+        assert _load(broken) == {}
     assert len(caplog.records) == 1
 
 
