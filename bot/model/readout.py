@@ -269,8 +269,8 @@ class Examples:
     """Fitting data of one language: label log-probabilities, hidden states (``layer``'s, averaged over
     the read tokens), labels and per-row weights.
 
-        ``labels`` are ``LABEL_INDEX`` values; ``two_class`` rows (from positive/negative-only sets) are
-        fitted with the two-class loss. ``weights`` sum to anything; fitting normalises them.
+    ``labels`` are ``LABEL_INDEX`` values; ``two_class`` rows (from positive/negative-only sets) are
+    fitted with the two-class loss. ``weights`` sum to anything; fitting normalises them.
     """
 
     log_probs: torch.Tensor  # [n, 3]
