@@ -261,12 +261,15 @@ class Decoder:
         if self._lean_pass is not None:
             return self._lean_pass.read_states(batch, list(lengths), key_values, pooled_layers)
         cache = self.seeded_cache(key_values, batch=batch.shape[0])
-        outputs = self._decoder(
-            input_ids=batch,
-            use_cache=True,
-            output_hidden_states=bool(pooled_layers),
-            **{self._decoder_cache_keyword: cache},
-        )
+        if not pooled_layers:
+            outputs = self.run(batch, cache)
+        else:  # transformers' decoder (the lean modules always have a lean pass)
+            outputs = self._decoder(
+                input_ids=batch,
+                use_cache=True,
+                output_hidden_states=True,
+                **{self._decoder_cache_keyword: cache},
+            )
         hidden: torch.Tensor = outputs.last_hidden_state
         last = hidden[torch.arange(batch.shape[0]), torch.tensor(list(lengths)) - 1]
         # hidden_states[k] is layer k's output (hidden_states[0] the embeddings).
