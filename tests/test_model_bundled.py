@@ -48,15 +48,22 @@ def test_obvious_moods(model: LanguageModel, text: str, expected: MoodLabel) -> 
 
 
 def test_batch_matches_single_reads(model: LanguageModel) -> None:
-    # int8 activations are scaled per call, so a borderline read may flip inside a batch; confident ones
-    # must not.
-    texts = ["I love this!", "I hate waiting.", "Can you help me write an email?", "好开心", "太失望了"]
-    batch = model.classify(texts)
-    singles = [model.classify([text])[0] for text in texts]
-    for together, alone in zip(batch, singles, strict=True):
-        if alone.score >= 0.7:
-            assert together.label == alone.label, (together, alone)
-        assert abs(together.score - alone.score) < 0.25
+    # A read is the same, bit for bit, alone or in a batch beside longer messages (before each row attended
+    # on its own, 15 of 16 chat-style messages differed by more than 0.01 in a label's log-probability).
+    texts = [
+        "I love this!",
+        "I hate waiting.",
+        "Can you help me write an email?",
+        "My sister is visiting next week and I can't wait to show her around the city.",
+        "The meeting got moved again and nobody told me, so I sat in an empty room for half an hour.",
+        "好开心",
+        "太失望了",
+        "今天收到了心仪公司的录用通知，激动得睡不着",
+        "我把钥匙锁在家里了，只能在门口等房东来开门，等了快两个小时",
+    ]
+    batch = model.mood_log_probs(texts)
+    singles = torch.cat([model.mood_log_probs([text]) for text in texts])
+    assert torch.equal(batch, singles)
 
 
 def test_prompt_injection_does_not_force_positive(model: LanguageModel) -> None:

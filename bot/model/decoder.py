@@ -198,17 +198,14 @@ class Decoder:
         self,
         key_values: Sequence[tuple[torch.Tensor, torch.Tensor]],
         *,
-        batch: int = 1,
         length: int | None = None,
     ) -> Any:
-        """A fresh cache holding (a batch-expanded view of) stored key/values; originals stay unchanged."""
+        """A fresh cache holding (the first ``length`` positions of) stored key/values; originals stay
+        unchanged."""
         cache = self.new_cache()
         for layer_index, (keys, values) in enumerate(key_values):
             if length is not None:
                 keys, values = keys[..., :length, :], values[..., :length, :]
-            if batch != keys.shape[0]:
-                keys = keys.expand(batch, -1, -1, -1)
-                values = values.expand(batch, -1, -1, -1)
             cache.update(keys, values, layer_index)
         return cache
 
@@ -260,21 +257,34 @@ class Decoder:
             raise ValueError(f"pooled layers must lie in 1..{self.layer_count - 1}: {list(pooled_layers)}")
         if self._lean_pass is not None:
             return self._lean_pass.read_states(batch, list(lengths), key_values, pooled_layers)
-        cache = self.seeded_cache(key_values, batch=batch.shape[0])
+        # transformers' pass reads each row alone (as the lean pass attends), so a read never depends on
+        # what it is batched with.
+        reads = [
+            self._read_alone(batch[row : row + 1, :length], key_values, pooled_layers)
+            for row, length in enumerate(lengths)
+        ]
+        return torch.cat([last for last, _ in reads]), {
+            layer: torch.cat([pooled[layer] for _, pooled in reads]) for layer in pooled_layers
+        }
+
+    def _read_alone(
+        self, tokens: torch.Tensor, key_values: KeyValues, pooled_layers: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """:meth:`read_states` of one unpadded row ``tokens [1, n]`` through transformers' pass."""
+        cache = self.seeded_cache(key_values)
         if not pooled_layers:
-            outputs = self.run(batch, cache)
+            outputs = self.run(tokens, cache)
         else:  # transformers' decoder (the lean modules always have a lean pass)
             outputs = self._decoder(
-                input_ids=batch,
+                input_ids=tokens,
                 use_cache=True,
                 output_hidden_states=True,
                 **{self._decoder_cache_keyword: cache},
             )
-        hidden: torch.Tensor = outputs.last_hidden_state
-        last = hidden[torch.arange(batch.shape[0]), torch.tensor(list(lengths)) - 1]
         # hidden_states[k] is layer k's output (hidden_states[0] the embeddings).
-        return last, {
-            layer: mean_over_lengths(outputs.hidden_states[layer], lengths) for layer in pooled_layers
+        states = outputs.hidden_states if pooled_layers else ()
+        return outputs.last_hidden_state[:, -1], {
+            layer: mean_over_lengths(states[layer], [tokens.shape[1]]) for layer in pooled_layers
         }
 
     def next_logits(self, input_ids: torch.Tensor, cache: Any, lean: LeanPass | None) -> torch.Tensor:

@@ -32,7 +32,7 @@ from bot.model.mood_prompt import (
     prompt_language,
     split_mood_prompt,
 )
-from bot.model.readout import LanguageReadout, prompt_digest
+from bot.model.readout import LanguageReadout, prompt_digest, row_products
 from bot.types import Mood, MoodLabel
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class LabelHead:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Label-token logits ``[n, n_label_tokens]`` of hidden states ``[n, hidden]``."""
-        logits = hidden.float() @ self.weight.T
+        logits = row_products(hidden.float(), self.weight)
         return logits + self.bias if self.bias is not None else logits
 
 

@@ -45,6 +45,13 @@ FORMAT = "moodmate-readout/2"
 DEFAULT_LAYER_FRACTION = 0.5
 
 
+def row_products(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``rows [n, k] @ weight.T`` (``weight [m, k]``), each row's products rounded as they are for that row
+    alone: a matrix product's rounding depends on how many rows it multiplies, so a mood read batched
+    with others would differ from the same read alone by about 1e-6."""
+    return (rows.unsqueeze(1) * weight).sum(dim=-1)
+
+
 def default_readout_layer(layer_count: int) -> int:
     """The layer (numbered from 1, below the last) ``DEFAULT_LAYER_FRACTION`` through ``layer_count``."""
     return layer_at(layer_count, DEFAULT_LAYER_FRACTION)
@@ -101,7 +108,7 @@ class LanguageReadout:
 
     def scores(self, log_probs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """The corrected label scores ``[n, 3]`` (not yet normalised) of ``log_probs [n, 3]``."""
-        return log_probs * self.scale + self.bias + self.features(hidden) @ self.weight.T
+        return log_probs * self.scale + self.bias + row_products(self.features(hidden), self.weight)
 
     def apply(self, log_probs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Corrected label log-probabilities ``[n, 3]``; the identity readout returns ``log_softmax`` of
