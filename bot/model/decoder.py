@@ -235,15 +235,6 @@ class Decoder:
         """How many decoder layers the model has."""
         return int(self._model.config.num_hidden_layers)
 
-    def last_hidden_states(
-        self, batch: torch.Tensor, lengths: Sequence[int], key_values: KeyValues
-    ) -> torch.Tensor:
-        """Each row's hidden state ``[n, hidden]`` at its last real token, after the stored ``key_values``.
-
-        ``batch`` is right-padded to the longest of ``lengths``.
-        """
-        return self.read_states(batch, lengths, key_values)[0]
-
     def read_states(
         self,
         batch: torch.Tensor,
@@ -251,8 +242,10 @@ class Decoder:
         key_values: KeyValues,
         pooled_layers: Sequence[int] = (),
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """As :meth:`last_hidden_states`, with the output of each of ``pooled_layers`` (numbered from 1,
-        below the last) averaged over each row's real tokens: ``{layer: [n, hidden]}``, float32."""
+        """Each row's hidden state ``[n, hidden]`` at its last real token after the stored ``key_values``,
+        and the output of each of ``pooled_layers`` (numbered from 1, below the last) averaged over each
+        row's real tokens: ``{layer: [n, hidden]}``, float32. ``batch`` is right-padded to the longest of
+        ``lengths``; a row reads the same alone or batched."""
         if any(not 0 < layer < self.layer_count for layer in pooled_layers):
             raise ValueError(f"pooled layers must lie in 1..{self.layer_count - 1}: {list(pooled_layers)}")
         if self._lean_pass is not None:
@@ -282,9 +275,9 @@ class Decoder:
                 **{self._decoder_cache_keyword: cache},
             )
         # hidden_states[k] is layer k's output (hidden_states[0] the embeddings).
-        states = outputs.hidden_states if pooled_layers else ()
         return outputs.last_hidden_state[:, -1], {
-            layer: mean_over_lengths(states[layer], [tokens.shape[1]]) for layer in pooled_layers
+            layer: mean_over_lengths(outputs.hidden_states[layer], [tokens.shape[1]])
+            for layer in pooled_layers
         }
 
     def next_logits(self, input_ids: torch.Tensor, cache: Any, lean: LeanPass | None) -> torch.Tensor:

@@ -10,8 +10,9 @@ norm), so the numbers are the same bit for bit. On the bundled model with int8 w
 
 * 200 dev messages' label log-probabilities were ``torch.equal`` to transformers' pass (so were
   SmolLM2's); read in turn in one process, chat-length messages took 101 ms instead of 107 alone and
-  59 instead of 65 a message in batches of 8. In a batch each row attends in a call of its own
-  (:func:`_attention_by_row`), so it reads as transformers reads it alone;
+  59 instead of 65 a message in batches of 8 (measured before each row of a batch attended in a call
+  of its own, :func:`_attention_by_row`, which costs batches about 8% and makes a row read as
+  transformers reads it alone);
 * seeded replies were the same text, at 20.6 tokens/s instead of 18.5 (four runs each, in turn).
 
 A decoding step (one token of one sequence) takes a shorter path through the same numbers where the

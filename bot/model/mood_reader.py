@@ -244,7 +244,7 @@ class MoodReader:
         width = max(lengths)
         pad = self.decoder.tokenizer.pad_token_id
         pad = prefix.suffix_ids[-1] if pad is None else pad
-        # Right padding needs no attention mask: real tokens never attend to pads after them.
+        # Right padding: each row attends over the prefix and its own tokens only (see read_states).
         batch = torch.tensor([sequence + [pad] * (width - len(sequence)) for sequence in sequences])
         last, pooled = self.decoder.read_states(batch, lengths, prefix.key_values, layers)
         token_log_probs = torch.log_softmax(self.label_head.logits(last), dim=-1)
