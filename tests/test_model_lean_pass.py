@@ -55,16 +55,21 @@ def _alone(model, key_values, row: list[int]):  # type: ignore[no-untyped-def]
         )
 
 
-def _prefix_and_reference(model, rows: list[list[int]], prefix_ids: list[int]):  # type: ignore[no-untyped-def]
-    """Prefix key/values, the right-padded batch, and transformers' last hidden state of each row read
-    alone."""
+def _prefix_key_values(model, prefix_ids: list[int]):  # type: ignore[no-untyped-def]
+    """transformers' per-layer keys and values of ``prefix_ids``."""
     decoder = model.get_decoder()
-    width = max(len(row) for row in rows)
-    batch = torch.tensor([row + [0] * (width - len(row)) for row in rows])
     with torch.inference_mode():
         cache = transformers.DynamicCache(config=model.config)
         decoder(input_ids=torch.tensor([prefix_ids]), use_cache=True, **{cache_keyword(decoder): cache})
-        key_values = [(layer.keys, layer.values) for layer in cache.layers]
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _prefix_and_reference(model, rows: list[list[int]], prefix_ids: list[int]):  # type: ignore[no-untyped-def]
+    """Prefix key/values, the right-padded batch, and transformers' last hidden state of each row read
+    alone."""
+    width = max(len(row) for row in rows)
+    batch = torch.tensor([row + [0] * (width - len(row)) for row in rows])
+    key_values = _prefix_key_values(model, prefix_ids)
     last = torch.cat([_alone(model, key_values, row).last_hidden_state[:, -1] for row in rows])
     return key_values, batch, [len(row) for row in rows], last
 
@@ -95,7 +100,7 @@ def test_int8_reads_are_the_same_bit_for_bit_alone_and_beside_longer_rows() -> N
     model = transformers.Qwen2ForCausalLM(config).eval()
     assert use_grouped_attention(model)
     _convert_linears(model, Int8Linear)
-    key_values, _, _, _ = _prefix_and_reference(model, [[1]], [index % 97 for index in range(500)])
+    key_values = _prefix_key_values(model, [index % 97 for index in range(500)])
     lean = LeanPass.for_decoder(model.get_decoder())
     assert lean is not None
     for length in range(3, 30):
