@@ -262,15 +262,11 @@ class PackedInt8Linear(nn.Module):
 
     def _one_token(self, flat: torch.Tensor) -> torch.Tensor:
         """A decoding step's product: fbgemm's dynamic range is already this token's own."""
-        output: torch.Tensor = torch.ops.quantized.linear_dynamic(flat, self._packed, False)
-        return output
+        return fbgemm_one_token(flat, self._packed)
 
     def _several_tokens(self, flat: torch.Tensor) -> torch.Tensor:
         scale = flat.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
-        output: torch.Tensor = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-            flat / scale, UNIT_RANGE_SCALE, UNIT_RANGE_ZERO_POINT, self._packed
-        )
-        return output.mul_(scale)
+        return fbgemm_unit_range(flat / scale, self._packed).mul_(scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (fbgemm)"
@@ -361,6 +357,28 @@ class RowBlocks(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.cat([block(hidden) for block in self.blocks], dim=-1)
+
+
+def fbgemm_one_token(token: torch.Tensor, packed: Any) -> torch.Tensor:
+    """``token [1, in] @ weight.T`` on fbgemm's ``packed`` weights, the input quantized by its own range.
+
+    Torch-function dispatch is off for the call: looking for ``__torch_function__`` on the packed
+    weights (a ScriptObject) raises and catches an AttributeError every call, 25-37 µs of a 4864 x 896
+    product's 300 (an AMD EPYC; 122 such calls make a decoding step of the bundled model).
+    """
+    with torch._C.DisableTorchFunctionSubclass():
+        output: torch.Tensor = torch.ops.quantized.linear_dynamic(token, packed, False)
+    return output
+
+
+def fbgemm_unit_range(flat: torch.Tensor, packed: Any) -> torch.Tensor:
+    """``flat @ weight.T`` on fbgemm's ``packed`` weights, the input quantized on the fixed range [-1, 1]
+    (torch-function dispatch off, as in :func:`fbgemm_one_token`)."""
+    with torch._C.DisableTorchFunctionSubclass():
+        output: torch.Tensor = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            flat, UNIT_RANGE_SCALE, UNIT_RANGE_ZERO_POINT, packed
+        )
+    return output
 
 
 def _prepack(quantized: torch.Tensor, scales: torch.Tensor) -> Any:
@@ -514,7 +532,7 @@ def streamed_token_times(
 
     def through_packed() -> None:
         for matrix in packed:
-            torch.ops.quantized.linear_dynamic(token, matrix, False)
+            fbgemm_one_token(token, matrix)
 
     def through_int_mm() -> None:
         for matrix in weights:
@@ -536,10 +554,9 @@ def fbgemm_sums_exactly(inner: int = 256) -> bool:
         packed = _prepack(torch.full((8, inner), 127, dtype=torch.int8), torch.ones(8))
     except RuntimeError:
         return False
-    one_token = torch.ops.quantized.linear_dynamic(torch.ones(1, inner), packed, False)
-    several: torch.Tensor = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-        torch.ones(3, inner), UNIT_RANGE_SCALE, UNIT_RANGE_ZERO_POINT, packed
-    )  # 1.0 quantizes to 255 on the fixed range [-1, 1] too: the several-token path's worst case
+    one_token = fbgemm_one_token(torch.ones(1, inner), packed)
+    # 1.0 quantizes to 255 on the fixed range [-1, 1] too: the several-token path's worst case
+    several = fbgemm_unit_range(torch.ones(3, inner), packed)
     expected = 127.0 * inner
     return all(
         bool(torch.allclose(output, torch.full_like(output, expected), rtol=1e-2))
