@@ -13,6 +13,7 @@ from bot.model.lean_pass import LeanPass
 from bot.model.start_snapshot import (
     StartSnapshot,
     load_snapshot,
+    pack_in_background,
     save_snapshot,
     share_tied_int8,
     snapshot_key,
@@ -64,6 +65,31 @@ def test_lean_modules_compute_as_transformers_and_survive_a_round_trip(
     path = tmp_path / "lean.pt"
     torch.save(lean, path)
     stored = torch.load(path, mmap=True, weights_only=False)
+    assert all(torch.equal(a, b) for a, b in zip(expected, _run(stored, tokens), strict=True))
+
+
+def test_packing_in_the_background_goes_from_the_output_head_to_the_first_layer(tmp_path: Path) -> None:
+    model = _converted(build_tiny_model(tmp_path / "m"), cpu_weights.PackedInt8Linear)
+    tokens = [5, 17, 42, 8, 99, 23, 4]
+    expected = _run(model, tokens)
+    path = tmp_path / "lean.pt"
+    torch.save(lean_copy(model), path)
+    stored = torch.load(path, mmap=True, weights_only=False)  # unpickled: every layer waits to be packed
+    layers = [module for module in stored.modules() if isinstance(module, cpu_weights.PackedInt8Linear)]
+    assert all(layer._packed_params is None for layer in layers)
+    packed: list[object] = []
+    original = cpu_weights.PackedInt8Linear.pack
+    cpu_weights.PackedInt8Linear.pack = lambda self: packed.append(self) or original(self)  # type: ignore[method-assign]
+    try:
+        thread = pack_in_background(stored)
+        assert thread is not None
+        thread.join(timeout=60)
+    finally:
+        cpu_weights.PackedInt8Linear.pack = original  # type: ignore[method-assign]
+    assert packed == layers[::-1]  # the output head first: a reply waits for it, a mood read does not
+    assert packed[0] is stored.get_output_embeddings()
+    assert all(layer._packed_params is not None for layer in layers)
+    assert pack_in_background(stored) is None  # nothing left to pack
     assert all(torch.equal(a, b) for a, b in zip(expected, _run(stored, tokens), strict=True))
 
 
