@@ -68,7 +68,9 @@ def test_lean_modules_compute_as_transformers_and_survive_a_round_trip(
     assert all(torch.equal(a, b) for a, b in zip(expected, _run(stored, tokens), strict=True))
 
 
-def test_packing_in_the_background_goes_from_the_output_head_to_the_first_layer(tmp_path: Path) -> None:
+def test_packing_in_the_background_goes_from_the_output_head_to_the_first_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = _converted(build_tiny_model(tmp_path / "m"), cpu_weights.PackedInt8Linear)
     tokens = [5, 17, 42, 8, 99, 23, 4]
     expected = _run(model, tokens)
@@ -79,13 +81,12 @@ def test_packing_in_the_background_goes_from_the_output_head_to_the_first_layer(
     assert all(layer._packed_params is None for layer in layers)
     packed: list[object] = []
     original = cpu_weights.PackedInt8Linear.pack
-    cpu_weights.PackedInt8Linear.pack = lambda self: packed.append(self) or original(self)  # type: ignore[method-assign]
-    try:
-        thread = pack_in_background(stored)
-        assert thread is not None
-        thread.join(timeout=60)
-    finally:
-        cpu_weights.PackedInt8Linear.pack = original  # type: ignore[method-assign]
+    monkeypatch.setattr(
+        cpu_weights.PackedInt8Linear, "pack", lambda self: packed.append(self) or original(self)
+    )
+    thread = pack_in_background(stored)
+    assert thread is not None
+    thread.join(timeout=60)
     assert packed == layers[::-1]  # the output head first: a reply waits for it, a mood read does not
     assert packed[0] is stored.get_output_embeddings()
     assert all(layer._packed_params is not None for layer in layers)
