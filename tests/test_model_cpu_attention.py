@@ -114,3 +114,14 @@ def test_tiny_model_gives_the_same_results_with_grouped_attention(tmp_path: Path
     with torch.inference_mode():
         expected = plain.decoder.model(input_ids=ids).logits
         assert torch.allclose(grouped.decoder.model(input_ids=ids).logits, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("keys", [9, cpu_attention.GROUPED_QUERY_KEYS + 7])
+def test_one_query_attention_gives_each_query_head_its_key_value_head(keys: int) -> None:
+    torch.manual_seed(3)
+    query, key, value = torch.randn(2, 6, 1, 8), torch.randn(2, 2, keys, 8), torch.randn(2, 2, keys, 8)
+    found = cpu_attention.one_query_attention(query, key, value, 0.3)
+    repeated_keys, repeated_values = key.repeat_interleave(3, dim=1), value.repeat_interleave(3, dim=1)
+    weights = torch.softmax(query @ repeated_keys.transpose(-1, -2) * 0.3, dim=-1)  # head h: h // 3
+    assert found.shape == (2, 6, 1, 8)
+    assert torch.allclose(found, weights @ repeated_values, atol=1e-6)

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from bot.model import lean_pass  # noqa: E402
 from bot.model.base import ChatTurn  # noqa: E402
-from bot.model.cpu_attention import use_grouped_attention  # noqa: E402
+from bot.model.cpu_attention import GROUPED_QUERY_KEYS, use_grouped_attention  # noqa: E402
 from bot.model.cpu_weights import Int8Linear, _convert_linears  # noqa: E402
 from bot.model.decoder import cache_keyword  # noqa: E402
 from bot.model.fused_projections import fuse_shared_input_projections  # noqa: E402
@@ -139,17 +139,21 @@ def test_reply_steps_extend_the_cache_bit_for_bit_as_transformers_does(kind: str
     keyword = cache_keyword(model)
     head = model.get_output_embeddings()
     caches = [transformers.DynamicCache(config=model.config) for _ in range(2)]
+    long_turn = [index % 90 for index in range(GROUPED_QUERY_KEYS)]  # later steps: the long-cache call
     steps = [
         torch.tensor([list(range(30, 42))]),
         torch.tensor([[7]]),
         torch.tensor([[8]]),
         torch.tensor([[3, 4]]),
+        torch.tensor([long_turn]),
+        torch.tensor([[9]]),
+        torch.tensor([[10]]),
     ]
     with torch.inference_mode():
-        for step in steps:  # a prompt, two decoding steps, then a next turn's tokens
+        for step in steps:  # a prompt, two decoding steps, a next turn's tokens, ...
             expected = model(input_ids=step, use_cache=True, logits_to_keep=1, **{keyword: caches[0]}).logits
             assert torch.equal(head(lean.extend(step, caches[1])), expected)
-    assert caches[1].get_seq_length() == caches[0].get_seq_length() == 16
+    assert caches[1].get_seq_length() == caches[0].get_seq_length() == 18 + GROUPED_QUERY_KEYS
     for ours, theirs in zip(caches[1].layers, caches[0].layers, strict=True):
         assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
 

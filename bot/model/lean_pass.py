@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from bot.model.cpu_attention import causal_mask, grouped_attention
+from bot.model.cpu_attention import causal_mask, grouped_attention, one_query_attention
 
 if TYPE_CHECKING:
     from transformers.cache_utils import Cache
@@ -264,10 +264,7 @@ def _one_token_layer(
     query, key = rotated[:, :query_heads], rotated[:, query_heads:]
     value = joined[:, query_size + key_size :].view(1, key_size // head_dim, 1, head_dim)
     keys, values = join(index, key, value)
-    gqa = {"enable_gqa": True} if query_heads != keys.shape[1] else {}
-    output = torch.nn.functional.scaled_dot_product_attention(
-        query, keys, values, attn_mask=None, dropout_p=0.0, scale=attention.scaling, is_causal=False, **gqa
-    )
+    output = one_query_attention(query, keys, values, attention.scaling)
     hidden = hidden + attention.o_proj(output.reshape(1, query_size))
     normed = _rms_norm(layer.post_attention_layernorm, hidden)
     mlp: torch.Tensor = layer.mlp(normed)
