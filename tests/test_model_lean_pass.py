@@ -83,11 +83,11 @@ def test_the_lean_pass_reads_bit_for_bit_as_transformers_does(kind: str) -> None
     lean = LeanPass.for_decoder(model.get_decoder())
     assert lean is not None
     for row, length in enumerate(lengths):  # alone: as transformers reads the row alone, bit for bit
-        alone = lean.last_hidden_states(batch[row : row + 1, :length], [length], key_values)
+        alone = lean.read_states(batch[row : row + 1, :length], [length], key_values)[0]
         assert torch.equal(alone, expected[row : row + 1])
     # Batched, a float32 product may round differently with how many rows it multiplies (MKL on an
     # AMD EPYC); int8 layers do not (the next test).
-    found = lean.last_hidden_states(batch, lengths, key_values)
+    found = lean.read_states(batch, lengths, key_values)[0]
     assert torch.allclose(found, expected, rtol=1e-5, atol=1e-5)
     assert [tensor.shape[2] for tensor in key_values[0]] == [30, 30]  # the prefix is left unchanged
 
@@ -108,9 +108,9 @@ def test_int8_reads_are_the_same_bit_for_bit_alone_and_beside_longer_rows() -> N
     assert lean is not None
     for length in range(3, 30):
         row = [(7 * index + length) % 97 for index in range(length)]
-        alone = lean.last_hidden_states(torch.tensor([row]), [length], key_values)
+        alone = lean.read_states(torch.tensor([row]), [length], key_values)[0]
         batch = torch.tensor([row + [0] * length, row + row])
-        beside = lean.last_hidden_states(batch, [length, 2 * length], key_values)
+        beside = lean.read_states(batch, [length, 2 * length], key_values)[0]
         assert torch.equal(alone[0], beside[0]), length
 
 
@@ -192,7 +192,7 @@ def test_with_sdpa_attention_the_lean_pass_agrees_within_rounding() -> None:
     assert model.config._attn_implementation == "sdpa"
     rows = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
     key_values, batch, lengths, expected = _prefix_and_reference(model, rows, list(range(20, 40)))
-    found = LeanPass.for_decoder(model.get_decoder()).last_hidden_states(batch, lengths, key_values)  # type: ignore[union-attr]
+    found = LeanPass.for_decoder(model.get_decoder()).read_states(batch, lengths, key_values)[0]  # type: ignore[union-attr]
     assert torch.allclose(found, expected, atol=1e-5)
 
 

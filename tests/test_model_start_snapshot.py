@@ -44,7 +44,7 @@ def _run(model, tokens: list[int], steps: int = 3):  # type: ignore[no-untyped-d
     cache = DynamicCache(config=model.config) if hasattr(model.config, "to_dict") else KeyValueCache()
     outputs = [lean.extend(torch.tensor([tokens]), cache)]
     prefix = [(layer.keys, layer.values) for layer in cache.layers]
-    outputs.append(lean.last_hidden_states(torch.tensor([tokens[:4], tokens[1:5]]), [4, 3], prefix))
+    outputs.append(lean.read_states(torch.tensor([tokens[:4], tokens[1:5]]), [4, 3], prefix)[0])
     for step in range(steps):
         outputs.append(lean.extend(torch.tensor([[tokens[step]]]), cache))
     return outputs

@@ -77,23 +77,6 @@ class LeanPass:
         return cls(decoder)
 
     @torch.inference_mode()
-    def last_hidden_states(
-        self,
-        input_ids: torch.Tensor,
-        lengths: Sequence[int],
-        key_values: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    ) -> torch.Tensor:
-        """``[batch, hidden]``: the final-norm hidden state at each row's last real token.
-
-        ``input_ids [batch, width]`` are right-padded to the longest of ``lengths``. Each row attends
-        over the prefix and its own real tokens only, in a call of its own (see
-        :func:`_attention_by_row`), so a row reads the same, bit for bit, alone or beside longer rows.
-        ``key_values`` are the prefix's per-layer keys and values (``[1, kv_heads, prefix, head_dim]``),
-        left unchanged.
-        """
-        return self.read_states(input_ids, lengths, key_values)[0]
-
-    @torch.inference_mode()
     def read_states(
         self,
         input_ids: torch.Tensor,
@@ -101,8 +84,16 @@ class LeanPass:
         key_values: Sequence[tuple[torch.Tensor, torch.Tensor]],
         pooled_layers: Sequence[int] = (),
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """As :meth:`last_hidden_states`, with the output of each of ``pooled_layers`` (numbered from 1)
-        averaged over each row's real tokens (``{layer: [batch, hidden]}``, float32)."""
+        """``[batch, hidden]``: the final-norm hidden state at each row's last real token, and the output
+        of each of ``pooled_layers`` (numbered from 1) averaged over each row's real tokens
+        (``{layer: [batch, hidden]}``, float32).
+
+        ``input_ids [batch, width]`` are right-padded to the longest of ``lengths``. Each row attends
+        over the prefix and its own real tokens only, in a call of its own (see
+        :func:`_attention_by_row`), so a row reads the same, bit for bit, alone or beside longer rows.
+        ``key_values`` are the prefix's per-layer keys and values (``[1, kv_heads, prefix, head_dim]``),
+        left unchanged.
+        """
         batch = input_ids.shape[0]
 
         def after_prefix(index: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
