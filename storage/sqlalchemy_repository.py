@@ -204,13 +204,9 @@ class SqlAlchemyRepository:
     async def initialize(self) -> None:
         """Create or migrate the schema, one process at a time; a database that cannot be opened
         raises :class:`ConfigurationError` naming what to fix."""
-        try:
-            async with self._engine.connect():
-                pass
-        except (OSError, SQLAlchemyError) as error:
-            raise ConfigurationError(self._unreachable(error)) from None
         path = sqlite_path(self._url)
         if path is None:
+            await self._check_reachable()
             await self._migrate()
             return
         from filelock import FileLock, Timeout
@@ -223,10 +219,20 @@ class SqlAlchemyRepository:
                 f"Another process has been migrating {describe(self._url)} for "
                 f"{MIGRATION_LOCK_TIMEOUT_SECONDS:.0f} s; stop it, or delete {path}.lock if no process runs."
             ) from None
+        except OSError as error:
+            raise ConfigurationError(self._unreachable(error)) from None
         try:
+            await self._check_reachable()  # its first connection turns on WAL, which two at once can fail
             await self._migrate()
         finally:
             lock.release()
+
+    async def _check_reachable(self) -> None:
+        try:
+            async with self._engine.connect():
+                pass
+        except (OSError, SQLAlchemyError) as error:
+            raise ConfigurationError(self._unreachable(error)) from None
 
     @_translated
     async def _migrate(self) -> None:
