@@ -200,12 +200,14 @@ class Candidate:
     layer: int
     penalty: object  # bot.model.readout.Penalty
     set_weighting: str = "equal"  # "equal": every set the same in all; "rows": by its number of rows
+    kind: str = "labels"  # bot.model.readout.KINDS: all three scores, or only positive against negative
 
 
 def candidates(layers: Sequence[int]) -> list[Candidate]:
     """The settings tried: the identity's parts, then per layer penalties on the weight from weak to
-    strong, with and without the per-class scale (sets weighed by their rows, weaker penalties, the
-    last token's final hidden state instead of a pooled layer: tried before, never better)."""
+    strong, with and without the per-class scale, and polarity readouts (sets weighed by their rows,
+    weaker penalties, the last token's final hidden state instead of a pooled layer: tried before,
+    never better)."""
     from bot.model.readout import Penalty
 
     inf = float("inf")
@@ -220,6 +222,15 @@ def candidates(layers: Sequence[int]) -> list[Candidate]:
                 f"layer {layer}, weight 1, bias 0.1, no scale", layer, Penalty(1.0, bias=0.1, scale=inf)
             )
         )
+        for weight in (1.0, 0.3, 0.1):
+            found.append(
+                Candidate(
+                    f"polarity, layer {layer}, weight {weight:g}",
+                    layer,
+                    Penalty(weight, bias=1e-3, scale=1e-3),
+                    kind="polarity",
+                )
+            )
     return found
 
 
@@ -303,7 +314,7 @@ def fit_on(sets: dict[str, dict[str, object]], candidate: Candidate):  # type: i
     train = Examples.concat(
         [examples_of(features, candidate.layer, weights[name]) for name, features in sets.items()]
     )
-    return fit_readout(train, candidate.penalty)
+    return fit_readout(train, candidate.penalty, kind=candidate.kind)
 
 
 def held_out_figures(
@@ -343,7 +354,7 @@ def in_domain_figures(
             keep = torch.ones(len(whole), dtype=torch.bool)
             keep[rows] = False
             part = whole.subset(torch.nonzero(keep)[:, 0])
-            readout = fit_readout(Examples.concat([*others, part]), candidate.penalty)
+            readout = fit_readout(Examples.concat([*others, part]), candidate.penalty, kind=candidate.kind)
             fitted[rows] = readout.apply(whole.log_probs[rows], whole.hidden[rows])
         figures[name] = evaluate_log_probs(fitted, examples_of(found, candidate.layer, 1.0))
         figures[name]["n"] = len(found["labels"])
@@ -394,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="MOODMATE_MODEL override")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--write", action="store_true", help="save the fitted readout into the package")
-    parser.add_argument("--only", default=None, help="comma-separated candidate names to try")
+    parser.add_argument(
+        "--only", default=None, help="the candidate names to try, separated by semicolons (names hold commas)"
+    )
     parser.add_argument(
         "--cached", action="store_true", help="only the features already read (no model load; no --write)"
     )
@@ -441,7 +454,7 @@ def validate(features: dict[str, dict[str, object]], only: str | None):  # type:
         print(f"{name}: {len(found['labels'])} messages ({found['seconds']:.0f} s to read)", file=sys.stderr)
     tried = candidates(sorted(next(iter(features.values()))["pooled"]))
     if only:
-        wanted = set(only.split(","))
+        wanted = {name.strip() for name in only.split(";")}
         tried = [candidate for candidate in tried if candidate.name in wanted]
     by_name = {candidate.name: candidate for candidate in tried}
     readouts, info = {}, {}
@@ -468,6 +481,7 @@ def validate(features: dict[str, dict[str, object]], only: str | None):  # type:
             "setting": chosen,
             "layer": candidate.layer,
             "penalty": candidate.penalty.describe(),
+            "kind": candidate.kind,
             "set_weighting": candidate.set_weighting,
             "sets": {name: len(found["labels"]) for name, found in sets.items()},
             "held_out": {

@@ -105,3 +105,21 @@ def test_a_real_fit_on_a_tiny_model_is_saved_and_used_at_the_next_load(
     assert set(read_readout_file(saved).languages) == {"en"}
     loaded = load_model(ModelOptions(model=str(model_dir), cache_dir=cache, threads=1), progress=False)
     assert loaded.moods.readout("en") is not None and loaded.moods.readout("zh") is None  # type: ignore[attr-defined]
+
+
+def test_positive_and_negative_messages_alone_fit_a_polarity_readout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.model.readout import read_readout_file, tuned_readout_path
+    from tests.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tiny")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MOODMATE_CACHE_DIR", str(cache))
+    rows = [row for row in english_rows(60) if not row.startswith("neutral")]
+    assert cli.main(["--model", str(model_dir), "tune-mood", str(write(tmp_path, rows))]) == 0
+    out = capsys.readouterr().out
+    assert "40 en messages, 5-fold cross-validated positive-vs-negative accuracy" in out
+    assert "neutral as before" in out
+    saved = read_readout_file(tuned_readout_path(cache, model_dir.name))
+    assert saved.languages["en"].kind == "polarity" and saved.info["kind"] == "polarity"

@@ -78,6 +78,48 @@ def test_fitting_on_positive_negative_data_leaves_neutral_alone() -> None:
     assert torch.count_nonzero(readout.weight[POSITIVE]) > 0
 
 
+def test_a_polarity_readout_keeps_the_neutral_probability_and_splits_the_rest() -> None:
+    log_probs, hidden, names = synthetic(200, seed=11)
+    readout = fit_readout(
+        make_examples(log_probs, hidden, names, layer=LAYER), Penalty(weight=1e-3), kind="polarity"
+    )
+    assert readout.kind == "polarity"
+    plain = torch.log_softmax(log_probs, dim=-1)
+    read = readout.apply(log_probs, hidden)
+    assert torch.allclose(read[:, NEUTRAL], plain[:, NEUTRAL], atol=1e-6)
+    assert torch.allclose(read.exp().sum(dim=-1), torch.ones(len(names)), atol=1e-6)
+    leaning = [index for index, name in enumerate(names) if name != "neutral"]
+    truth = torch.tensor([names[index] == "positive" for index in leaning])
+    said = read[leaning, POSITIVE] > read[leaning, NEGATIVE]
+    before = plain[leaning, POSITIVE] > plain[leaning, NEGATIVE]
+    assert float((said == truth).float().mean()) > float((before == truth).float().mean()) + 0.25
+
+
+def test_a_polarity_readout_is_fitted_on_the_leaning_rows_alone() -> None:
+    log_probs, hidden, names = synthetic(120, seed=12)
+    everything = make_examples(log_probs, hidden, names, layer=LAYER)
+    leaning = torch.tensor([index for index, name in enumerate(names) if name != "neutral"])
+    alone = fit_readout(everything.subset(leaning), Penalty(weight=1e-2), kind="polarity")
+    beside = fit_readout(everything, Penalty(weight=1e-2), kind="polarity")
+    assert torch.allclose(alone.weight, beside.weight) and torch.equal(
+        alone.weight[NEUTRAL], torch.zeros(HIDDEN)
+    )
+    identity = LanguageReadout.identity(HIDDEN, LAYER)
+    unchanged = LanguageReadout(**{**_parts(identity), "kind": "polarity"})
+    assert torch.allclose(unchanged.apply(log_probs, hidden), torch.log_softmax(log_probs, dim=-1), atol=1e-6)
+    with pytest.raises(ValueError, match="positive and negative rows"):
+        fit_readout(everything.subset(torch.tensor([1, 4, 7])), kind="polarity")  # neutral rows only
+    with pytest.raises(ValueError, match="kind"):
+        fit_readout(everything, kind="sideways")
+
+
+def _parts(readout: LanguageReadout) -> dict[str, object]:
+    return {
+        name: getattr(readout, name)
+        for name in ("scale", "bias", "weight", "mean", "inv_std", "layer", "kind")
+    }
+
+
 def test_class_balanced_weights() -> None:
     names = ["positive"] * 6 + ["negative"] * 2 + ["neutral"] * 2
     examples = make_examples(torch.zeros(10, 3), torch.zeros(10, HIDDEN), names, layer=LAYER, set_weight=3.0)
@@ -111,7 +153,9 @@ def _saved(tmp_path: Path) -> tuple[Path, LanguageReadout]:
     log_probs, hidden, names = synthetic(90, seed=7)
     readout = fit_readout(make_examples(log_probs, hidden, names, layer=LAYER), Penalty(weight=1e-2))
     path = tmp_path / "readout.safetensors"
-    zh = LanguageReadout.identity(HIDDEN, LAYER)
+    zh = fit_readout(
+        make_examples(log_probs, hidden, names, layer=LAYER), Penalty(weight=1e-2), kind="polarity"
+    )
     save_readout(path, {"en": readout, "zh": zh}, model="model-a", prompts={"en": "p-en", "zh": "p-zh"})
     return path, readout
 
@@ -135,6 +179,7 @@ def test_a_saved_readout_loads_for_its_model_and_prompts(tmp_path: Path, caplog)
     assert torch.equal(loaded["en"].weight, readout.weight)
     assert torch.equal(loaded["en"].scale, readout.scale)
     assert loaded["en"].layer == readout.layer == LAYER
+    assert (loaded["en"].kind, loaded["zh"].kind) == ("labels", "polarity")
 
 
 def test_a_readout_of_a_layer_the_model_lacks_is_not_used(tmp_path: Path, caplog) -> None:
@@ -159,6 +204,24 @@ def test_a_file_of_the_first_format_is_not_used(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         assert _load(old) == {}
     assert len(caplog.records) == 1 and "moodmate-readout/2" in caplog.records[0].getMessage()
+
+
+def test_a_readout_names_its_kind_and_an_unknown_one_is_not_used(tmp_path: Path, caplog) -> None:
+    from safetensors.torch import save_file
+
+    readout = LanguageReadout.identity(HIDDEN, LAYER)
+    tensors = {
+        f"en.{name}": getattr(readout, name) for name in ("scale", "bias", "weight", "mean", "inv_std")
+    }
+    metadata = {"format": "moodmate-readout/2", "model": "model-a", "languages": "en", "prompt.en": "p-en"}
+    before_kinds = tmp_path / "before-kinds.safetensors"
+    save_file(tensors, str(before_kinds), metadata={**metadata, "layer.en": str(LAYER)})
+    assert _load(before_kinds)["en"].kind == "labels"  # files written before kinds correct all three
+    unknown = tmp_path / "unknown.safetensors"
+    save_file(tensors, str(unknown), metadata={**metadata, "layer.en": str(LAYER), "kind.en": "sideways"})
+    with caplog.at_level(logging.WARNING):
+        assert _load(unknown) == {}
+    assert len(caplog.records) == 1 and "unknown kind (sideways)" in caplog.records[0].getMessage()
 
 
 def test_examples_of_two_layers_do_not_mix() -> None:

@@ -4,6 +4,7 @@ loading from the package and the cache at model load (with its log line), fallba
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from bot.model import loader
 from bot.model.decoder import cache_keyword
 from bot.model.options import ModelOptions
-from bot.model.readout import LanguageReadout, save_readout, tuned_readout_path
+from bot.model.readout import NEUTRAL, LanguageReadout, save_readout, tuned_readout_path
 from bot.model.transformers_model import TransformersModel
 from tests.tiny_model import build_tiny_model
 
@@ -68,15 +69,18 @@ def _plain_classify(model: TransformersModel):  # type: ignore[no-untyped-def]
 def test_a_readout_changes_the_reads_alike_alone_and_batched(model: TransformersModel) -> None:
     moods = model.moods
     plain = moods.mood_log_probs(TEXTS)
-    moods.use_readouts(
-        {"en": random_readout(moods.hidden_size, 1), "zh": random_readout(moods.hidden_size, 2)}
-    )
+    polarity = replace(random_readout(moods.hidden_size, 2), kind="polarity")
+    moods.use_readouts({"en": random_readout(moods.hidden_size, 1), "zh": polarity})
     try:
         batched = moods.mood_log_probs(TEXTS)
         alone = torch.cat([moods.mood_log_probs([text]) for text in TEXTS])
         assert torch.allclose(batched, alone, atol=1e-5)
-        assert (batched - plain).abs().max() > 0.1
+        for language in ("en", "zh"):
+            rows = [index for index, text in enumerate(TEXTS) if moods.language_of(text) == language]
+            assert rows and (batched[rows] - plain[rows]).abs().max() > 0.1
         assert torch.allclose(batched.exp().sum(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
+        zh = [index for index, text in enumerate(TEXTS) if moods.language_of(text) == "zh"]
+        assert torch.allclose(batched[zh, NEUTRAL], plain[zh, NEUTRAL], atol=1e-5)  # polarity keeps it
         moods.readouts_enabled = False
         assert torch.equal(moods.mood_log_probs(TEXTS), plain)
     finally:

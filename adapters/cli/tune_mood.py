@@ -172,14 +172,17 @@ def tune(
     with tqdm(total=len(texts), desc="reading", unit="msg", file=sys.stderr) as bar:
         log_probs, pooled = read_features(reader, texts, language, layers, progress=bar.update)
     examples = make_examples(log_probs, pooled[layer], [row.label for row in rows], layer=layer)
-    with tqdm(total=FOLDS + 1, desc="fitting", unit="fit", file=sys.stderr) as bar:
-        plain, tuned = cross_validated(examples, DEFAULT_PENALTY, folds=FOLDS, progress=bar.update)
-        readout = fit_readout(examples, DEFAULT_PENALTY)
-        bar.update()
     three = "neutral" in {row.label for row in rows}
+    kind = "labels" if three else "polarity"  # positive/negative data says nothing of what is neutral
+    with tqdm(total=FOLDS + 1, desc="fitting", unit="fit", file=sys.stderr) as bar:
+        plain, tuned = cross_validated(examples, DEFAULT_PENALTY, folds=FOLDS, kind=kind, progress=bar.update)
+        readout = fit_readout(examples, DEFAULT_PENALTY, kind=kind)
+        bar.update()
     metric = "macro-recall" if three else "positive-vs-negative accuracy"
     note = f" ({skipped} in another language left out)" if skipped else ""
     print(f"{len(rows)} {language} messages{note}, {FOLDS}-fold cross-validated {metric}:")
+    if not three:
+        print("  (no neutral messages: the readout only splits positive from negative, neutral as before)")
     figures = [("plain label scores", plain)]
     if current is not None:
         figures.append(("current readout", current.apply(log_probs, pooled[current.layer])))
@@ -210,6 +213,7 @@ def tune(
             "messages": len(rows),
             "penalty": DEFAULT_PENALTY.describe(),
             "layer": layer,
+            "kind": kind,
         },
     )
     print(f"Saved to {path}; moodmate reads {language} moods with it from its next start.")

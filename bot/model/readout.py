@@ -13,6 +13,11 @@ it is the identity: ``scale`` 1, the rest 0, which computes exactly the plain la
 three labels are fitted with the three-class cross-entropy, positive/negative-only sets with the
 two-class one (the neutral score is left to the three-class data and the penalty).
 
+A ``polarity`` readout (fitted on positive and negative rows alone) keeps the plain probability of
+neutral and uses the corrected scores only to split the rest: positive gets ``(1 - p_neutral) *
+sigmoid(s_positive - s_negative)``. Reviews and other positive/negative-only data can then sharpen
+which way a message leans without moving what reads as neutral in chat.
+
 The weights are kept in a safetensors file whose metadata names the model they were fitted for and,
 per language, a digest of the mood prompt's tokens; a file for another model or prompt is not used
 (the mood read falls back to plain label scoring, with one log line).
@@ -26,7 +31,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -66,6 +71,10 @@ def layer_at(layer_count: int, fraction: float) -> int:
 LABEL_INDEX: dict[str, int] = {label.value: index for index, label in enumerate(LABELS)}
 POSITIVE, NEUTRAL, NEGATIVE = (LABEL_INDEX[name] for name in ("positive", "neutral", "negative"))
 
+#: What a readout corrects: ``labels``, all three scores; ``polarity``, only how the probability that
+#: is not neutral splits between positive and negative (see the module docstring).
+KINDS = ("labels", "polarity")
+
 
 def prompt_digest(
     prefix_ids: Sequence[int], suffix_ids: Sequence[int], label_groups: Sequence[Sequence[int]]
@@ -85,6 +94,7 @@ class LanguageReadout:
     mean: torch.Tensor  # [hidden]
     inv_std: torch.Tensor  # [hidden]
     layer: int  # the decoder layer (from 1) whose output, averaged over the read tokens, is ``h``
+    kind: str = "labels"  # one of KINDS
 
     @classmethod
     def identity(cls, hidden_size: int, layer: int) -> LanguageReadout:
@@ -107,8 +117,18 @@ class LanguageReadout:
         return (hidden.float() - self.mean) * self.inv_std
 
     def scores(self, log_probs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """The corrected label scores ``[n, 3]`` (not yet normalised) of ``log_probs [n, 3]``."""
-        return log_probs * self.scale + self.bias + row_products(self.features(hidden), self.weight)
+        """The corrected label scores ``[n, 3]`` of ``log_probs [n, 3]`` (a ``labels`` readout's not yet
+        normalised; a ``polarity`` readout's are log-probabilities)."""
+        corrected = log_probs * self.scale + self.bias + row_products(self.features(hidden), self.weight)
+        if self.kind == "labels":
+            return corrected
+        plain = torch.log_softmax(log_probs, dim=-1)
+        leaning = corrected[:, POSITIVE] - corrected[:, NEGATIVE]
+        not_neutral = torch.log(-torch.expm1(plain[:, NEUTRAL]))
+        split = plain.clone()
+        split[:, POSITIVE] = not_neutral + torch.nn.functional.logsigmoid(leaning)
+        split[:, NEGATIVE] = not_neutral + torch.nn.functional.logsigmoid(-leaning)
+        return split
 
     def apply(self, log_probs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Corrected label log-probabilities ``[n, 3]``; the identity readout returns ``log_softmax`` of
@@ -156,6 +176,7 @@ def save_readout(
         "info": json.dumps(dict(info or {}), ensure_ascii=False),
         **{f"prompt.{language}": prompts[language] for language in readouts},
         **{f"layer.{language}": str(readout.layer) for language, readout in readouts.items()},
+        **{f"kind.{language}": readout.kind for language, readout in readouts.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -186,7 +207,10 @@ def read_readout_file(path: Path) -> ReadoutFile:
         layer = metadata.get(f"layer.{language}", "")
         if not layer.isdigit() or int(layer) < 1:
             raise ValueError(f"the {language} readout names no layer")
-        readout = LanguageReadout(**parts, layer=int(layer))
+        kind = metadata.get(f"kind.{language}", "labels")
+        if kind not in KINDS:
+            raise ValueError(f"the {language} readout is of an unknown kind ({kind})")
+        readout = LanguageReadout(**parts, layer=int(layer), kind=kind)
         hidden = readout.hidden_size
         shapes = {
             "scale": (len(LABELS),),
@@ -347,9 +371,20 @@ def fit_readout(
     examples: Examples,
     penalty: Penalty = DEFAULT_PENALTY,
     *,
+    kind: str = "labels",
     max_iterations: int = 200,
 ) -> LanguageReadout:
-    """Fit one language's readout to ``examples`` (convex: L-BFGS to convergence, in float64)."""
+    """Fit one language's readout of ``kind`` to ``examples`` (convex: L-BFGS to convergence, in
+    float64); a ``polarity`` readout is fitted on the positive and negative rows alone, with the
+    two-class loss."""
+    if kind not in KINDS:
+        raise ValueError(f"a readout's kind is one of {', '.join(KINDS)}, not {kind!r}")
+    if kind == "polarity":
+        leaning = torch.nonzero(examples.labels != NEUTRAL)[:, 0]
+        if not len(leaning):
+            raise ValueError("a polarity readout is fitted on positive and negative rows, and there are none")
+        examples = examples.subset(leaning)
+        examples = replace(examples, two_class=torch.ones_like(examples.two_class))
     hidden = examples.hidden.double()
     mean = hidden.mean(dim=0)
     std = hidden.std(dim=0, unbiased=False)
@@ -372,6 +407,7 @@ def fit_readout(
             mean.float(),
             inv_std.float(),
             examples.layer,
+            kind,
         )
     optimizer = torch.optim.LBFGS(
         fitted,
@@ -408,6 +444,7 @@ def fit_readout(
         mean=mean.float(),
         inv_std=inv_std.float(),
         layer=examples.layer,
+        kind=kind,
     )
 
 
@@ -472,6 +509,7 @@ def cross_validated(
     penalty: Penalty = DEFAULT_PENALTY,
     *,
     folds: int = 5,
+    kind: str = "labels",
     progress: Callable[[], object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's plain and readout log-probabilities, the readout fitted without the row's fold.
@@ -483,7 +521,7 @@ def cross_validated(
     for rows in fold_indices(examples.labels, folds):
         keep = torch.ones(len(examples), dtype=torch.bool)
         keep[rows] = False
-        readout = fit_readout(examples.subset(torch.nonzero(keep)[:, 0]), penalty)
+        readout = fit_readout(examples.subset(torch.nonzero(keep)[:, 0]), penalty, kind=kind)
         fitted[rows] = readout.apply(examples.log_probs[rows], examples.hidden[rows])
         if progress is not None:
             progress()
