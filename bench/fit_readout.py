@@ -69,7 +69,7 @@ SETS: tuple[DataSet, ...] = (
     DataSet("chat_en", CHAT_DIR / "chat_en.tsv", "en", None, chat=True),
     DataSet("waimai", DATA_DIR / "waimai_10k.tsv", "zh", 1500),
     DataSet(
-        "online_shopping", DATA_DIR / "online_shopping_10_cats.tsv", "zh", 1800, "category", split_groups=True
+        "online_shopping", DATA_DIR / "online_shopping_10_cats.tsv", "zh", 4500, "category", split_groups=True
     ),
     DataSet("chat_zh", CHAT_DIR / "chat_zh.tsv", "zh", None, chat=True),
     DataSet("chat_holdout_en", CHAT_DIR / "chat_holdout_en.tsv", "en", None, chat=True, fit=False),
