@@ -84,17 +84,26 @@ def test_a_model_bad_to_load_gets_one_sentence(
     assert "MOODMATE_MODEL" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MOODMATE_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 def test_a_real_fit_on_a_tiny_model_is_saved_and_used_at_the_next_load(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, model_dir: Path, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from bot.model.loader import load_model
     from bot.model.options import ModelOptions
     from bot.model.readout import read_readout_file, tuned_readout_path
-    from tests.tiny_model import build_tiny_model
 
-    model_dir = build_tiny_model(tmp_path / "tiny")
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("MOODMATE_CACHE_DIR", str(cache))
     path = write(tmp_path, ["label\ttext", *english_rows(45), "positive\t今天很开心"])
     assert cli.main(["--model", str(model_dir), "tune-mood", str(path), "--language", "en"]) == 0
     out = capsys.readouterr().out
@@ -108,14 +117,10 @@ def test_a_real_fit_on_a_tiny_model_is_saved_and_used_at_the_next_load(
 
 
 def test_positive_and_negative_messages_alone_fit_a_polarity_readout(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, model_dir: Path, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from bot.model.readout import read_readout_file, tuned_readout_path
-    from tests.tiny_model import build_tiny_model
 
-    model_dir = build_tiny_model(tmp_path / "tiny")
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("MOODMATE_CACHE_DIR", str(cache))
     rows = [row for row in english_rows(60) if not row.startswith("neutral")]
     assert cli.main(["--model", str(model_dir), "tune-mood", str(write(tmp_path, rows))]) == 0
     out = capsys.readouterr().out
