@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -105,19 +106,12 @@ def test_a_polarity_readout_is_fitted_on_the_leaning_rows_alone() -> None:
         alone.weight[NEUTRAL], torch.zeros(HIDDEN)
     )
     identity = LanguageReadout.identity(HIDDEN, LAYER)
-    unchanged = LanguageReadout(**{**_parts(identity), "kind": "polarity"})
+    unchanged = replace(identity, kind="polarity")
     assert torch.allclose(unchanged.apply(log_probs, hidden), torch.log_softmax(log_probs, dim=-1), atol=1e-6)
     with pytest.raises(ValueError, match="positive and negative rows"):
         fit_readout(everything.subset(torch.tensor([1, 4, 7])), kind="polarity")  # neutral rows only
     with pytest.raises(ValueError, match="kind"):
         fit_readout(everything, kind="sideways")
-
-
-def _parts(readout: LanguageReadout) -> dict[str, object]:
-    return {
-        name: getattr(readout, name)
-        for name in ("scale", "bias", "weight", "mean", "inv_std", "layer", "kind")
-    }
 
 
 def test_class_balanced_weights() -> None:
@@ -190,16 +184,23 @@ def test_a_readout_of_a_layer_the_model_lacks_is_not_used(tmp_path: Path, caplog
     assert len(caplog.records) == 1 and "layers" in caplog.records[0].getMessage()
 
 
+def _identity_tensors(language: str) -> dict[str, torch.Tensor]:
+    """An identity readout's tensors as a readout file names them, for files written by hand."""
+    readout = LanguageReadout.identity(HIDDEN, LAYER)
+    return {
+        f"{language}.{name}": getattr(readout, name)
+        for name in ("scale", "bias", "weight", "mean", "inv_std")
+    }
+
+
 def test_a_file_of_the_first_format_is_not_used(tmp_path: Path, caplog) -> None:
     from safetensors.torch import save_file
 
     old = tmp_path / "old.safetensors"
-    readout = LanguageReadout.identity(HIDDEN, LAYER)
-    tensors = {
-        f"en.{name}": getattr(readout, name) for name in ("scale", "bias", "weight", "mean", "inv_std")
-    }
     save_file(
-        tensors, str(old), metadata={"format": "moodmate-readout/1", "model": "model-a", "languages": "en"}
+        _identity_tensors("en"),
+        str(old),
+        metadata={"format": "moodmate-readout/1", "model": "model-a", "languages": "en"},
     )
     with caplog.at_level(logging.WARNING):
         assert _load(old) == {}
@@ -209,10 +210,7 @@ def test_a_file_of_the_first_format_is_not_used(tmp_path: Path, caplog) -> None:
 def test_a_readout_names_its_kind_and_an_unknown_one_is_not_used(tmp_path: Path, caplog) -> None:
     from safetensors.torch import save_file
 
-    readout = LanguageReadout.identity(HIDDEN, LAYER)
-    tensors = {
-        f"en.{name}": getattr(readout, name) for name in ("scale", "bias", "weight", "mean", "inv_std")
-    }
+    tensors = _identity_tensors("en")
     metadata = {"format": "moodmate-readout/2", "model": "model-a", "languages": "en", "prompt.en": "p-en"}
     before_kinds = tmp_path / "before-kinds.safetensors"
     save_file(tensors, str(before_kinds), metadata={**metadata, "layer.en": str(LAYER)})
