@@ -101,11 +101,9 @@ def one_query_attention(
     mask: ``[B, H, 1, d]``.
 
     From ``GROUPED_QUERY_KEYS`` keys on, each key/value head's query heads go into torch's SDPA as its
-    query positions; before, SDPA gets ``enable_gqa``, as transformers calls it. On an AMD EPYC (2
-    threads) the grouped call took 147 µs against 251 over 1,231 keys, 315 against 610 over 3,000, the
-    same over 64 and 35 against 24 over 20, hence the limit; the bundled model's decoding steps after a
-    2,263-token prompt took 58.1 against 66.6 ms (medians of five rounds of 32 steps, in turn, on a
-    machine whose noise read 0.92x for two runs of the same call). The two differ by about 1e-7.
+    query positions; before, SDPA gets ``enable_gqa``, as transformers calls it. A layer over 1,231 keys
+    took 147 against 251 µs (an AMD EPYC), over 20 keys 35 against 24; ``bench/decode_steps.py``
+    compares whole decoding steps. The two calls differ by about 1e-7.
     """
     if key.shape[-2] < GROUPED_QUERY_KEYS or query.shape[1] == key.shape[1]:
         gqa = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
