@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 from bot.model import lean_pass  # noqa: E402
 from bot.model.base import ChatTurn  # noqa: E402
 from bot.model.cpu_attention import GROUPED_QUERY_KEYS, use_grouped_attention  # noqa: E402
-from bot.model.cpu_weights import Int8Linear, _convert_linears  # noqa: E402
+from bot.model.cpu_weights import HybridInt8Linear, Int8Linear, PackedInt8Linear, _convert_linears  # noqa: E402
 from bot.model.decoder import cache_keyword  # noqa: E402
 from bot.model.fused_projections import fuse_shared_input_projections  # noqa: E402
 from bot.model.lean_pass import LeanPass  # noqa: E402
@@ -180,6 +180,46 @@ def test_decoding_steps_of_joined_projections_take_the_one_token_path_bit_for_bi
     assert len(taken) == 3
     for ours, theirs in zip(caches[1].layers, caches[0].layers, strict=True):
         assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+
+
+@pytest.mark.parametrize("layer_kind", [PackedInt8Linear, HybridInt8Linear])
+def test_decoding_steps_on_fbgemm_call_it_directly_with_the_layers_numbers(layer_kind: type) -> None:
+    model = _decoder("qwen2")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("_proj.bias"):  # transformers starts them at zero
+                parameter.normal_(std=0.5)
+    fuse_shared_input_projections(model)
+    _convert_linears(model, layer_kind)
+    assert use_grouped_attention(model)
+    decoder = model.get_decoder()
+    shipped, through_modules = LeanPass.for_decoder(decoder), LeanPass.for_decoder(decoder)
+    assert shipped is not None and through_modules is not None
+    assert all(products is not None for products in shipped._fbgemm_products)
+    through_modules._fbgemm_products = [None] * _SIZES["num_hidden_layers"]
+    head = model.get_output_embeddings()
+    caches = [transformers.DynamicCache(config=model.config) for _ in range(2)]
+    steps = [torch.tensor([list(range(30, 42))]), *(torch.tensor([[token]]) for token in (7, 8, 9))]
+    with torch.inference_mode():
+        for step in steps:  # a prompt, then three decoding steps
+            expected = head(through_modules.extend(step, caches[0]))
+            assert torch.equal(head(shipped.extend(step, caches[1])), expected)
+    for ours, theirs in zip(caches[1].layers, caches[0].layers, strict=True):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+
+
+def test_layers_with_another_int8_kernel_or_mlp_keep_their_modules_in_decoding_steps() -> None:
+    model = _decoder("qwen2")
+    fuse_shared_input_projections(model)
+    _convert_linears(model, Int8Linear)
+    assert lean_pass.fbgemm_products(model.get_decoder().layers[0]) is None
+    fbgemm = _decoder("qwen2")
+    fuse_shared_input_projections(fbgemm)
+    _convert_linears(fbgemm, PackedInt8Linear)
+    layer = fbgemm.get_decoder().layers[0]
+    assert lean_pass.fbgemm_products(layer) is not None
+    layer.mlp.act_fn = torch.nn.GELU()
+    assert lean_pass.fbgemm_products(layer) is None
 
 
 def test_decoders_without_joined_projections_step_through_the_general_path() -> None:

@@ -235,6 +235,11 @@ class PackedInt8Linear(nn.Module):
         """Pack the weights now if they are not yet (a start from the snapshot packs in the background)."""
         self._packed  # noqa: B018
 
+    def one_token_weights(self) -> Any:
+        """fbgemm's packed weights (packed now if not yet), for :func:`fbgemm_one_token`: the product
+        :meth:`forward` runs for one token, before the bias."""
+        return self._packed
+
     def __getstate__(self) -> dict[str, object]:
         """Picklable: the int8 weights and their scales instead of fbgemm's packed object."""
         state = dict(self.__dict__)

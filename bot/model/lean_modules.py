@@ -53,6 +53,9 @@ class RMSNorm(nn.Module):
 class GatedMLP(nn.Module):
     """``down(silu(gate(x)) * up(x))``, as transformers' Qwen2/Llama MLP with ``hidden_act="silu"``."""
 
+    #: Read by the lean pass's decoding step, which then computes this MLP itself.
+    silu_gated = True
+
     def __init__(self, gate_proj: nn.Module, up_proj: nn.Module, down_proj: nn.Module) -> None:
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
