@@ -328,11 +328,10 @@ def _one_token_layer(
     output = one_query_attention(query, keys, values, attention.scaling).reshape(1, query_size)
     if products is None:
         hidden = hidden + attention.o_proj(output)
-        normed = _rms_norm(layer.post_attention_layernorm, hidden)
-        mlp: torch.Tensor = layer.mlp(normed)
     else:
         hidden = hidden + fbgemm_one_token(output, products.attention_output)
-        mlp = products.mlp(_rms_norm(layer.post_attention_layernorm, hidden))
+    normed = _rms_norm(layer.post_attention_layernorm, hidden)
+    mlp: torch.Tensor = layer.mlp(normed) if products is None else products.mlp(normed)
     return hidden + mlp
 
 
